@@ -1,0 +1,81 @@
+# nitropod — run `make help` for the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+OUT ?= $(CURDIR)/_output
+GO ?= go
+export NITROPOD_OUTPUT := $(OUT)
+export PATH := $(OUT)/bin:$(OUT)/tools/bin:$(PATH)
+
+# Test timeouts: the integration tier boots real VMs under TCG on 2 cores.
+UNIT_TIMEOUT ?= 20m
+INTEGRATION_TIMEOUT ?= 50m
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: build
+build: ## Build every binary into _output/bin (static, CGO off).
+	@mkdir -p $(OUT)/bin
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(OUT)/bin/ ./cmd/...
+
+.PHONY: deps
+deps: ## Install the Debian packages the tests use (containerd, runc, QEMU, busybox, cpio, CNI).
+	hack/install-deps.sh
+
+.PHONY: tools
+tools: deps ## Build the pinned test tools (etcd, kube-apiserver, kubelet, registry, S3 server, crictl, helm).
+	hack/build-tools.sh $(OUT)/tools/bin
+
+.PHONY: emu-kernel
+emu-kernel: deps ## Make the emulation blob set (kernel, cmdline, virtio modules) from Debian's kernel package.
+	hack/emu-kernel.sh $(OUT)/blobs/emu
+
+.PHONY: test
+test: deps tools emu-kernel build test-unit test-integration test-e2e ## Every test tier that fits in CI, installing what it needs.
+
+.PHONY: test-unit
+test-unit: ## Unit tier: go test -race -short.
+	$(GO) test -race -short -count=1 -timeout $(UNIT_TIMEOUT) ./...
+
+.PHONY: test-integration
+test-integration: build ## Integration tier: real QEMU, containerd, kube-apiserver, registry, S3 server.
+	$(GO) test -count=1 -timeout $(INTEGRATION_TIMEOUT) ./...
+
+.PHONY: test-e2e e2e
+test-e2e: e2e
+e2e: build ## End-to-end tier: a local cluster runs the document's Pods in emulated enclaves.
+	hack/e2e.sh
+
+.PHONY: fuzz
+fuzz: ## Run every fuzz target for FUZZTIME (default 60s) each.
+	hack/fuzz.sh $${FUZZTIME:-60s}
+
+.PHONY: lint
+lint: ## golangci-lint (pinned in hack/tools/go.mod) and go vet.
+	$(GO) vet ./...
+	cd hack/tools && $(GO) tool golangci-lint run --config ../../.golangci.yml ../../...
+
+.PHONY: bench bench-eif bench-agent bench-shim bench-deviceplugin bench-webhook bench-s3
+bench: bench-eif bench-agent bench-deviceplugin bench-webhook bench-shim bench-s3 ## Every benchmark (results go to BENCHMARKS.md by hand).
+bench-eif: ## EIF build from a synthetic 256 MiB / 1 GiB rootfs vs sha384sum of a tar.
+	hack/bench-eif.sh
+bench-agent: build ## Agent channel throughput and time to first output line under TCG.
+	hack/bench-agent.sh
+bench-shim: build ## Shim + launcher RSS vs runc shim; Create→Start on a cache hit.
+	hack/bench-shim.sh
+bench-deviceplugin: ## ListAndWatch size for a 768 GiB / 192-CPU node; Allocate latency.
+	hack/bench-deviceplugin.sh
+bench-webhook: build ## Webhook latency/throughput over TLS vs a null handler.
+	hack/bench-webhook.sh
+bench-s3: build ## S3 EIF download throughput vs curl.
+	hack/bench-s3.sh
+
+.PHONY: demo
+demo: deps tools emu-kernel build ## The document's nginx Pod in an emulated enclave, answering on a local port.
+	hack/demo.sh
+
+.PHONY: clean
+clean: ## Remove _output.
+	rm -rf $(OUT)

@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+# Placeholder until its issue lands.
+set -euo pipefail
+echo "emu-kernel: not yet"
