@@ -3,6 +3,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
@@ -36,12 +37,17 @@ func newRootCommand() *cobra.Command {
 }
 
 func main() {
-	if err := newRootCommand().Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "nitropod:", err)
-		var ec interface{ ExitCode() int }
-		if errorsAs(err, &ec) {
-			os.Exit(ec.ExitCode())
-		}
-		os.Exit(1)
+	err := newRootCommand().Execute()
+	if err == nil {
+		return
 	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		if ee.err != nil {
+			fmt.Fprintln(os.Stderr, "nitropod:", ee.err)
+		}
+		os.Exit(ee.code)
+	}
+	fmt.Fprintln(os.Stderr, "nitropod:", err)
+	os.Exit(1)
 }
