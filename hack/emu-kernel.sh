@@ -1,4 +1,105 @@
 #!/usr/bin/env bash
-# Placeholder until its issue lands.
+# emu-kernel.sh OUTDIR — make the emulation blob set from Debian's kernel package.
+#
+# The blob set is a directory with:
+#   bzImage        the kernel (Debian's vmlinuz is a bzImage)
+#   cmdline        the kernel command line, one line
+#   NAME.ko        the virtio modules nitropod-init loads (plain, decompressed)
+#   modules.order  the .ko file names in load order (dependencies first)
+#
+# The package is pinned (version + sha256 below), downloaded once into
+# _output/cache (or $NITROPOD_CACHE) and verified before use; a second run with
+# an up-to-date OUTDIR does nothing.
 set -euo pipefail
-echo "emu-kernel: not yet"
+
+PKG=linux-image-6.1.0-56-amd64
+VERSION=6.1.192-2
+SHA256=a86e2049672f52354c4536a089203b6c82639420424d31c91cf31a181fd4d8f1
+CMDLINE="console=ttyS0 panic=-1 quiet reboot=t"
+# The modules to ship; their load order comes from their depends= fields.
+MODULES=(virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_mmio virtio_console)
+
+OUTDIR=${1:?usage: hack/emu-kernel.sh OUTDIR}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+CACHE=${NITROPOD_CACHE:-$ROOT/_output/cache}
+DEB=$CACHE/${PKG}_${VERSION}_amd64.deb
+STAMP="$PKG $VERSION $SHA256 $CMDLINE ${MODULES[*]}"
+
+if [[ -f $OUTDIR/.stamp && "$(cat "$OUTDIR/.stamp")" == "$STAMP" && -f $OUTDIR/bzImage ]]; then
+	echo "emu-kernel: $OUTDIR is up to date ($PKG $VERSION)"
+	exit 0
+fi
+
+mkdir -p "$CACHE"
+verify() { echo "$SHA256  $1" | sha256sum --check --status; }
+if [[ ! -f $DEB ]] || ! verify "$DEB"; then
+	echo "emu-kernel: downloading $PKG=$VERSION"
+	tmpd=$(mktemp -d "$CACHE/download.XXXXXX")
+	chmod 755 "$tmpd" # apt's _apt user writes here
+	trap 'rm -rf "$tmpd"' EXIT
+	(cd "$tmpd" && apt-get download "$PKG=$VERSION")
+	f=$(ls "$tmpd"/*.deb)
+	if ! verify "$f"; then
+		echo "emu-kernel: $f does not match the pinned sha256 $SHA256" >&2
+		exit 1
+	fi
+	mv "$f" "$DEB"
+	rm -rf "$tmpd"
+	trap - EXIT
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+dpkg-deb -x "$DEB" "$work/x"
+
+stage=$OUTDIR.tmp
+rm -rf "$stage"
+mkdir -p "$stage"
+cp "$work"/x/boot/vmlinuz-* "$stage/bzImage"
+echo "$CMDLINE" >"$stage/cmdline"
+
+kdir=$(echo "$work"/x/lib/modules/*/kernel)
+declare -A deps
+for m in "${MODULES[@]}"; do
+	src=$(find "$kdir" \( -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" \) | head -n1)
+	if [[ -z $src ]]; then
+		echo "emu-kernel: module $m not found in $PKG" >&2
+		exit 1
+	fi
+	case $src in
+	*.xz) xz -dc "$src" >"$stage/$m.ko" ;;
+	*.zst) zstd -qdc "$src" >"$stage/$m.ko" ;;
+	*) cp "$src" "$stage/$m.ko" ;;
+	esac
+	deps[$m]=$(tr '\0' '\n' <"$stage/$m.ko" | sed -n 's/^depends=//p' | head -n1 | tr ',' ' ')
+	for d in ${deps[$m]}; do
+		if [[ " ${MODULES[*]} " != *" $d "* ]]; then
+			echo "emu-kernel: $m depends on $d, which is not in the module list" >&2
+			exit 1
+		fi
+	done
+done
+
+# modules.order: dependencies first (a topological sort of depends=).
+: >"$stage/modules.order"
+loaded=" "
+for _ in "${MODULES[@]}"; do
+	for m in "${MODULES[@]}"; do
+		[[ $loaded == *" $m "* ]] && continue
+		ready=1
+		for d in ${deps[$m]}; do [[ $loaded == *" $d "* ]] || ready=0; done
+		if ((ready)); then
+			loaded+="$m "
+			echo "$m.ko" >>"$stage/modules.order"
+		fi
+	done
+done
+if (($(wc -l <"$stage/modules.order") != ${#MODULES[@]})); then
+	echo "emu-kernel: circular module dependencies among ${MODULES[*]}" >&2
+	exit 1
+fi
+echo "$STAMP" >"$stage/.stamp"
+
+rm -rf "$OUTDIR"
+mv "$stage" "$OUTDIR"
+echo "emu-kernel: wrote $OUTDIR ($PKG $VERSION: bzImage, cmdline, ${#MODULES[@]} modules)"
