@@ -62,6 +62,11 @@ const (
 	ExpectedPCR0Annotation = "nitropod.io/expected-pcr0"
 	// ExpectedPCR8Annotation pins the PCR8 (signing certificate) a prebuilt EIF must have.
 	ExpectedPCR8Annotation = "nitropod.io/expected-pcr8"
+	// EnclavesAnnotation is written by the webhook on every managed Pod: a JSON
+	// object from app-container name to that container's enclave
+	// ({"cpu":2,"memoryMiB":2048,"ports":[80],"debug":true}); containers not
+	// in it run outside an enclave. The webhook package documents the format.
+	EnclavesAnnotation = "nitropod.io/enclaves"
 
 	// LicenseDir is where the licence Secret is mounted in a managed container's spec.
 	LicenseDir = "/run/nitropod/license"
