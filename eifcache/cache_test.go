@@ -1,0 +1,325 @@
+package eifcache
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// testEIF is a minimal well-formed EIF for the cache's purposes: header
+// with magic and a correct CRC over header + payload.
+func testEIF(payload []byte) []byte {
+	hdr := make([]byte, eifHeaderSize)
+	copy(hdr, eifMagic)
+	binary.BigEndian.PutUint16(hdr[4:], 4)
+	h := crc32.NewIEEE()
+	h.Write(hdr[:eifCRCOffset])
+	h.Write(payload)
+	binary.BigEndian.PutUint32(hdr[eifCRCOffset:], h.Sum32())
+	return append(hdr, payload...)
+}
+
+func writer(payload []byte, calls *atomic.Int32) func(context.Context, io.Writer) error {
+	return func(_ context.Context, w io.Writer) error {
+		if calls != nil {
+			calls.Add(1)
+		}
+		time.Sleep(50 * time.Millisecond) // widen the race window
+		_, err := w.Write(testEIF(payload))
+		return err
+	}
+}
+
+func TestGetFillsOnceThenHits(t *testing.T) {
+	c, err := Open(t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int32
+	key := Key("rootfs", "proc")
+	e1, err := c.Get(context.Background(), key, writer([]byte("one"), &calls))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e1.Release()
+	e2, err := c.Get(context.Background(), key, writer([]byte("two"), &calls))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e2.Release()
+	if diff := cmp.Diff([]bool{false, true}, []bool{e1.Hit, e2.Hit}); diff != "" {
+		t.Errorf("hit flags (-want +got):\n%s", diff)
+	}
+	if calls.Load() != 1 {
+		t.Errorf("fill ran %d times, want 1", calls.Load())
+	}
+	got, _ := os.ReadFile(e2.Path)
+	if !bytes.Equal(got, testEIF([]byte("one"))) {
+		t.Errorf("cached content changed on hit")
+	}
+	fi, err := os.Stat(e1.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("entry mode %v, want 0600", fi.Mode().Perm())
+	}
+	di, _ := os.Stat(c.Dir())
+	if di.Mode().Perm() != 0o700 {
+		t.Errorf("dir mode %v, want 0700", di.Mode().Perm())
+	}
+}
+
+func TestConcurrentGetsFillOnce(t *testing.T) {
+	c, err := Open(t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int32
+	var wg sync.WaitGroup
+	hits := make([]bool, 8)
+	for i := range hits {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e, err := c.Get(context.Background(), Key("same"), writer([]byte("x"), &calls))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			hits[i] = e.Hit
+			e.Release()
+		}()
+	}
+	wg.Wait()
+	if calls.Load() != 1 {
+		t.Errorf("fill ran %d times for 8 concurrent gets, want 1", calls.Load())
+	}
+	n := 0
+	for _, h := range hits {
+		if !h {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d gets reported a miss, want exactly 1", n)
+	}
+}
+
+// TestHelperProcessGet is run as a subprocess by TestCrossProcessFillOnce.
+func TestHelperProcessGet(t *testing.T) {
+	dir := os.Getenv("EIFCACHE_HELPER_DIR")
+	if dir == "" {
+		return
+	}
+	c, err := Open(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := c.Get(context.Background(), Key("xproc"), func(ctx context.Context, w io.Writer) error {
+		f, err := os.OpenFile(filepath.Join(dir, "fills"), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(f, os.Getpid())
+		f.Close()
+		time.Sleep(300 * time.Millisecond)
+		_, err = w.Write(testEIF([]byte("xproc")))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Release()
+}
+
+func TestCrossProcessFillOnce(t *testing.T) {
+	dir := t.TempDir()
+	var cmds []*exec.Cmd
+	for range 3 {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcessGet$")
+		cmd.Env = append(os.Environ(), "EIFCACHE_HELPER_DIR="+dir)
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		cmds = append(cmds, cmd)
+	}
+	for _, cmd := range cmds {
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("helper: %v", err)
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "fills"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(strings.Fields(string(b))); n != 1 {
+		t.Errorf("3 processes filled %d times, want 1", n)
+	}
+}
+
+func TestCorruptEntryIsRefilled(t *testing.T) {
+	c, err := Open(t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := Key("corrupt")
+	e, err := c.Get(context.Background(), key, writer([]byte("good payload"), nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Release()
+	// Flip a byte in the payload.
+	b, _ := os.ReadFile(e.Path)
+	b[len(b)-1] ^= 0xff
+	if err := os.WriteFile(e.Path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int32
+	e2, err := c.Get(context.Background(), key, writer([]byte("good payload"), &calls))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e2.Release()
+	if e2.Hit || calls.Load() != 1 {
+		t.Errorf("corrupt entry: hit=%v fills=%d, want a refill", e2.Hit, calls.Load())
+	}
+	if err := VerifyCRC(e2.Path); err != nil {
+		t.Errorf("refilled entry does not verify: %v", err)
+	}
+}
+
+func TestFillErrorLeavesNothing(t *testing.T) {
+	c, err := Open(t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("boom")
+	_, err = c.Get(context.Background(), Key("bad"), func(ctx context.Context, w io.Writer) error {
+		w.Write([]byte("partial"))
+		return boom
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("err = %v, want boom", err)
+	}
+	des, _ := os.ReadDir(c.Dir())
+	for _, de := range des {
+		if strings.HasSuffix(de.Name(), entrySuffix) || strings.HasPrefix(de.Name(), tempPrefix) {
+			t.Errorf("left behind %s", de.Name())
+		}
+	}
+	// A fill that writes garbage is rejected by the CRC check.
+	_, err = c.Get(context.Background(), Key("garbage"), func(ctx context.Context, w io.Writer) error {
+		_, err := w.Write(bytes.Repeat([]byte{1}, 600))
+		return err
+	})
+	if err == nil {
+		t.Fatal("garbage fill accepted")
+	}
+}
+
+func TestLRUEvictionKeepsReferenced(t *testing.T) {
+	payload := bytes.Repeat([]byte("p"), 1000) // each entry ~1548 bytes
+	c, err := Open(t.TempDir(), 3500)           // room for two
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	get := func(k string) *Entry {
+		t.Helper()
+		e, err := c.Get(ctx, Key(k), writer(payload, nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	a := get("a")
+	a.Release()
+	time.Sleep(20 * time.Millisecond)
+	b := get("b") // held: must survive eviction
+	time.Sleep(20 * time.Millisecond)
+	a2 := get("a") // touch a: now b is least recently used, but referenced
+	a2.Release()
+	time.Sleep(20 * time.Millisecond)
+	d := get("d") // over the cap: evicts the LRU unreferenced one (a)
+	d.Release()
+	exists := func(e *Entry) bool { _, err := os.Stat(e.Path); return err == nil }
+	got := map[string]bool{"a": exists(a), "b": exists(b), "d": exists(d)}
+	want := map[string]bool{"a": false, "b": true, "d": true}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("entries present after eviction (-want +got):\n%s", diff)
+	}
+	b.Release()
+	if n, _ := c.Size(); n > 3500 {
+		t.Errorf("cache size %d over cap", n)
+	}
+}
+
+func TestKeyAndValidation(t *testing.T) {
+	if Key("ab", "c") == Key("a", "bc") {
+		t.Error("Key is not length-prefixed")
+	}
+	if Key("x") != Key("x") {
+		t.Error("Key is not deterministic")
+	}
+	c, err := Open(t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"", "../x", ".hidden", strings.Repeat("a", 200)} {
+		if _, err := c.Get(context.Background(), k, writer(nil, nil)); err == nil {
+			t.Errorf("key %q accepted", k)
+		}
+	}
+}
+
+func TestGetHonoursContextWhileWaiting(t *testing.T) {
+	c, err := Open(t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{})
+	release := make(chan struct{})
+	go func() {
+		e, err := c.Get(context.Background(), Key("slow"), func(ctx context.Context, w io.Writer) error {
+			close(started)
+			<-release
+			_, err := w.Write(testEIF(nil))
+			return err
+		})
+		if err == nil {
+			e.Release()
+		}
+	}()
+	<-started
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_, err = c.Get(ctx, Key("slow"), writer(nil, nil))
+	close(release)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("err = %v, want deadline exceeded", err)
+	}
+}
+
+func FuzzVerifyCRC(f *testing.F) {
+	f.Add(testEIF([]byte("seed")))
+	f.Add([]byte(".eif"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_ = verifyCRC(bytes.NewReader(b))
+	})
+}
