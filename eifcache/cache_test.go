@@ -235,7 +235,7 @@ func TestFillErrorLeavesNothing(t *testing.T) {
 
 func TestLRUEvictionKeepsReferenced(t *testing.T) {
 	payload := bytes.Repeat([]byte("p"), 1000) // each entry ~1548 bytes
-	c, err := Open(t.TempDir(), 3500)           // room for two
+	c, err := Open(t.TempDir(), 3500)          // room for two
 	if err != nil {
 		t.Fatal(err)
 	}
