@@ -1,0 +1,374 @@
+package enclave
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/nitropod/nitropod/enclave/agent"
+)
+
+// PortMapping publishes an enclave TCP port on a host address.
+type PortMapping struct {
+	// HostAddr is the host listen address, e.g. "127.0.0.1:8080"
+	// (port 0 picks a free one; see Session.Published).
+	HostAddr string
+	// EnclavePort is the TCP port inside the enclave (on its 127.0.0.1).
+	EnclavePort uint16
+}
+
+// RunIO connects a running app to the host.
+type RunIO struct {
+	// Stdin is copied to the app's stdin; nil gives the app an empty stdin.
+	Stdin io.Reader
+	// Stdout and Stderr receive the app's output; nil discards it.
+	Stdout, Stderr io.Writer
+	// Publish lists the ports to forward; each listener is bound before the
+	// enclave boots, so a taken port fails early.
+	Publish []PortMapping
+	// Signals are forwarded to the app by Run. SIGKILL, a second SIGTERM or
+	// SIGINT, or GracePeriod passing after the first one, terminate the enclave.
+	Signals <-chan os.Signal
+	// GracePeriod is how long Run waits after forwarding SIGTERM/SIGINT
+	// before it terminates the enclave; 0 means 10 s.
+	GracePeriod time.Duration
+	// Progress, when set, is called as the run advances with one of the
+	// Stage* values.
+	Progress func(stage string)
+	// Ready, when set, is called once the app has started.
+	Ready func()
+}
+
+// Stages passed to RunIO.Progress.
+const (
+	StageBooting = "booting enclave"
+	StageBooted  = "enclave booted"
+	StageStarted = "app started"
+)
+
+// ExitStatus is how the app ended.
+type ExitStatus struct {
+	// Code is the exit code: the app's own, or 128+Signal when a signal
+	// killed it (or the enclave was terminated: 137).
+	Code int
+	// Signal is the signal that killed the app, or 0.
+	Signal syscall.Signal
+}
+
+// terminated is the status of an app whose enclave was terminated.
+var terminated = ExitStatus{Code: 128 + int(syscall.SIGKILL), Signal: syscall.SIGKILL}
+
+// Session is one app running in an enclave, from Start until Wait returns.
+type Session struct {
+	enc       Enclave
+	cl        *agent.Client
+	listeners []net.Listener
+
+	ioWG  sync.WaitGroup // stdout and stderr copies
+	fwdWG sync.WaitGroup
+
+	done   chan struct{}
+	status ExitStatus
+	err    error
+
+	termOnce sync.Once
+	termErr  error
+	killed   atomic.Bool
+}
+
+// Start boots the enclave described by req with b, connects to its init,
+// starts the app and returns once it runs (after rio.Ready). ctx bounds
+// only the start; the session lives until Wait returns. On error nothing
+// is left running.
+func Start(ctx context.Context, b Backend, req Request, rio RunIO) (_ *Session, err error) {
+	progress := rio.Progress
+	if progress == nil {
+		progress = func(string) {}
+	}
+	s := &Session{done: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			s.shutdown(context.Background())
+		}
+	}()
+	for _, p := range rio.Publish {
+		l, err := net.Listen("tcp", p.HostAddr)
+		if err != nil {
+			return nil, fmt.Errorf("publishing enclave port %d on %s: %w (choose another host port)", p.EnclavePort, p.HostAddr, err)
+		}
+		s.listeners = append(s.listeners, l)
+	}
+
+	progress(StageBooting)
+	enc, err := b.Boot(ctx, req)
+	if err != nil {
+		return nil, fmt.Errorf("booting enclave: %w", err)
+	}
+	s.enc = enc
+	conn, err := enc.Dial(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to enclave init: %w", err)
+	}
+	cl, err := agent.Connect(ctx, conn)
+	if err != nil {
+		return nil, s.explain(fmt.Errorf("connecting to enclave init: %w", err))
+	}
+	s.cl = cl
+	progress(StageBooted)
+
+	st, err := cl.OpenStdio()
+	if err != nil {
+		return nil, s.explain(err)
+	}
+	s.copyOut(st.Stdout, rio.Stdout)
+	s.copyOut(st.Stderr, rio.Stderr)
+	if rio.Stdin == nil {
+		st.Stdin.Close()
+	} else {
+		go func() {
+			io.Copy(st.Stdin, rio.Stdin)
+			st.Stdin.Close()
+		}()
+	}
+	if err := cl.Start(); err != nil {
+		return nil, s.explain(fmt.Errorf("starting the app: %w", err))
+	}
+	m, err := s.recv(ctx)
+	if err != nil {
+		return nil, s.explain(fmt.Errorf("starting the app: %w", err))
+	}
+	switch m.Type {
+	case agent.MsgStarted:
+	case agent.MsgError:
+		cl.Bye()
+		return nil, &agent.InitError{Stage: m.Stage, Msg: m.Error}
+	case agent.MsgExit:
+		// Started is always sent first; an exit here is a protocol error.
+		return nil, fmt.Errorf("enclave init reported an exit before the app started")
+	default:
+		return nil, fmt.Errorf("unexpected %q message from enclave init", m.Type)
+	}
+	for i, l := range s.listeners {
+		s.fwdWG.Add(1)
+		go func() {
+			defer s.fwdWG.Done()
+			cl.ServeForward(l, rio.Publish[i].EnclavePort)
+		}()
+	}
+	progress(StageStarted)
+	if rio.Ready != nil {
+		rio.Ready()
+	}
+	go s.watch()
+	return s, nil
+}
+
+// recv reads one control message, giving up when ctx ends or the enclave stops.
+func (s *Session) recv(ctx context.Context) (agent.Message, error) {
+	type res struct {
+		m   agent.Message
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		m, err := s.cl.Recv()
+		ch <- res{m, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.m, r.err
+	case <-ctx.Done():
+		s.cl.Close()
+		return agent.Message{}, ctx.Err()
+	}
+}
+
+// explain adds that the enclave stopped, when it did, to a channel error.
+func (s *Session) explain(err error) error {
+	if s.enc == nil {
+		return err
+	}
+	select {
+	case <-s.enc.Done():
+		return fmt.Errorf("the enclave stopped before its app ran (boot with debug mode to see its console): %w", err)
+	case <-time.After(100 * time.Millisecond):
+		return err
+	}
+}
+
+func (s *Session) copyOut(r io.ReadCloser, w io.Writer) {
+	if w == nil {
+		w = io.Discard
+	}
+	s.ioWG.Add(1)
+	go func() {
+		defer s.ioWG.Done()
+		io.Copy(w, r)
+		r.Close()
+	}()
+}
+
+// watch waits for the app's exit or the enclave's end.
+func (s *Session) watch() {
+	defer close(s.done)
+	type res struct {
+		m   agent.Message
+		err error
+	}
+	msgs := make(chan res, 1)
+	go func() {
+		for {
+			m, err := s.cl.Recv()
+			if err != nil || m.Type == agent.MsgExit || m.Type == agent.MsgError {
+				msgs <- res{m, err}
+				return
+			}
+		}
+	}()
+	var r res
+	select {
+	case r = <-msgs:
+	case <-s.enc.Done():
+		// The channel may still hold the exit status.
+		select {
+		case r = <-msgs:
+		case <-time.After(time.Second):
+			r.err = errors.New("enclave stopped")
+		}
+	}
+	switch {
+	case r.err != nil:
+		s.status, s.err = terminated, fmt.Errorf("the enclave stopped before its app exited: %w", r.err)
+		if s.killed.Load() {
+			s.err = nil
+		}
+	case r.m.Type == agent.MsgExit:
+		s.status = ExitStatus{Code: r.m.Code, Signal: syscall.Signal(r.m.Signal)}
+		// Init closed stdout and stderr before sending exit: drain them.
+		drained := make(chan struct{})
+		go func() { s.ioWG.Wait(); close(drained) }()
+		select {
+		case <-drained:
+		case <-time.After(30 * time.Second):
+		}
+		s.cl.Bye()
+		select {
+		case <-s.enc.Done(): // init powers off after bye
+		case <-time.After(5 * time.Second):
+		}
+	default:
+		s.status, s.err = terminated, &agent.InitError{Stage: r.m.Stage, Msg: r.m.Error}
+	}
+	s.shutdown(context.Background())
+}
+
+// shutdown terminates the enclave and releases listeners; idempotent.
+func (s *Session) shutdown(ctx context.Context) error {
+	s.termOnce.Do(func() {
+		for _, l := range s.listeners {
+			l.Close()
+		}
+		if s.cl != nil {
+			s.cl.Close()
+		}
+		if s.enc != nil {
+			s.termErr = s.enc.Terminate(ctx)
+		}
+	})
+	return s.termErr
+}
+
+// Enclave is the enclave the app runs in.
+func (s *Session) Enclave() Enclave { return s.enc }
+
+// Published returns the host addresses of the published ports, in the
+// order of RunIO.Publish (useful with port 0).
+func (s *Session) Published() []net.Addr {
+	var a []net.Addr
+	for _, l := range s.listeners {
+		a = append(a, l.Addr())
+	}
+	return a
+}
+
+// Signal delivers sig to the app.
+func (s *Session) Signal(sig syscall.Signal) error {
+	select {
+	case <-s.done:
+		return errors.New("the app has already exited")
+	default:
+	}
+	if err := s.cl.Signal(int(sig)); err != nil {
+		return fmt.Errorf("sending %v to the app: %w", sig, err)
+	}
+	return nil
+}
+
+// Terminate stops the enclave at once; Wait then reports exit code 137.
+func (s *Session) Terminate(ctx context.Context) error {
+	s.killed.Store(true)
+	err := s.shutdown(ctx)
+	<-s.done
+	return err
+}
+
+// Done is closed when the app has exited and the enclave is gone.
+func (s *Session) Done() <-chan struct{} { return s.done }
+
+// Wait waits until the app exited and the enclave is gone, and returns the
+// app's exit status. The error is set when the enclave stopped without an
+// exit status (it crashed, or init failed) unless Terminate was called.
+func (s *Session) Wait() (ExitStatus, error) {
+	<-s.done
+	return s.status, s.err
+}
+
+// Run boots req with b, runs its app with rio until it exits, and returns
+// its exit status; see RunIO for signals. When ctx ends the enclave is
+// terminated and Run returns ctx's error.
+func Run(ctx context.Context, b Backend, req Request, rio RunIO) (ExitStatus, error) {
+	s, err := Start(ctx, b, req, rio)
+	if err != nil {
+		return ExitStatus{}, err
+	}
+	grace := rio.GracePeriod
+	if grace == 0 {
+		grace = 10 * time.Second
+	}
+	var graceC <-chan time.Time
+	stopping := false
+	for {
+		select {
+		case <-s.done:
+			return s.Wait()
+		case <-ctx.Done():
+			s.Terminate(context.Background())
+			st, _ := s.Wait()
+			return st, ctx.Err()
+		case <-graceC:
+			s.Terminate(context.Background())
+			return s.Wait()
+		case sig := <-rio.Signals:
+			ss, ok := sig.(syscall.Signal)
+			if !ok {
+				continue
+			}
+			switch {
+			case ss == syscall.SIGKILL, stopping && (ss == syscall.SIGTERM || ss == syscall.SIGINT):
+				s.Terminate(context.Background())
+				return s.Wait()
+			case ss == syscall.SIGTERM || ss == syscall.SIGINT:
+				stopping = true
+				graceC = time.After(grace)
+			}
+			s.Signal(ss)
+		}
+	}
+}
