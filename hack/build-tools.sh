@@ -1,4 +1,79 @@
 #!/usr/bin/env bash
-# Placeholder until its issue lands.
+# Builds the pinned test tools into OUTDIR from the Go module proxy, using the
+# separate module test/tools (its go.mod pins every version): etcd,
+# kube-apiserver, kube-scheduler, kube-controller-manager (Deployments,
+# DaemonSets, EndpointSlices, ServiceAccounts), kubelet, kubectl, registry, versitygw,
+# crictl, helm. A binary whose stamp (package, module version, Go version)
+# matches is not rebuilt, so a second run takes seconds.
+#
+# Usage: hack/build-tools.sh OUTDIR [TOOL...]   (default: every tool, in the
+# order the tests need them: etcd and kube-apiserver first)
 set -euo pipefail
-echo "build-tools: not yet"
+
+out=${1:?usage: build-tools.sh OUTDIR [TOOL...]}
+shift
+root=$(cd "$(dirname "$0")/.." && pwd)
+mod=$root/test/tools
+mkdir -p "$out" "$out/.stamps"
+out=$(cd "$out" && pwd)
+
+# name package module
+tools=(
+  "etcd github.com/nitropod/nitropod/test/tools/cmd/etcd go.etcd.io/etcd/server/v3"
+  "kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes"
+  "kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes"
+  "kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes"
+  "kubelet k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes"
+  "kubectl k8s.io/kubernetes/cmd/kubectl k8s.io/kubernetes"
+  "registry github.com/distribution/distribution/v3/cmd/registry github.com/distribution/distribution/v3"
+  "versitygw github.com/versity/versitygw/cmd/versitygw github.com/versity/versitygw"
+  "crictl sigs.k8s.io/cri-tools/cmd/crictl sigs.k8s.io/cri-tools"
+  "helm helm.sh/helm/v3/cmd/helm helm.sh/helm/v3"
+)
+
+want=("$@")
+selected() {
+  ((${#want[@]} == 0)) && return 0
+  local w
+  for w in "${want[@]}"; do [[ $w == "$1" ]] && return 0; done
+  return 1
+}
+
+cd "$mod"
+export GOFLAGS=-mod=mod CGO_ENABLED=0
+gover=$(go env GOVERSION)
+for t in "${tools[@]}"; do
+  read -r name pkg module <<<"$t"
+  selected "$name" || continue
+  version=$(go list -m -f '{{.Version}}' "$module")
+  stamp="$pkg@$version $gover"
+  if [[ -x $out/$name && -f $out/.stamps/$name && $(<"$out/.stamps/$name") == "$stamp" ]]; then
+    echo "build-tools: $name $version (up to date)"
+    continue
+  fi
+  ldflags="-s -w"
+  case $module in
+    k8s.io/kubernetes)
+      v=${version#v}
+      ldflags+=" -X k8s.io/component-base/version.gitVersion=$version"
+      ldflags+=" -X k8s.io/component-base/version.gitMajor=${v%%.*}"
+      minor=${v#*.}
+      ldflags+=" -X k8s.io/component-base/version.gitMinor=${minor%%.*}"
+      ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
+      ;;
+    helm.sh/helm/v3)
+      ldflags+=" -X helm.sh/helm/v3/internal/version.version=$version"
+      ;;
+    sigs.k8s.io/cri-tools)
+      ldflags+=" -X sigs.k8s.io/cri-tools/pkg/version.Version=$version"
+      ;;
+  esac
+  echo "build-tools: building $name $version"
+  start=$SECONDS
+  rm -f "$out/.stamps/$name"
+  go build -trimpath -ldflags "$ldflags" -o "$out/$name.tmp" "$pkg"
+  mv "$out/$name.tmp" "$out/$name"
+  printf '%s' "$stamp" >"$out/.stamps/$name"
+  echo "build-tools: $name built in $((SECONDS - start))s"
+done
+echo "build-tools: ok ($out)"
