@@ -1,0 +1,804 @@
+// Package cluster brings up a real one-node Kubernetes cluster on this
+// machine for nitropod's end-to-end tests and demo: etcd, kube-apiserver,
+// kube-scheduler, and a node in its own network namespace running Debian's
+// containerd (with the nitro runtime configured from deploy/'s drop-in) and
+// kubelet, a CNI bridge for Pods, and a real OCI registry that containerd
+// uses as its mirror for docker.io and registry.k8s.io.
+//
+// Everything lives under one directory and listens on loopback or on
+// addresses of the namespace and bridge the cluster made; Close stops every
+// process it started and removes the network it created.
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Options configures a cluster. Zero values pick defaults.
+type Options struct {
+	// Dir holds every file of the cluster (data, configs, logs).
+	Dir string
+	// Bin finds an executable by name (e.g. testenv.Binary or exec.LookPath).
+	Bin func(name string) (string, error)
+	// Subnet is the second octet of 10.X.0.0/16 used for the node link
+	// (10.X.0.0/30) and the Pod bridge (10.X.1.0/24). Default 213.
+	Subnet int
+	// ContainerdDropIn is the nitro runtime drop-in of deploy/ (its
+	// runtime_path and ConfigPath are rewritten to ShimPath and ShimConfig).
+	ContainerdDropIn string
+	// ShimPath is the containerd-shim-nitro-v1 binary; empty leaves the
+	// nitro runtime out of containerd's config.
+	ShimPath string
+	// ShimConfig is the shim's configuration file.
+	ShimConfig string
+	// ExtraPath is prepended to containerd's PATH (shim helpers, qemu).
+	ExtraPath string
+	// Log receives progress lines.
+	Log func(format string, args ...any)
+}
+
+// Cluster is a running cluster.
+type Cluster struct {
+	opts Options
+	// Kubeconfig is the admin kubeconfig (token auth, system:masters).
+	Kubeconfig string
+	// APIServer is the https URL of kube-apiserver.
+	APIServer string
+	// HostIP is the host end of the node link; NodeIP the node's address.
+	HostIP, NodeIP string
+	// NodeName is the registered Node.
+	NodeName string
+	// Netns is the node's network namespace (a name under /run/netns).
+	Netns string
+	// Registry is host:port of the OCI registry (plain HTTP).
+	Registry string
+	// PodSubnet is the CNI bridge's subnet.
+	PodSubnet string
+	// ContainerdSock is containerd's socket.
+	ContainerdSock string
+	// KubeletRoot is kubelet's --root-dir (device plugins register in
+	// KubeletRoot/device-plugins).
+	KubeletRoot string
+
+	token      string
+	etcdURL    string
+	hostIf     string
+	bridge     string
+	mu         sync.Mutex
+	procs      []*Proc
+	kubelet    *Proc
+	containerd *Proc
+	cleanup    []func()
+}
+
+// Proc is a process the cluster started; its output goes to Dir/logs/NAME.log.
+type Proc struct {
+	Name string
+	Log  string
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error
+}
+
+// Stop sends SIGTERM, waits up to grace, then kills.
+func (p *Proc) Stop(grace time.Duration) {
+	if p == nil || p.cmd.Process == nil {
+		return
+	}
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(grace):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// Exited reports whether the process has ended, and its error.
+func (p *Proc) Exited() (bool, error) {
+	select {
+	case <-p.done:
+		return true, p.err
+	default:
+		return false, nil
+	}
+}
+
+func (c *Cluster) logf(format string, args ...any) {
+	if c.opts.Log != nil {
+		c.opts.Log(format, args...)
+	}
+}
+
+// Start starts a process in the host network namespace (or in the node's
+// when inNode), with its output in Dir/logs/NAME.log.
+func (c *Cluster) Start(name string, inNode bool, env []string, bin string, args ...string) (*Proc, error) {
+	logPath := filepath.Join(c.opts.Dir, "logs", name+".log")
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("opening log of %s: %w", name, err)
+	}
+	argv := append([]string{bin}, args...)
+	if inNode {
+		// nsenter switches only the network namespace: the node's processes
+		// share the host's mounts, so kubelet's volume mounts are visible to
+		// containerd.
+		argv = append([]string{"nsenter", "--net=/run/netns/" + c.Netns, "--"}, argv...)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Env = append(os.Environ(), env...)
+	// Its own process group: a Ctrl-C of the demo reaches us, not it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("starting %s: %w", name, err)
+	}
+	p := &Proc{Name: name, Log: logPath, cmd: cmd, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		f.Close()
+		close(p.done)
+	}()
+	c.mu.Lock()
+	c.procs = append(c.procs, p)
+	c.mu.Unlock()
+	return p, nil
+}
+
+// New starts a cluster and waits until its node is Ready. On error,
+// everything started so far is stopped.
+func New(ctx context.Context, opts Options) (_ *Cluster, err error) {
+	if opts.Subnet == 0 {
+		opts.Subnet = 213
+	}
+	if opts.Log == nil {
+		opts.Log = func(string, ...any) {}
+	}
+	c := &Cluster{opts: opts, NodeName: "nitropod-e2e"}
+	defer func() {
+		if err != nil {
+			c.Close()
+		}
+	}()
+	for _, d := range []string{"logs", "etcd", "pki", "containerd", "cni/net.d", "cni/ipam", "kubelet", "registry"} {
+		if err := os.MkdirAll(filepath.Join(opts.Dir, d), 0o755); err != nil {
+			return nil, fmt.Errorf("creating cluster directory: %w", err)
+		}
+	}
+	steps := []struct {
+		name string
+		fn   func(context.Context) error
+	}{
+		{"node network", c.startNetwork},
+		{"etcd", c.startEtcd},
+		{"kube-apiserver", c.startAPIServer},
+		{"kube-scheduler", c.startScheduler},
+		{"registry", c.startRegistry},
+		{"containerd", c.startContainerd},
+		{"kubelet", c.StartKubelet},
+		{"node ready", c.waitNodeReady},
+	}
+	for _, s := range steps {
+		start := time.Now()
+		if err := s.fn(ctx); err != nil {
+			return nil, fmt.Errorf("cluster %s: %w", s.name, err)
+		}
+		c.logf("cluster: %s up in %.1fs", s.name, time.Since(start).Seconds())
+	}
+	return c, nil
+}
+
+// Close stops every process (kubelet first, then containerd and its shims,
+// then the control plane) and removes the network namespace, link and routes.
+func (c *Cluster) Close() {
+	c.mu.Lock()
+	procs := append([]*Proc(nil), c.procs...)
+	c.mu.Unlock()
+	for i := len(procs) - 1; i >= 0; i-- {
+		if procs[i].Name == "containerd" {
+			c.stopPods()
+		}
+		procs[i].Stop(10 * time.Second)
+	}
+	for i := len(c.cleanup) - 1; i >= 0; i-- {
+		c.cleanup[i]()
+	}
+	c.cleanup = nil
+}
+
+// stopPods removes every pod sandbox through CRI, so the shims (and any
+// enclave) end before containerd does.
+func (c *Cluster) stopPods() {
+	crictl, err := c.bin("crictl")
+	if err != nil || c.ContainerdSock == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	ep := "unix://" + c.ContainerdSock
+	out, err := exec.CommandContext(ctx, crictl, "-r", ep, "pods", "-q").Output()
+	if err != nil {
+		return
+	}
+	for _, id := range strings.Fields(string(out)) {
+		_ = exec.CommandContext(ctx, crictl, "-r", ep, "stopp", id).Run()
+		_ = exec.CommandContext(ctx, crictl, "-r", ep, "rmp", "-f", id).Run()
+	}
+}
+
+func (c *Cluster) bin(name string) (string, error) {
+	if c.opts.Bin != nil {
+		return c.opts.Bin(name)
+	}
+	return exec.LookPath(name)
+}
+
+func run(ctx context.Context, name string, args ...string) error {
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// startNetwork makes the node's network namespace, a veth link to it
+// (10.X.0.1 host, 10.X.0.2 node) and a host route to the Pod subnet through
+// the node. Forwarding is enabled only inside the node's namespace.
+func (c *Cluster) startNetwork(ctx context.Context) error {
+	id := randomHex(3)
+	c.Netns = "npe2e-" + id
+	c.hostIf, c.bridge = "npe2e"+id, "npbr"+id
+	nodeIf := "npn" + id
+	c.HostIP = fmt.Sprintf("10.%d.0.1", c.opts.Subnet)
+	c.NodeIP = fmt.Sprintf("10.%d.0.2", c.opts.Subnet)
+	c.PodSubnet = fmt.Sprintf("10.%d.1.0/24", c.opts.Subnet)
+	if out, _ := exec.Command("ip", "-4", "addr", "show").Output(); bytes.Contains(out, []byte(" "+c.HostIP+"/")) {
+		return fmt.Errorf("address %s is already in use on this machine (another e2e cluster running?); choose another Options.Subnet", c.HostIP)
+	}
+	if err := run(ctx, "ip", "netns", "add", c.Netns); err != nil {
+		return err
+	}
+	c.cleanup = append(c.cleanup, func() { _ = run(context.Background(), "ip", "netns", "delete", c.Netns) })
+	if err := run(ctx, "ip", "link", "add", c.hostIf, "type", "veth", "peer", "name", nodeIf); err != nil {
+		return err
+	}
+	c.cleanup = append(c.cleanup, func() { _ = run(context.Background(), "ip", "link", "delete", c.hostIf) })
+	in := func(args ...string) error {
+		return run(ctx, "ip", append([]string{"netns", "exec", c.Netns}, args...)...)
+	}
+	for _, step := range [][]string{
+		{"ip", "link", "set", nodeIf, "netns", c.Netns},
+		{"ip", "addr", "add", c.HostIP + "/30", "dev", c.hostIf},
+		{"ip", "link", "set", c.hostIf, "up"},
+	} {
+		if err := run(ctx, step[0], step[1:]...); err != nil {
+			return err
+		}
+	}
+	for _, step := range [][]string{
+		{"ip", "link", "set", "lo", "up"},
+		{"ip", "addr", "add", c.NodeIP + "/30", "dev", nodeIf},
+		{"ip", "link", "set", nodeIf, "up"},
+		{"ip", "route", "add", "default", "via", c.HostIP},
+		{"sysctl", "-qw", "net.ipv4.ip_forward=1"},
+	} {
+		if err := in(step...); err != nil {
+			return err
+		}
+	}
+	if err := run(ctx, "ip", "route", "add", c.PodSubnet, "via", c.NodeIP); err != nil {
+		return err
+	}
+	return nil
+}
+
+// freePort returns a TCP port that is free on host now.
+func freePort(host string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return 0, fmt.Errorf("finding a free port on %s: %w", host, err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// waitFor polls fn every interval until it returns nil, ctx ends or the
+// timeout passes; the last error is returned.
+func waitFor(ctx context.Context, timeout, interval time.Duration, fn func() error) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var last error
+	for {
+		if last = fn(); last == nil {
+			return nil
+		}
+		var stop backoffStop
+		if errors.As(last, &stop) {
+			return stop.error
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("timed out after %s: %w", timeout, last)
+		case <-time.After(interval):
+		}
+	}
+}
+
+func (c *Cluster) waitProc(ctx context.Context, p *Proc, timeout time.Duration, ready func() error) error {
+	return waitFor(ctx, timeout, 200*time.Millisecond, func() error {
+		if done, err := p.Exited(); done {
+			return backoffStop{fmt.Errorf("%s exited (%v); see %s:\n%s", p.Name, err, p.Log, tail(p.Log, 20))}
+		}
+		return ready()
+	})
+}
+
+type backoffStop struct{ error }
+
+func tail(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (c *Cluster) startEtcd(ctx context.Context) error {
+	bin, err := c.bin("etcd")
+	if err != nil {
+		return err
+	}
+	cp, err := freePort("127.0.0.1")
+	if err != nil {
+		return err
+	}
+	pp, err := freePort("127.0.0.1")
+	if err != nil {
+		return err
+	}
+	client := fmt.Sprintf("http://127.0.0.1:%d", cp)
+	peer := fmt.Sprintf("http://127.0.0.1:%d", pp)
+	p, err := c.Start("etcd", false, nil, bin,
+		"--name=e2e", "--data-dir="+filepath.Join(c.opts.Dir, "etcd"),
+		"--listen-client-urls="+client, "--advertise-client-urls="+client,
+		"--listen-peer-urls="+peer, "--initial-advertise-peer-urls="+peer,
+		"--initial-cluster=e2e="+peer, "--unsafe-no-fsync", "--log-level=warn")
+	if err != nil {
+		return err
+	}
+	c.etcdURL = client
+	return c.waitProc(ctx, p, 60*time.Second, func() error {
+		resp, err := http.Get(client + "/health")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("etcd health: %s", resp.Status)
+		}
+		return nil
+	})
+}
+
+func writeFile(path, content string, mode os.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("creating %s: %w", filepath.Dir(path), err)
+	}
+	if err := os.WriteFile(path, []byte(content), mode); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
+}
+
+// startAPIServer runs kube-apiserver on the host end of the node link, with
+// a static admin token and a service-account signing key.
+func (c *Cluster) startAPIServer(ctx context.Context) error {
+	bin, err := c.bin("kube-apiserver")
+	if err != nil {
+		return err
+	}
+	pki := filepath.Join(c.opts.Dir, "pki")
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return fmt.Errorf("generating service-account key: %w", err)
+	}
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)})
+	if err := writeFile(filepath.Join(pki, "sa.key"), string(keyPEM), 0o600); err != nil {
+		return err
+	}
+	c.token = randomHex(16)
+	if err := writeFile(filepath.Join(pki, "tokens.csv"), c.token+",admin,admin,system:masters\n", 0o600); err != nil {
+		return err
+	}
+	port, err := freePort(c.HostIP)
+	if err != nil {
+		return err
+	}
+	c.APIServer = fmt.Sprintf("https://%s:%d", c.HostIP, port)
+	p, err := c.Start("kube-apiserver", false, nil, bin,
+		"--etcd-servers="+c.etcdURL,
+		"--bind-address="+c.HostIP, "--advertise-address="+c.HostIP,
+		"--secure-port="+strconv.Itoa(port),
+		"--cert-dir="+filepath.Join(pki, "apiserver"),
+		"--token-auth-file="+filepath.Join(pki, "tokens.csv"),
+		"--authorization-mode=RBAC",
+		"--service-account-issuer=https://kubernetes.default.svc",
+		"--service-account-key-file="+filepath.Join(pki, "sa.key"),
+		"--service-account-signing-key-file="+filepath.Join(pki, "sa.key"),
+		"--service-cluster-ip-range="+fmt.Sprintf("10.%d.128.0/24", c.opts.Subnet),
+		"--allow-privileged=true",
+		"--endpoint-reconciler-type=none",
+		"--enable-priority-and-fairness=false",
+		"--v=1")
+	if err != nil {
+		return err
+	}
+	c.Kubeconfig = filepath.Join(c.opts.Dir, "kubeconfig")
+	kc := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: e2e
+  cluster:
+    server: %s
+    insecure-skip-tls-verify: true
+users:
+- name: admin
+  user:
+    token: %s
+contexts:
+- name: e2e
+  context: {cluster: e2e, user: admin, namespace: default}
+current-context: e2e
+`, c.APIServer, c.token)
+	if err := writeFile(c.Kubeconfig, kc, 0o600); err != nil {
+		return err
+	}
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	err = c.waitProc(ctx, p, 90*time.Second, func() error {
+		req, _ := http.NewRequest(http.MethodGet, c.APIServer+"/readyz", nil)
+		req.Header.Set("Authorization", "Bearer "+c.token)
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("readyz: %s: %s", resp.Status, body)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// No controller-manager: make the default ServiceAccount ourselves.
+	return waitFor(ctx, 30*time.Second, time.Second, func() error {
+		_, err := c.Kubectl(ctx, "", "create", "serviceaccount", "default", "-n", "default")
+		if err != nil && strings.Contains(err.Error(), "AlreadyExists") {
+			return nil
+		}
+		return err
+	})
+}
+
+// Kubectl runs kubectl against the cluster with stdin (if not empty) and
+// returns its stdout; the error carries stderr.
+func (c *Cluster) Kubectl(ctx context.Context, stdin string, args ...string) (string, error) {
+	bin, err := c.bin("kubectl")
+	if err != nil {
+		return "", err
+	}
+	cmd := exec.CommandContext(ctx, bin, append([]string{"--kubeconfig=" + c.Kubeconfig}, args...)...)
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.String(), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.String(), nil
+}
+
+func (c *Cluster) startScheduler(ctx context.Context) error {
+	bin, err := c.bin("kube-scheduler")
+	if err != nil {
+		return err
+	}
+	port, err := freePort("127.0.0.1")
+	if err != nil {
+		return err
+	}
+	p, err := c.Start("kube-scheduler", false, nil, bin,
+		"--kubeconfig="+c.Kubeconfig, "--leader-elect=false",
+		"--bind-address=127.0.0.1", "--secure-port="+strconv.Itoa(port), "--v=2")
+	if err != nil {
+		return err
+	}
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	return c.waitProc(ctx, p, 60*time.Second, func() error {
+		resp, err := client.Get(fmt.Sprintf("https://127.0.0.1:%d/healthz", port))
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("scheduler healthz: %s", resp.Status)
+		}
+		return nil
+	})
+}
+
+// startRegistry runs the distribution registry on the host end of the node
+// link (containerd in the node pulls from it as a mirror).
+func (c *Cluster) startRegistry(ctx context.Context) error {
+	bin, err := c.bin("registry")
+	if err != nil {
+		return err
+	}
+	port, err := freePort(c.HostIP)
+	if err != nil {
+		return err
+	}
+	c.Registry = fmt.Sprintf("%s:%d", c.HostIP, port)
+	cfg := fmt.Sprintf(`version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: %s
+  delete:
+    enabled: true
+http:
+  addr: %s
+`, filepath.Join(c.opts.Dir, "registry", "data"), c.Registry)
+	cfgPath := filepath.Join(c.opts.Dir, "registry", "config.yml")
+	if err := writeFile(cfgPath, cfg, 0o644); err != nil {
+		return err
+	}
+	p, err := c.Start("registry", false, []string{"OTEL_TRACES_EXPORTER=none"}, bin, "serve", cfgPath)
+	if err != nil {
+		return err
+	}
+	return c.waitProc(ctx, p, 30*time.Second, func() error {
+		resp, err := http.Get("http://" + c.Registry + "/v2/")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("registry /v2/: %s", resp.Status)
+		}
+		return nil
+	})
+}
+
+// PauseImage is the sandbox image containerd uses; the harness pushes it.
+const PauseImage = "registry.k8s.io/pause:3.10"
+
+// startContainerd runs Debian's containerd in the node's network namespace
+// with a private root, state and socket, CRI pulling through the registry
+// mirror, a CNI bridge, and the nitro runtime imported from deploy/'s drop-in.
+func (c *Cluster) startContainerd(ctx context.Context) error {
+	bin, err := c.bin("containerd")
+	if err != nil {
+		return err
+	}
+	d := filepath.Join(c.opts.Dir, "containerd")
+	c.ContainerdSock = filepath.Join(d, "containerd.sock")
+	imports := ""
+	if c.opts.ShimPath != "" {
+		dropIn, err := RenderDropIn(c.opts.ContainerdDropIn, c.opts.ShimPath, c.opts.ShimConfig)
+		if err != nil {
+			return err
+		}
+		p := filepath.Join(d, "conf.d", "nitropod.toml")
+		if err := writeFile(p, dropIn, 0o644); err != nil {
+			return err
+		}
+		imports = fmt.Sprintf("imports = [%q]\n", p)
+	}
+	cni := fmt.Sprintf(`{
+  "cniVersion": "0.4.0",
+  "name": "nitropod-e2e",
+  "plugins": [
+    {"type": "bridge", "bridge": %q, "isGateway": true, "ipMasq": false, "hairpinMode": true,
+     "ipam": {"type": "host-local", "dataDir": %q, "ranges": [[{"subnet": %q}]],
+              "routes": [{"dst": "0.0.0.0/0"}]}},
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}
+`, c.bridge, filepath.Join(c.opts.Dir, "cni", "ipam"), c.PodSubnet)
+	if err := writeFile(filepath.Join(c.opts.Dir, "cni", "net.d", "10-bridge.conflist"), cni, 0o644); err != nil {
+		return err
+	}
+	mirror := fmt.Sprintf("http://%s", c.Registry)
+	cfg := fmt.Sprintf(`version = 2
+root = %q
+state = %q
+%s
+[grpc]
+  address = %q
+[ttrpc]
+  address = %q
+[debug]
+  level = "info"
+[plugins."io.containerd.internal.v1.opt"]
+  path = %q
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = %q
+  restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = %q
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."docker.io"]
+    endpoint = [%q]
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."registry.k8s.io"]
+    endpoint = [%q]
+`, filepath.Join(d, "root"), filepath.Join(d, "state"), imports, c.ContainerdSock, c.ContainerdSock+".ttrpc",
+		filepath.Join(d, "opt"), PauseImage, filepath.Join(c.opts.Dir, "cni", "net.d"), mirror, mirror)
+	cfgPath := filepath.Join(d, "config.toml")
+	if err := writeFile(cfgPath, cfg, 0o644); err != nil {
+		return err
+	}
+	env := []string{}
+	if c.opts.ExtraPath != "" {
+		env = append(env, "PATH="+c.opts.ExtraPath+":"+os.Getenv("PATH"))
+	}
+	p, err := c.Start("containerd", true, env, bin, "--config", cfgPath)
+	if err != nil {
+		return err
+	}
+	c.containerd = p
+	return c.waitProc(ctx, p, 30*time.Second, func() error {
+		conn, err := net.Dial("unix", c.ContainerdSock)
+		if err != nil {
+			return err
+		}
+		conn.Close()
+		return nil
+	})
+}
+
+// RenderDropIn reads deploy/'s containerd drop-in and points its shim path
+// and shim config at this machine's files; nothing else changes.
+func RenderDropIn(path, shim, shimConfig string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("reading containerd drop-in: %w", err)
+	}
+	s := string(data)
+	for old, repl := range map[string]string{
+		`"/opt/nitropod/bin/containerd-shim-nitro-v1"`: strconv.Quote(shim),
+		`"/etc/nitropod/shim.toml"`:                    strconv.Quote(shimConfig),
+	} {
+		if !strings.Contains(s, old) {
+			return "", fmt.Errorf("containerd drop-in %s does not contain %s", path, old)
+		}
+		s = strings.ReplaceAll(s, old, repl)
+	}
+	return s, nil
+}
+
+// StartKubelet starts (or restarts) kubelet in the node's network namespace.
+func (c *Cluster) StartKubelet(ctx context.Context) error {
+	bin, err := c.bin("kubelet")
+	if err != nil {
+		return err
+	}
+	c.KubeletRoot = filepath.Join(c.opts.Dir, "kubelet")
+	cfg := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: %s
+port: 10250
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+failCgroupV1: false
+failSwapOn: false
+cgroupDriver: cgroupfs
+authentication:
+  anonymous: {enabled: true}
+  webhook: {enabled: false}
+authorization:
+  mode: AlwaysAllow
+containerRuntimeEndpoint: unix://%s
+nodeStatusUpdateFrequency: 2s
+syncFrequency: 10s
+fileCheckFrequency: 10s
+serializeImagePulls: false
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard:
+  memory.available: "1Mi"
+  nodefs.available: "1%%"
+  nodefs.inodesFree: "1%%"
+  imagefs.available: "1%%"
+maxPods: 30
+resolvConf: ""
+`, c.NodeIP, c.ContainerdSock)
+	cfgPath := filepath.Join(c.opts.Dir, "kubelet-config.yaml")
+	if err := writeFile(cfgPath, cfg, 0o644); err != nil {
+		return err
+	}
+	p, err := c.Start("kubelet", true, nil, bin,
+		"--config="+cfgPath, "--kubeconfig="+c.Kubeconfig,
+		"--root-dir="+c.KubeletRoot, "--cert-dir="+filepath.Join(c.KubeletRoot, "pki"),
+		"--node-ip="+c.NodeIP, "--hostname-override="+c.NodeName,
+		"--node-labels=nitropod.io/enclave-node=true", "--v=2")
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.kubelet = p
+	c.mu.Unlock()
+	return c.waitProc(ctx, p, 60*time.Second, func() error {
+		_, err := os.Stat(filepath.Join(c.KubeletRoot, "device-plugins", "kubelet.sock"))
+		return err
+	})
+}
+
+// RestartKubelet stops kubelet and starts it again with the same settings.
+func (c *Cluster) RestartKubelet(ctx context.Context) error {
+	c.mu.Lock()
+	k := c.kubelet
+	c.mu.Unlock()
+	k.Stop(20 * time.Second)
+	return c.StartKubelet(ctx)
+}
+
+func (c *Cluster) waitNodeReady(ctx context.Context) error {
+	return waitFor(ctx, 120*time.Second, time.Second, func() error {
+		out, err := c.Kubectl(ctx, "", "get", "node", c.NodeName, "-o",
+			`jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
+		if err != nil {
+			return err
+		}
+		if strings.TrimSpace(out) != "True" {
+			return fmt.Errorf("node %s Ready=%q", c.NodeName, out)
+		}
+		return nil
+	})
+}
