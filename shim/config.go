@@ -1,0 +1,134 @@
+package shim
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/pelletier/go-toml/v2"
+
+	nitropod "github.com/nitropod/nitropod"
+)
+
+// Backend names accepted in Config.Backend.
+const (
+	BackendQEMU     = "qemu"
+	BackendNitroCLI = "nitro-cli"
+)
+
+// ConfigEnv overrides the config file path when set in the shim's
+// environment (containerd passes its own environment to shims); the runtime
+// options' ConfigPath wins over both.
+const ConfigEnv = "NITROPOD_SHIM_CONFIG"
+
+// Config is /etc/nitropod/shim.toml.
+type Config struct {
+	// Backend boots enclaves: "qemu" (emulation) or "nitro-cli".
+	Backend string `toml:"backend"`
+	// BlobsDir is the blob set: bzImage, cmdline and kernel modules.
+	BlobsDir string `toml:"blobs_dir"`
+	// InitPath is nitropod-init, the enclave's PID 1.
+	InitPath string `toml:"init_path"`
+	// LauncherPath is nitropod-launcher; "" looks next to the shim binary.
+	LauncherPath string `toml:"launcher_path"`
+	// CacheDir holds built EIFs; CacheMaxBytes caps its size (0: no cap).
+	CacheDir      string `toml:"cache_dir"`
+	CacheMaxBytes int64  `toml:"cache_max_bytes"`
+	// QEMU settings for the qemu backend.
+	QEMU QEMUConfig `toml:"qemu"`
+	// NitroCLI is the nitro-cli executable for the nitro-cli backend.
+	NitroCLI string `toml:"nitro_cli"`
+	// DefaultCPUs and DefaultMemoryMiB size an enclave when the device
+	// plugin did not (no NITROPOD_CPU_IDS / NITROPOD_MEMORY_MIB in the env).
+	DefaultCPUs      int `toml:"default_cpus"`
+	DefaultMemoryMiB int `toml:"default_memory_mib"`
+}
+
+// QEMUConfig configures the emulated enclave.
+type QEMUConfig struct {
+	// Binary is qemu-system-x86_64.
+	Binary string `toml:"binary"`
+	// Accel is the QEMU accelerator: "tcg" (default) or "kvm".
+	Accel string `toml:"accel"`
+}
+
+// DefaultConfig is what an absent or empty config file means.
+func DefaultConfig() Config {
+	return Config{
+		Backend:          BackendQEMU,
+		BlobsDir:         "/usr/share/nitro_enclaves/blobs",
+		InitPath:         "/usr/local/lib/nitropod/nitropod-init",
+		CacheDir:         filepath.Join(nitropod.StateDir, "eif-cache"),
+		CacheMaxBytes:    10 << 30,
+		QEMU:             QEMUConfig{Binary: "qemu-system-x86_64", Accel: "tcg"},
+		NitroCLI:         "nitro-cli",
+		DefaultCPUs:      2,
+		DefaultMemoryMiB: 512,
+	}
+}
+
+// LoadConfig reads the config at path over DefaultConfig. A missing file at
+// the default path is not an error (the defaults apply); a missing file at
+// an explicitly chosen path is.
+func LoadConfig(path string) (Config, error) {
+	cfg := DefaultConfig()
+	explicit := path != ""
+	if !explicit {
+		path = nitropod.ShimConfigPath
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) && !explicit {
+			return cfg, nil
+		}
+		return cfg, fmt.Errorf("reading shim config: %w", err)
+	}
+	return ParseConfig(b, cfg)
+}
+
+// ParseConfig decodes TOML over base and validates the result.
+func ParseConfig(b []byte, base Config) (Config, error) {
+	cfg := base
+	dec := toml.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&cfg); err != nil {
+		var sm *toml.StrictMissingError
+		if errors.As(err, &sm) {
+			return base, fmt.Errorf("parsing shim config: unknown setting: %s", sm.String())
+		}
+		return base, fmt.Errorf("parsing shim config: %w", err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return base, err
+	}
+	return cfg, nil
+}
+
+// Validate reports the first bad setting with the value seen and the fix.
+func (c Config) Validate() error {
+	switch c.Backend {
+	case BackendQEMU, BackendNitroCLI:
+	default:
+		return fmt.Errorf("shim config: backend %q is not supported: use %q or %q", c.Backend, BackendQEMU, BackendNitroCLI)
+	}
+	if c.CacheDir == "" {
+		return errors.New("shim config: cache_dir is empty: set it to a root-only directory such as " + filepath.Join(nitropod.StateDir, "eif-cache"))
+	}
+	if c.CacheMaxBytes < 0 {
+		return fmt.Errorf("shim config: cache_max_bytes %d is negative: use 0 for no cap", c.CacheMaxBytes)
+	}
+	if c.DefaultCPUs < 1 {
+		return fmt.Errorf("shim config: default_cpus %d must be at least 1", c.DefaultCPUs)
+	}
+	if c.DefaultMemoryMiB < nitropod.MinEnclaveMemoryMiB {
+		return fmt.Errorf("shim config: default_memory_mib %d is below the %d MiB minimum", c.DefaultMemoryMiB, nitropod.MinEnclaveMemoryMiB)
+	}
+	switch c.QEMU.Accel {
+	case "", "tcg", "kvm":
+	default:
+		return fmt.Errorf("shim config: qemu.accel %q is not supported: use \"tcg\" or \"kvm\"", c.QEMU.Accel)
+	}
+	return nil
+}

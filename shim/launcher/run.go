@@ -1,0 +1,230 @@
+package launcher
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/containerd/fifo"
+	"golang.org/x/sys/unix"
+
+	"github.com/nitropod/nitropod/enclave"
+)
+
+// Main is the launcher's entry point: nitropod-launcher SPECFILE, with the
+// start and ready pipes as fds 3 and 4. It returns the exit code.
+func Main(args []string) int {
+	if len(args) != 1 {
+		fmt.Fprintln(os.Stderr, "usage: nitropod-launcher SPECFILE (started by containerd-shim-nitro-v1)")
+		return 2
+	}
+	spec, err := ReadSpec(args[0])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "nitropod-launcher:", err)
+		return ExitSetupFailed
+	}
+	logf, err := os.OpenFile(filepath.Join(spec.Bundle, LogFile), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		logf = os.Stderr
+	}
+	defer logf.Close()
+	logger := log.New(logf, "nitropod-launcher["+strconv.Itoa(os.Getpid())+"] ", log.LstdFlags|log.Lmicroseconds)
+	start := os.NewFile(StartFD, "start")
+	ready := os.NewFile(ReadyFD, "ready")
+	if start == nil || ready == nil {
+		logger.Print("start/ready pipes missing: the launcher is started by containerd-shim-nitro-v1 only")
+		return ExitSetupFailed
+	}
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2, unix.SIGWINCH)
+	signal.Ignore(unix.SIGPIPE)
+	return Run(context.Background(), spec, start, ready, sigs, logger, logf)
+}
+
+// Run runs one enclave container; see the package doc for the steps. start
+// and ready are the pipes to the shim, sigs the launcher's own signals. It
+// returns the launcher's exit code: the app's exit status, or ExitSetupFailed
+// / ExitNotStarted.
+func Run(ctx context.Context, spec Spec, start io.Reader, ready io.WriteCloser, sigs <-chan os.Signal, logger *log.Logger, console io.Writer) int {
+	rio, closeIO, err := openStdio(ctx, spec)
+	if err != nil {
+		fmt.Fprintf(ready, "error: %v\n", err)
+		ready.Close()
+		return ExitSetupFailed
+	}
+	defer closeIO()
+	backend, err := NewBackend(spec.Backend)
+	if err != nil {
+		fmt.Fprintf(ready, "error: %v\n", err)
+		ready.Close()
+		return ExitSetupFailed
+	}
+	fmt.Fprintln(ready, "ok")
+	ready.Close()
+
+	// Created: wait for the shim's Start (or a signal, or the shim's death).
+	started := make(chan bool, 1)
+	go func() {
+		var b [1]byte
+		n, _ := start.Read(b[:])
+		started <- n == 1
+	}()
+	select {
+	case ok := <-started:
+		if !ok {
+			logger.Print("start pipe closed before start; exiting")
+			return ExitNotStarted
+		}
+	case sig := <-sigs:
+		logger.Printf("signal %v before start; exiting", sig)
+		return 128 + int(sig.(syscall.Signal))
+	}
+
+	req := enclave.Request{
+		Name:      spec.ID,
+		EIFPath:   spec.EIFPath,
+		CPUs:      spec.CPUs,
+		CPUIDs:    spec.CPUIDs,
+		MemoryMiB: spec.MemoryMiB,
+		Debug:     spec.Debug,
+	}
+	if spec.Debug {
+		req.Console = console
+	}
+	for _, p := range spec.Ports {
+		rio.Publish = append(rio.Publish, enclave.PortMapping{HostAddr: ":" + strconv.Itoa(int(p)), EnclavePort: p})
+	}
+	rio.Progress = func(stage string) { logger.Print(stage) }
+
+	bootCtx, cancelBoot := context.WithCancel(ctx)
+	defer cancelBoot()
+	type startRes struct {
+		s   *enclave.Session
+		err error
+	}
+	res := make(chan startRes, 1)
+	t0 := time.Now()
+	go func() {
+		var s *enclave.Session
+		err := inNetNS(spec.NetNS, func() error {
+			var err error
+			s, err = enclave.Start(bootCtx, backend, req, rio)
+			return err
+		})
+		res <- startRes{s, err}
+	}()
+	var sess *enclave.Session
+	for sess == nil {
+		select {
+		case r := <-res:
+			if r.err != nil {
+				logger.Printf("starting enclave: %v", r.err)
+				if rio.Stderr != nil {
+					fmt.Fprintf(rio.Stderr, "nitropod: starting enclave: %v\n", r.err)
+				}
+				return ExitSetupFailed
+			}
+			sess = r.s
+		case sig := <-sigs:
+			// Stopped while booting: abandon the boot (Start leaves nothing
+			// running when its ctx ends).
+			logger.Printf("signal %v while booting; aborting", sig)
+			cancelBoot()
+			if r := <-res; r.s != nil {
+				_ = r.s.Terminate(context.Background())
+			}
+			return 128 + int(sig.(syscall.Signal))
+		}
+	}
+	logger.Printf("app started in enclave %s (cid %d) after %v", sess.Enclave().ID(), sess.Enclave().CID(), time.Since(t0).Round(time.Millisecond))
+	if err := writeRecord(spec.Bundle, Record{Backend: spec.Backend.Name, EnclaveID: sess.Enclave().ID(), CID: sess.Enclave().CID(), NitroCLI: spec.Backend.NitroCLI}); err != nil {
+		logger.Printf("writing enclave record: %v", err)
+	}
+	go func() {
+		for sig := range sigs {
+			if sig == unix.SIGWINCH {
+				continue
+			}
+			if err := sess.Signal(sig.(syscall.Signal)); err != nil {
+				logger.Printf("forwarding %v: %v", sig, err)
+			}
+		}
+	}()
+	st, err := sess.Wait()
+	if err != nil {
+		logger.Printf("enclave ended: %v", err)
+	}
+	logger.Printf("app exited: code %d signal %d", st.Code, st.Signal)
+	return st.Code
+}
+
+// openStdio opens containerd's FIFOs. stdout/stderr are opened for writing
+// at once (containerd already holds the read ends); stdin is opened lazily.
+func openStdio(ctx context.Context, spec Spec) (enclave.RunIO, func(), error) {
+	var rio enclave.RunIO
+	var closers []io.Closer
+	closeAll := func() {
+		for _, c := range closers {
+			c.Close()
+		}
+	}
+	for _, s := range []struct {
+		path string
+		dst  *io.Writer
+	}{{spec.Stdout, &rio.Stdout}, {spec.Stderr, &rio.Stderr}} {
+		if s.path == "" {
+			continue
+		}
+		f, err := fifo.OpenFifo(ctx, s.path, unix.O_WRONLY, 0)
+		if err != nil {
+			closeAll()
+			return rio, nil, fmt.Errorf("opening stdio fifo %s: %w", s.path, err)
+		}
+		closers = append(closers, f)
+		*s.dst = f
+	}
+	if spec.Stdin != "" {
+		f, err := fifo.OpenFifo(ctx, spec.Stdin, unix.O_RDONLY|unix.O_NONBLOCK, 0)
+		if err != nil {
+			closeAll()
+			return rio, nil, fmt.Errorf("opening stdin fifo %s: %w", spec.Stdin, err)
+		}
+		closers = append(closers, f)
+		rio.Stdin = f
+	}
+	return rio, closeAll, nil
+}
+
+// inNetNS runs fn on an OS thread that has joined the network namespace at
+// path, so the sockets fn creates (the forwarded ports' listeners) live in
+// the Pod's namespace. The thread is never returned to the Go scheduler: it
+// exits with the goroutine.
+func inNetNS(path string, fn func() error) error {
+	if path == "" {
+		return fn()
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // deliberately never unlocked
+		f, err := os.Open(path)
+		if err != nil {
+			errc <- fmt.Errorf("opening pod network namespace: %w", err)
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("joining pod network namespace %s: %w", path, err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}

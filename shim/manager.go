@@ -1,0 +1,188 @@
+package shim
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/containerd/containerd/namespaces"
+	"github.com/containerd/containerd/oci"
+	runcmanager "github.com/containerd/containerd/runtime/v2/runc/manager"
+	"github.com/containerd/containerd/runtime/v2/shim"
+	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
+
+	nitropod "github.com/nitropod/nitropod"
+)
+
+// NewManager is the shim manager for containerd-shim-nitro-v1: `start`
+// starts (or joins) the Pod's shim and prints its plain ttrpc address;
+// `delete` cleans up after a shim that containerd could not reach.
+func NewManager() shim.Manager {
+	return manager{runc: runcmanager.NewShimManager(nitropod.RuntimeType)}
+}
+
+type manager struct {
+	runc shim.Manager
+}
+
+func (manager) Name() string { return nitropod.RuntimeType }
+
+// groupID is the id the shim socket is derived from: the Pod's sandbox id
+// for CRI containers, so one shim serves the Pod, else the container id.
+func groupID(id string, annotations map[string]string) string {
+	if g := annotations[nitropod.CRISandboxID]; g != "" {
+		return g
+	}
+	return id
+}
+
+// Start runs with the bundle as working directory. It prints nothing but
+// the address (RunManager writes the return value to stdout).
+func (manager) Start(ctx context.Context, id string, opts shim.StartOpts) (_ string, retErr error) {
+	ns, err := namespaces.NamespaceRequired(ctx)
+	if err != nil {
+		return "", err
+	}
+	var spec struct {
+		Annotations map[string]string `json:"annotations,omitempty"`
+	}
+	b, err := os.ReadFile(oci.ConfigFilename)
+	if err != nil {
+		return "", fmt.Errorf("reading bundle config: %w", err)
+	}
+	if err := json.Unmarshal(b, &spec); err != nil {
+		return "", fmt.Errorf("parsing bundle config: %w", err)
+	}
+	address, err := shim.SocketAddress(ctx, opts.Address, groupID(id, spec.Annotations))
+	if err != nil {
+		return "", err
+	}
+	socket, err := shim.NewSocket(address)
+	if err != nil {
+		if !shim.SocketEaddrinuse(err) {
+			return "", fmt.Errorf("creating shim socket: %w", err)
+		}
+		// The Pod's shim already runs: join it.
+		if shim.CanConnect(address) {
+			if err := shim.WriteAddress("address", address); err != nil {
+				return "", fmt.Errorf("recording the pod shim's address: %w", err)
+			}
+			return address, nil
+		}
+		if err := shim.RemoveSocket(address); err != nil {
+			return "", fmt.Errorf("removing stale shim socket: %w", err)
+		}
+		if socket, err = shim.NewSocket(address); err != nil {
+			return "", fmt.Errorf("creating shim socket: %w", err)
+		}
+	}
+	defer func() {
+		if retErr != nil {
+			socket.Close()
+			_ = shim.RemoveSocket(address)
+		}
+	}()
+	if err := shim.WriteAddress("address", address); err != nil {
+		return "", err
+	}
+	f, err := socket.File()
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	self, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	cwd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	args := []string{"-namespace", ns, "-id", id, "-address", opts.Address}
+	if opts.Debug {
+		args = append(args, "-debug")
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Dir = cwd
+	cmd.Env = append(os.Environ(), "GOMAXPROCS=2")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.ExtraFiles = []*os.File{f}
+	if err := cmd.Start(); err != nil {
+		return "", fmt.Errorf("starting shim server: %w", err)
+	}
+	defer func() {
+		if retErr != nil {
+			_ = cmd.Process.Kill()
+		}
+	}()
+	go func() { _ = cmd.Wait() }()
+	if err := shim.AdjustOOMScore(cmd.Process.Pid); err != nil {
+		return "", fmt.Errorf("adjusting the shim's oom score: %w", err)
+	}
+	return address, nil
+}
+
+// Stop is `delete`: containerd lost the shim (it crashed or was killed) and
+// asks to clean up the container whose bundle is the working directory.
+func (m manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
+	cwd, err := os.Getwd()
+	if err != nil {
+		return shim.StopStatus{}, err
+	}
+	bundle := filepath.Join(filepath.Dir(cwd), id)
+	if _, err := os.Stat(filepath.Join(bundle, stateFile)); err != nil {
+		// Not an enclave container: runc's own cleanup.
+		return m.runc.Stop(ctx, id)
+	}
+	pid := CleanupBundle(ctx, bundle)
+	return shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(unix.SIGKILL), Pid: pid}, nil
+}
+
+// CleanupBundle frees what an enclave container left behind when its shim
+// died: the launcher and every process in the container's cgroup (QEMU),
+// the enclave (nitro-cli), the cgroup and the rootfs mount. It returns the
+// launcher's pid (0 if unknown).
+func CleanupBundle(ctx context.Context, bundle string) int {
+	st, err := readState(bundle)
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("reading enclave container state")
+	}
+	if st.LauncherPid > 0 && isLauncher(st.LauncherPid) {
+		_ = unix.Kill(-st.LauncherPid, unix.SIGKILL)
+		_ = unix.Kill(st.LauncherPid, unix.SIGKILL)
+	}
+	if st.CgroupsPath != "" {
+		if err := killCgroup(st.CgroupsPath); err != nil {
+			log.G(ctx).WithError(err).Warn("killing the container cgroup")
+		}
+	}
+	if err := terminateRecordedEnclave(ctx, bundle, st); err != nil {
+		log.G(ctx).WithError(err).Warn("terminating the enclave")
+	}
+	if st.CgroupsPath != "" {
+		if err := deleteCgroup(st.CgroupsPath); err != nil {
+			log.G(ctx).WithError(err).Warn("removing the container cgroup")
+		}
+	}
+	if err := unmountRootfs(filepath.Join(bundle, "rootfs")); err != nil {
+		log.G(ctx).WithError(err).Warn("unmounting rootfs")
+	}
+	return st.LauncherPid
+}
+
+// isLauncher guards against pid reuse: only a process that still runs
+// nitropod-launcher is killed by a recorded pid.
+func isLauncher(pid int) bool {
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	if err != nil {
+		return false
+	}
+	return filepath.Base(exe) == LauncherBinary || errors.Is(err, os.ErrNotExist)
+}

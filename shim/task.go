@@ -1,0 +1,400 @@
+package shim
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	eventstypes "github.com/containerd/containerd/api/events"
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
+	"github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/containerd/errdefs"
+	"github.com/containerd/containerd/protobuf"
+	ptypes "github.com/containerd/containerd/protobuf/types"
+	"github.com/containerd/log"
+	"github.com/containerd/typeurl/v2"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/nitropod/nitropod/eifcache"
+	"github.com/nitropod/nitropod/shim/launcher"
+)
+
+type taskStatus int
+
+const (
+	statusCreated taskStatus = iota
+	statusRunning
+	statusStopped
+)
+
+// enclaveTask is one enclave container: its launcher is the task's init
+// process.
+type enclaveTask struct {
+	id, bundle  string
+	pid         int
+	cgroupsPath string
+	backend     string
+	stdin       string
+	stdout      string
+	stderr      string
+	terminal    bool
+	entry       *eifcache.Entry
+
+	mu         sync.Mutex
+	status     taskStatus
+	startW     *os.File
+	exited     chan struct{}
+	exitStatus int
+	exitedAt   time.Time
+}
+
+// createEnclave gets the EIF, starts the launcher in the container's cgroup
+// and waits until it is ready to start.
+func (s *service) createEnclave(ctx context.Context, r *taskAPI.CreateTaskRequest, spec *specs.Spec, plan Plan, cfg Config) (_ *enclaveTask, retErr error) {
+	logger := log.G(ctx).WithField("id", r.ID)
+	t0 := time.Now()
+	if err := checkLicense(ctx, spec, plan); err != nil {
+		return nil, err
+	}
+	cache, err := s.cache(cfg)
+	if err != nil {
+		return nil, err
+	}
+	entry, err := getEIF(ctx, cache, r, spec, plan, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			entry.Release()
+		}
+	}()
+	logger.WithFields(log.Fields{"eif": entry.Path, "cache_hit": entry.Hit, "duration": time.Since(t0).String()}).Info("enclave image ready")
+
+	launcherPath, err := findLauncher(cfg)
+	if err != nil {
+		return nil, err
+	}
+	netns := ""
+	cgroupsPath := ""
+	var resources *specs.LinuxResources
+	if spec.Linux != nil {
+		for _, ns := range spec.Linux.Namespaces {
+			if ns.Type == specs.NetworkNamespace && ns.Path != "" {
+				netns = ns.Path
+			}
+		}
+		cgroupsPath = spec.Linux.CgroupsPath
+		resources = spec.Linux.Resources
+	}
+	lspec := launcher.Spec{
+		ID:        r.ID,
+		Bundle:    r.Bundle,
+		EIFPath:   entry.Path,
+		CPUs:      plan.CPUs,
+		CPUIDs:    plan.CPUIDs,
+		MemoryMiB: plan.MemoryMiB,
+		Debug:     plan.Debug,
+		Backend: launcher.BackendConfig{
+			Name:       cfg.Backend,
+			QEMUBinary: cfg.QEMU.Binary,
+			QEMUAccel:  cfg.QEMU.Accel,
+			NitroCLI:   cfg.NitroCLI,
+			StateDir:   r.Bundle,
+		},
+		Stdin:  r.Stdin,
+		Stdout: r.Stdout,
+		Stderr: r.Stderr,
+		NetNS:  netns,
+		Ports:  plan.Ports,
+	}
+	if err := launcher.WriteSpec(lspec); err != nil {
+		return nil, err
+	}
+	startR, startW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	defer startR.Close()
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		startW.Close()
+		return nil, err
+	}
+	defer readyR.Close()
+
+	cmd := exec.Command(launcherPath, filepath.Join(r.Bundle, launcher.SpecFile))
+	cmd.Dir = r.Bundle
+	cmd.ExtraFiles = []*os.File{startR, readyW}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "GOMAXPROCS=2"}
+
+	t := &enclaveTask{
+		id: r.ID, bundle: r.Bundle, cgroupsPath: cgroupsPath, backend: cfg.Backend,
+		stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal,
+		entry: entry, startW: startW, exited: make(chan struct{}),
+	}
+	// Hold s.mu across Start and registration so the exit of a launcher
+	// that dies at once is not missed by processExits.
+	s.mu.Lock()
+	if err := cmd.Start(); err != nil {
+		s.mu.Unlock()
+		startW.Close()
+		readyW.Close()
+		return nil, fmt.Errorf("starting %s: %w", launcherPath, err)
+	}
+	t.pid = cmd.Process.Pid
+	s.byPid[t.pid] = t
+	s.tasks[r.ID] = t
+	s.mu.Unlock()
+	readyW.Close()
+	defer func() {
+		if retErr != nil {
+			_ = unix.Kill(t.pid, unix.SIGKILL)
+			s.mu.Lock()
+			delete(s.tasks, r.ID)
+			s.mu.Unlock()
+			startW.Close()
+			if cgroupsPath != "" {
+				_ = killCgroup(cgroupsPath)
+				_ = deleteCgroup(cgroupsPath)
+			}
+		}
+	}()
+	if err := writeState(r.Bundle, bundleState{LauncherPid: t.pid, CgroupsPath: cgroupsPath, Backend: cfg.Backend, NitroCLI: cfg.NitroCLI}); err != nil {
+		return nil, err
+	}
+	if cgroupsPath != "" {
+		if err := createCgroup(cgroupsPath, resources, t.pid); err != nil {
+			return nil, err
+		}
+	}
+	// The launcher answers once it has opened the stdio FIFOs.
+	line := make(chan string, 1)
+	go func() {
+		l, _ := bufio.NewReader(readyR).ReadString('\n')
+		line <- strings.TrimSpace(l)
+	}()
+	select {
+	case l := <-line:
+		if l != "ok" {
+			if l == "" {
+				l = "launcher exited before it was ready; see " + filepath.Join(r.Bundle, launcher.LogFile)
+			}
+			return nil, fmt.Errorf("preparing enclave container: %s", strings.TrimPrefix(l, "error: "))
+		}
+	case <-time.After(30 * time.Second):
+		return nil, errors.New("preparing enclave container: the launcher did not get ready within 30s")
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	logger.WithFields(log.Fields{"launcher_pid": t.pid, "create_duration": time.Since(t0).String()}).Info("enclave container created")
+	return t, nil
+}
+
+// start publishes TaskStart, then lets the launcher boot the enclave, so
+// TaskStart always precedes TaskExit.
+func (t *enclaveTask) start(s *service) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch t.status {
+	case statusRunning:
+		return fmt.Errorf("container %s: %w", t.id, errdefs.ErrAlreadyExists)
+	case statusStopped:
+		return fmt.Errorf("container %s exited before it was started: %w", t.id, errdefs.ErrFailedPrecondition)
+	}
+	t.status = statusRunning
+	s.send(&eventstypes.TaskStart{ContainerID: t.id, Pid: uint32(t.pid)})
+	_, err := t.startW.Write([]byte{1})
+	t.startW.Close()
+	if err != nil {
+		return fmt.Errorf("starting launcher: %w", err)
+	}
+	return nil
+}
+
+func (t *enclaveTask) handleExit(s *service, status int, at time.Time) {
+	t.mu.Lock()
+	if t.status == statusStopped {
+		t.mu.Unlock()
+		return
+	}
+	t.status = statusStopped
+	t.exitStatus = status
+	t.exitedAt = at
+	if t.startW != nil {
+		t.startW.Close()
+	}
+	s.send(&eventstypes.TaskExit{
+		ContainerID: t.id,
+		ID:          t.id,
+		Pid:         uint32(t.pid),
+		ExitStatus:  uint32(status),
+		ExitedAt:    protobuf.ToTimestamp(at),
+	})
+	close(t.exited)
+	t.mu.Unlock()
+	// QEMU (or anything else the launcher left) goes with it.
+	if t.cgroupsPath != "" {
+		_ = killCgroup(t.cgroupsPath)
+	}
+}
+
+func (t *enclaveTask) kill(ctx context.Context, sig uint32) error {
+	select {
+	case <-t.exited:
+		return fmt.Errorf("process already finished: %w", errdefs.ErrNotFound)
+	default:
+	}
+	if syscall.Signal(sig) != unix.SIGKILL {
+		if err := unix.Kill(t.pid, syscall.Signal(sig)); err != nil {
+			return fmt.Errorf("signalling launcher: %w", err)
+		}
+		return nil
+	}
+	// SIGKILL terminates the enclave: the launcher, QEMU and (on Nitro)
+	// the enclave recorded by the launcher.
+	if rec, err := launcher.ReadRecord(t.bundle); err == nil {
+		if err := launcher.TerminateRecorded(ctx, rec); err != nil {
+			log.G(ctx).WithError(err).Warn("terminating enclave")
+		}
+	}
+	_ = unix.Kill(-t.pid, unix.SIGKILL)
+	_ = unix.Kill(t.pid, unix.SIGKILL)
+	if t.cgroupsPath != "" {
+		if err := killCgroup(t.cgroupsPath); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// delete frees everything: the launcher (if still there), the cgroup, the
+// rootfs mount and the cache reference.
+func (t *enclaveTask) delete(ctx context.Context) (int, time.Time) {
+	select {
+	case <-t.exited:
+	default:
+		_ = t.kill(ctx, uint32(unix.SIGKILL))
+		select {
+		case <-t.exited:
+		case <-time.After(10 * time.Second):
+			log.G(ctx).WithField("id", t.id).Warn("launcher did not exit after SIGKILL")
+		}
+	}
+	if t.cgroupsPath != "" {
+		_ = killCgroup(t.cgroupsPath)
+		if err := deleteCgroup(t.cgroupsPath); err != nil {
+			log.G(ctx).WithError(err).Warn("removing container cgroup")
+		}
+	}
+	if err := unmountRootfs(filepath.Join(t.bundle, "rootfs")); err != nil {
+		log.G(ctx).WithError(err).Warn("unmounting rootfs")
+	}
+	t.entry.Release()
+	_ = os.Remove(filepath.Join(t.bundle, stateFile))
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.exitStatus, t.exitedAt
+}
+
+func (t *enclaveTask) state() *taskAPI.StateResponse {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st := task.Status_CREATED
+	switch t.status {
+	case statusRunning:
+		st = task.Status_RUNNING
+	case statusStopped:
+		st = task.Status_STOPPED
+	}
+	return &taskAPI.StateResponse{
+		ID:         t.id,
+		Bundle:     t.bundle,
+		Pid:        uint32(t.pid),
+		Status:     st,
+		Stdin:      t.stdin,
+		Stdout:     t.stdout,
+		Stderr:     t.stderr,
+		Terminal:   t.terminal,
+		ExitStatus: uint32(t.exitStatus),
+		ExitedAt:   protobuf.ToTimestamp(t.exitedAt),
+	}
+}
+
+func (t *enclaveTask) pids() *taskAPI.PidsResponse {
+	var ps []int
+	if t.cgroupsPath != "" {
+		ps, _ = cgroupPids(t.cgroupsPath)
+	}
+	if len(ps) == 0 {
+		select {
+		case <-t.exited:
+		default:
+			ps = []int{t.pid}
+		}
+	}
+	out := &taskAPI.PidsResponse{}
+	for _, p := range ps {
+		out.Processes = append(out.Processes, &task.ProcessInfo{Pid: uint32(p)})
+	}
+	return out
+}
+
+func (t *enclaveTask) update(ctx context.Context, res *ptypes.Any) error {
+	if res == nil || t.cgroupsPath == "" {
+		return nil
+	}
+	v, err := typeurl.UnmarshalAny(res)
+	if err != nil {
+		return fmt.Errorf("decoding resources: %w", err)
+	}
+	lr, ok := v.(*specs.LinuxResources)
+	if !ok {
+		return fmt.Errorf("update resources of type %T: %w", v, errdefs.ErrInvalidArgument)
+	}
+	// The enclave's own size is fixed at boot; the cgroup limits are the
+	// launcher's.
+	return updateCgroup(t.cgroupsPath, lr)
+}
+
+// findLauncher is cfg.LauncherPath, else nitropod-launcher next to the shim
+// binary, else on PATH.
+func findLauncher(cfg Config) (string, error) {
+	if cfg.LauncherPath != "" {
+		return cfg.LauncherPath, nil
+	}
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), LauncherBinary)
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath(LauncherBinary); err == nil {
+		return p, nil
+	}
+	return "", fmt.Errorf("%s not found next to the shim or on PATH: install it, or set launcher_path in %s", LauncherBinary, "the shim config")
+}
+
+func (s *service) cache(cfg Config) (*eifcache.Cache, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c, ok := s.caches[cfg.CacheDir]; ok {
+		return c, nil
+	}
+	c, err := eifcache.Open(cfg.CacheDir, cfg.CacheMaxBytes)
+	if err != nil {
+		return nil, err
+	}
+	s.caches[cfg.CacheDir] = c
+	return c, nil
+}
