@@ -1,0 +1,169 @@
+package s3
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/nitropod/nitropod/eif"
+	"github.com/nitropod/nitropod/eif/s3/s3test"
+)
+
+func TestParseLocation(t *testing.T) {
+	tests := []struct {
+		in   string
+		want Location
+		bad  bool
+	}{
+		{in: "s3://bucket/key", want: Location{"bucket", "key"}},
+		{in: "s3://my-bucket/path/to/app.eif", want: Location{"my-bucket", "path/to/app.eif"}},
+		{in: "s3://bucket/", bad: true},
+		{in: "s3://bucket", bad: true},
+		{in: "s3:///key", bad: true},
+		{in: "https://bucket/key", bad: true},
+		{in: "bucket/key", bad: true},
+		{in: "s3://b/key", bad: true},
+		{in: "s3://bucket/dir/", bad: true},
+		{in: "", bad: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.in, func(t *testing.T) {
+			got, err := ParseLocation(tc.in)
+			if tc.bad {
+				if KindOf(err) != KindInvalidLocation {
+					t.Fatalf("ParseLocation(%q) = %v, %v; want an InvalidLocation error", tc.in, got, err)
+				}
+				if !strings.Contains(err.Error(), "s3://BUCKET/KEY") && !strings.Contains(err.Error(), "bucket name") {
+					t.Errorf("error %q does not say how to write a location", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+			if got.String() != tc.in {
+				t.Errorf("String() = %q, want %q", got.String(), tc.in)
+			}
+		})
+	}
+}
+
+func FuzzParseLocation(f *testing.F) {
+	for _, s := range []string{"s3://bucket/key", "s3://b/", "s3://bucket/a/b/c.eif", "http://x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		l, err := ParseLocation(s)
+		if err != nil {
+			if KindOf(err) != KindInvalidLocation {
+				t.Fatalf("untyped error %v", err)
+			}
+			return
+		}
+		if l.String() != s || l.Bucket == "" || l.Key == "" {
+			t.Fatalf("ParseLocation(%q) = %+v", s, l)
+		}
+	})
+}
+
+func TestExpectCheck(t *testing.T) {
+	m := eif.Measurements{PCR0: strings.Repeat("a", 96), PCR8: strings.Repeat("8", 96)}
+	unsigned := eif.Measurements{PCR0: m.PCR0}
+	loc := Location{"b", "k"}
+	tests := []struct {
+		name string
+		exp  Expect
+		m    eif.Measurements
+		want []string // substrings; nil: no error
+	}{
+		{name: "nothing expected", m: m},
+		{name: "pcr0 matches, case and space ignored", exp: Expect{PCR0: " " + strings.ToUpper(m.PCR0) + "\n"}, m: m},
+		{name: "pcr8 matches", exp: Expect{PCR8: m.PCR8}, m: m},
+		{name: "pcr0 mismatch names both", exp: Expect{PCR0: strings.Repeat("b", 96)}, m: m, want: []string{"PCR0 " + m.PCR0, "expects " + strings.Repeat("b", 96)}},
+		{name: "pcr8 mismatch names both", exp: Expect{PCR8: strings.Repeat("9", 96)}, m: m, want: []string{"PCR8 " + m.PCR8, "expects " + strings.Repeat("9", 96)}},
+		{name: "pcr8 on unsigned", exp: Expect{PCR8: m.PCR8}, m: unsigned, want: []string{"not signed"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.exp.Check(tc.m, loc)
+			if tc.want == nil {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if KindOf(err) != KindVerification {
+				t.Fatalf("err = %v, want a Verification error", err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestCRCWriter(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "a.eif")
+	s3test.WriteEIF(t, p, 3<<20+17, 1, nil)
+	good, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	corrupt := bytes.Clone(good)
+	corrupt[len(corrupt)/2] ^= 1
+	tests := []struct {
+		name string
+		data []byte
+		err  string
+	}{
+		{name: "valid", data: good},
+		{name: "corrupt", data: corrupt, err: "eif crc mismatch"},
+		{name: "truncated", data: good[:len(good)-1], err: "eif crc mismatch"},
+		{name: "short", data: good[:100], err: "shorter than an EIF header"},
+		{name: "not an eif", data: append([]byte("ELF!"), good[4:]...), err: "bad magic"},
+	}
+	for _, tc := range tests {
+		for _, chunk := range []int{1, 7, 548, 1 << 20} {
+			var w crcWriter
+			for d := tc.data; len(d) > 0; {
+				n := min(chunk, len(d))
+				w.Write(d[:n])
+				d = d[n:]
+				if chunk == 1 && len(d) > 4096 { // byte by byte only through the header
+					chunk = 4093
+				}
+			}
+			err := w.check()
+			if tc.err == "" && err != nil || tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
+				t.Errorf("%s (chunks of %d): check() = %v, want %q", tc.name, chunk, err, tc.err)
+			}
+			if tc.name == "corrupt" && !errors.Is(err, eif.ErrCRC) {
+				t.Errorf("corrupt: error does not wrap eif.ErrCRC")
+			}
+		}
+	}
+}
+
+func TestBackoffBounded(t *testing.T) {
+	for attempt := 1; attempt < 40; attempt++ {
+		d := backoff(attempt, 3*time.Second)
+		if d <= 0 || d > 3*time.Second {
+			t.Fatalf("backoff(%d) = %v, want (0, 3s]", attempt, d)
+		}
+	}
+	if d := backoff(1, time.Minute); d > 200*time.Millisecond {
+		t.Errorf("first backoff %v, want ≤ 200ms", d)
+	}
+}
