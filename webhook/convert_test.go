@@ -198,7 +198,7 @@ func TestConvertUnmanaged(t *testing.T) {
 // basePod is a valid managed Pod that the invalid cases break one way each.
 func basePod() *corev1.Pod {
 	return &corev1.Pod{
-		TypeMeta: metaPod,
+		TypeMeta:   metaPod,
 		ObjectMeta: objectMeta("nginx-pod", map[string]string{nitropod.ManagedLabel: nitropod.ManagedValue}),
 		Spec: corev1.PodSpec{
 			Containers: []corev1.Container{{
@@ -390,4 +390,3 @@ func TestParseEnclaves(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
-

@@ -1,0 +1,126 @@
+package webhook
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// PatchOp is one RFC 6902 JSON Patch operation.
+type PatchOp struct {
+	Op    string          `json:"op"`
+	Path  string          `json:"path"`
+	Value json.RawMessage `json:"value,omitempty"`
+}
+
+// CreatePatch returns the JSON Patch operations that turn the JSON document
+// from into to: objects are compared key by key, arrays of equal length
+// element by element, and anything else that differs is replaced whole.
+// Operations come in a deterministic order.
+func CreatePatch(from, to []byte) ([]PatchOp, error) {
+	a, err := decodeJSON(from)
+	if err != nil {
+		return nil, fmt.Errorf("decoding original object: %w", err)
+	}
+	b, err := decodeJSON(to)
+	if err != nil {
+		return nil, fmt.Errorf("decoding patched object: %w", err)
+	}
+	var ops []PatchOp
+	if err := diff(&ops, "", a, b); err != nil {
+		return nil, err
+	}
+	return ops, nil
+}
+
+func decodeJSON(b []byte) (any, error) {
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.UseNumber()
+	var v any
+	if err := d.Decode(&v); err != nil {
+		return nil, err
+	}
+	if d.More() {
+		return nil, fmt.Errorf("trailing data after the JSON document")
+	}
+	return v, nil
+}
+
+func op(ops *[]PatchOp, kind, path string, v any) error {
+	o := PatchOp{Op: kind, Path: path}
+	if kind != "remove" {
+		b, err := json.Marshal(v)
+		if err != nil {
+			return fmt.Errorf("encoding patch value at %s: %w", path, err)
+		}
+		o.Value = b
+	}
+	*ops = append(*ops, o)
+	return nil
+}
+
+func diff(ops *[]PatchOp, path string, a, b any) error {
+	switch av := a.(type) {
+	case map[string]any:
+		bv, ok := b.(map[string]any)
+		if !ok {
+			break
+		}
+		keys := make([]string, 0, len(av)+len(bv))
+		for k := range av {
+			keys = append(keys, k)
+		}
+		for k := range bv {
+			if _, ok := av[k]; !ok {
+				keys = append(keys, k)
+			}
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			p := path + "/" + escapePointer(k)
+			x, inA := av[k]
+			y, inB := bv[k]
+			var err error
+			switch {
+			case !inB:
+				err = op(ops, "remove", p, nil)
+			case !inA:
+				err = op(ops, "add", p, y)
+			default:
+				err = diff(ops, p, x, y)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	case []any:
+		bv, ok := b.([]any)
+		if !ok || len(av) != len(bv) {
+			break
+		}
+		for i := range av {
+			if err := diff(ops, path+"/"+strconv.Itoa(i), av[i], bv[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if reflect.DeepEqual(a, b) {
+		return nil
+	}
+	return op(ops, "replace", path, b)
+}
+
+// escapePointer escapes a key for a JSON Pointer (RFC 6901): "~" as "~0",
+// "/" as "~1" (so nitropod.io/enclave-cpu becomes nitropod.io~1enclave-cpu).
+func escapePointer(s string) string {
+	if !strings.ContainsAny(s, "~/") {
+		return s
+	}
+	return strings.ReplaceAll(strings.ReplaceAll(s, "~", "~0"), "/", "~1")
+}

@@ -1,0 +1,158 @@
+package webhook
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// applyPatch is an independent RFC 6902 applier for add/remove/replace, used
+// to check that CreatePatch's output really turns one document into the other.
+func applyPatch(doc []byte, ops []PatchOp) ([]byte, error) {
+	v, err := decodeJSON(doc)
+	if err != nil {
+		return nil, err
+	}
+	for _, o := range ops {
+		var val any
+		if o.Op != "remove" {
+			if val, err = decodeJSON(o.Value); err != nil {
+				return nil, err
+			}
+		}
+		if o.Path == "" {
+			v = val
+			continue
+		}
+		parts := strings.Split(o.Path[1:], "/")
+		for i, p := range parts {
+			parts[i] = strings.ReplaceAll(strings.ReplaceAll(p, "~1", "/"), "~0", "~")
+		}
+		parent := v
+		for _, p := range parts[:len(parts)-1] {
+			switch c := parent.(type) {
+			case map[string]any:
+				parent = c[p]
+			case []any:
+				i, _ := strconv.Atoi(p)
+				parent = c[i]
+			default:
+				return nil, fmt.Errorf("%s: no parent", o.Path)
+			}
+		}
+		last := parts[len(parts)-1]
+		m, ok := parent.(map[string]any)
+		if !ok {
+			a, ok := parent.([]any)
+			i, err := strconv.Atoi(last)
+			if !ok || err != nil || o.Op != "replace" || i >= len(a) {
+				return nil, fmt.Errorf("%s: unsupported array op %s", o.Path, o.Op)
+			}
+			a[i] = val
+			continue
+		}
+		_, exists := m[last]
+		switch o.Op {
+		case "add":
+			m[last] = val
+		case "replace", "remove":
+			if !exists {
+				return nil, fmt.Errorf("%s: %s of a missing member", o.Path, o.Op)
+			}
+			if o.Op == "remove" {
+				delete(m, last)
+			} else {
+				m[last] = val
+			}
+		}
+	}
+	return json.Marshal(v)
+}
+
+func canonical(t *testing.T, b []byte) string {
+	t.Helper()
+	v, err := decodeJSON(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := json.Marshal(v)
+	return string(out)
+}
+
+func TestCreatePatch(t *testing.T) {
+	for _, tc := range []struct {
+		name, from, to string
+		want           []PatchOp
+	}{
+		{"equal", `{"a":1,"b":[1,2]}`, `{"a":1,"b":[1,2]}`, nil},
+		{"add escaped key", `{"m":{}}`, `{"m":{"nitropod.io/enclave-cpu":"2","a~b":1}}`, []PatchOp{
+			{Op: "add", Path: "/m/a~0b", Value: json.RawMessage(`1`)},
+			{Op: "add", Path: "/m/nitropod.io~1enclave-cpu", Value: json.RawMessage(`"2"`)},
+		}},
+		{"remove and replace", `{"a":1,"b":"x","c":null}`, `{"b":"y","c":false}`, []PatchOp{
+			{Op: "remove", Path: "/a"},
+			{Op: "replace", Path: "/b", Value: json.RawMessage(`"y"`)},
+			{Op: "replace", Path: "/c", Value: json.RawMessage(`false`)},
+		}},
+		{"add null", `{}`, `{"a":null}`, []PatchOp{{Op: "add", Path: "/a", Value: json.RawMessage(`null`)}}},
+		{"array element", `{"l":[{"n":1},{"n":2}]}`, `{"l":[{"n":1},{"n":3}]}`, []PatchOp{
+			{Op: "replace", Path: "/l/1/n", Value: json.RawMessage(`3`)},
+		}},
+		{"array grows", `{"l":[1]}`, `{"l":[1,2]}`, []PatchOp{{Op: "replace", Path: "/l", Value: json.RawMessage(`[1,2]`)}}},
+		{"type change", `{"l":[1]}`, `{"l":{"x":1}}`, []PatchOp{{Op: "replace", Path: "/l", Value: json.RawMessage(`{"x":1}`)}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ops, err := CreatePatch([]byte(tc.from), []byte(tc.to))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, ops); diff != "" {
+				t.Errorf("ops (-want +got):\n%s", diff)
+			}
+			got, err := applyPatch([]byte(tc.from), ops)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(canonical(t, []byte(tc.to)), canonical(t, got)); diff != "" {
+				t.Errorf("applied (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestCreatePatchGolden(t *testing.T) {
+	for _, tc := range goldenCases(t) {
+		t.Run(tc.name, func(t *testing.T) {
+			from, _ := json.Marshal(tc.pod)
+			out, _, err := Convert(tc.pod, tc.cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			to, _ := json.Marshal(out)
+			ops, err := CreatePatch(from, to)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := applyPatch(from, ops)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(canonical(t, to), canonical(t, got)); diff != "" {
+				t.Errorf("patched original differs from Convert's output (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestCreatePatchBadJSON(t *testing.T) {
+	if _, err := CreatePatch([]byte(`{`), []byte(`{}`)); err == nil {
+		t.Error("no error for truncated JSON")
+	}
+	if _, err := CreatePatch([]byte(`{}`), []byte(`{} {}`)); err == nil {
+		t.Error("no error for trailing data")
+	}
+}
