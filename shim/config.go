@@ -44,6 +44,9 @@ type Config struct {
 	// plugin did not (no NITROPOD_CPU_IDS / NITROPOD_MEMORY_MIB in the env).
 	DefaultCPUs      int `toml:"default_cpus"`
 	DefaultMemoryMiB int `toml:"default_memory_mib"`
+	// RunDir holds per-enclave runtime files (the QEMU backend's channel
+	// sockets); a short path, as unix socket paths are limited to 108 bytes.
+	RunDir string `toml:"run_dir"`
 }
 
 // QEMUConfig configures the emulated enclave.
@@ -66,6 +69,7 @@ func DefaultConfig() Config {
 		NitroCLI:         "nitro-cli",
 		DefaultCPUs:      2,
 		DefaultMemoryMiB: 512,
+		RunDir:           "/run/nitropod",
 	}
 }
 

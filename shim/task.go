@@ -109,7 +109,7 @@ func (s *service) createEnclave(ctx context.Context, r *taskAPI.CreateTaskReques
 			QEMUBinary: cfg.QEMU.Binary,
 			QEMUAccel:  cfg.QEMU.Accel,
 			NitroCLI:   cfg.NitroCLI,
-			StateDir:   r.Bundle,
+			StateDir:   cfg.RunDir,
 		},
 		Stdin:  r.Stdin,
 		Stdout: r.Stdout,

@@ -1,0 +1,198 @@
+package shim
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	nitropod "github.com/nitropod/nitropod"
+	"github.com/nitropod/nitropod/eif/ramdisk"
+)
+
+func testSpec(ann map[string]string, env ...string) *specs.Spec {
+	return &specs.Spec{
+		Hostname:    "pod-a",
+		Annotations: ann,
+		Process: &specs.Process{
+			Args: []string{"sh", "-c", "echo hi"},
+			Env:  env,
+			Cwd:  "/work",
+			User: specs.User{UID: 1000, GID: 1000, AdditionalGids: []uint32{1000, 10}},
+		},
+	}
+}
+
+func TestPlanContainer(t *testing.T) {
+	cfg := DefaultConfig()
+	cri := func(kind, name string, extra map[string]string) map[string]string {
+		m := map[string]string{nitropod.CRIContainerType: kind, nitropod.CRIContainerName: name, nitropod.CRISandboxID: "sb"}
+		for k, v := range extra {
+			m[k] = v
+		}
+		return m
+	}
+	enclaves := `{"app":{"cpu":4,"memoryMiB":2048,"ports":[8080,80,80],"debug":false},"other":{"cpu":2,"memoryMiB":512}}`
+	tests := []struct {
+		name string
+		spec *specs.Spec
+		want Plan
+	}{
+		{
+			name: "pause container runs through runc",
+			spec: testSpec(cri(nitropod.CRIContainerTypePod, "", nil)),
+			want: Plan{},
+		},
+		{
+			name: "app container not listed by the webhook runs through runc",
+			spec: testSpec(cri(nitropod.CRIContainerTypeApp, "sidecar", map[string]string{nitropod.EnclavesAnnotation: enclaves})),
+			want: Plan{},
+		},
+		{
+			name: "direct use (ctr run): config defaults",
+			spec: testSpec(nil, "PATH=/bin"),
+			want: Plan{Enclave: true, CPUs: 2, MemoryMiB: 512, Process: ramdisk.Process{
+				Args: []string{"sh", "-c", "echo hi"}, Env: []string{"PATH=/bin"}, Cwd: "/work", UID: 1000, GID: 1000,
+				AdditionalGIDs: []uint32{10}, Hostname: "pod-a",
+			}},
+		},
+		{
+			name: "webhook annotation sizes the enclave and lists ports",
+			spec: testSpec(cri(nitropod.CRIContainerTypeApp, "app", map[string]string{nitropod.EnclavesAnnotation: enclaves}), "A=1"),
+			want: Plan{Enclave: true, CPUs: 4, MemoryMiB: 2048, Ports: []uint16{80, 8080}, Process: ramdisk.Process{
+				Args: []string{"sh", "-c", "echo hi"}, Env: []string{"A=1"}, Cwd: "/work", UID: 1000, GID: 1000,
+				AdditionalGIDs: []uint32{10}, Hostname: "pod-a", Ports: []uint16{80, 8080},
+			}},
+		},
+		{
+			name: "device plugin env wins and stays out of the measured env; debug mode",
+			spec: testSpec(cri(nitropod.CRIContainerTypeApp, "app", map[string]string{nitropod.EnclavesAnnotation: enclaves}),
+				"A=1", nitropod.EnvCPUIDs+"=2-3,6,7", nitropod.EnvMemoryMiB+"=1024", nitropod.EnvEnclaveSlot+"=1", nitropod.DebugModeEnv+"=yes"),
+			want: Plan{Enclave: true, CPUs: 4, CPUIDs: []int{2, 3, 6, 7}, MemoryMiB: 1024, Debug: true, Ports: []uint16{80, 8080}, Process: ramdisk.Process{
+				Args: []string{"sh", "-c", "echo hi"}, Env: []string{"A=1", nitropod.DebugModeEnv + "=yes"}, Cwd: "/work", UID: 1000, GID: 1000,
+				AdditionalGIDs: []uint32{10}, Hostname: "pod-a", Ports: []uint16{80, 8080},
+			}},
+		},
+		{
+			name: "debug only with the exact value",
+			spec: testSpec(nil, nitropod.DebugModeEnv+"=true"),
+			want: Plan{Enclave: true, CPUs: 2, MemoryMiB: 512, Process: ramdisk.Process{
+				Args: []string{"sh", "-c", "echo hi"}, Env: []string{nitropod.DebugModeEnv + "=true"}, Cwd: "/work", UID: 1000, GID: 1000,
+				AdditionalGIDs: []uint32{10}, Hostname: "pod-a",
+			}},
+		},
+		{
+			name: "imageLocation is passed on",
+			spec: testSpec(map[string]string{nitropod.ImageLocationAnnotation: "s3://b/k.eif"}),
+			want: Plan{Enclave: true, CPUs: 2, MemoryMiB: 512, ImageLocation: "s3://b/k.eif", Process: ramdisk.Process{
+				Args: []string{"sh", "-c", "echo hi"}, Cwd: "/work", UID: 1000, GID: 1000,
+				AdditionalGIDs: []uint32{10}, Hostname: "pod-a",
+			}},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := PlanContainer(tc.spec, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("plan (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestPlanContainerErrors(t *testing.T) {
+	cfg := DefaultConfig()
+	tests := []struct {
+		name, want string
+		spec       *specs.Spec
+	}{
+		{"bad annotation", nitropod.EnclavesAnnotation, testSpec(map[string]string{nitropod.CRIContainerType: nitropod.CRIContainerTypeApp, nitropod.EnclavesAnnotation: "{"})},
+		{"bad cpu ids", "NITROPOD_CPU_IDS", testSpec(nil, nitropod.EnvCPUIDs+"=a,b")},
+		{"small memory", "NITROPOD_MEMORY_MIB", testSpec(nil, nitropod.EnvMemoryMiB+"=8")},
+		{"no args", "no process args", &specs.Spec{Process: &specs.Process{}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := PlanContainer(tc.spec, cfg)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want one mentioning %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseCPUList(t *testing.T) {
+	tests := []struct {
+		in   string
+		want []int
+		ok   bool
+	}{
+		{"1,3", []int{1, 3}, true},
+		{"2-5,8", []int{2, 3, 4, 5, 8}, true},
+		{" 7 ", []int{7}, true},
+		{"3,1,3", []int{1, 3}, true},
+		{"5-2", nil, false},
+		{"", nil, false},
+		{"-1", nil, false},
+	}
+	for _, tc := range tests {
+		got, err := ParseCPUList(tc.in)
+		if (err == nil) != tc.ok {
+			t.Errorf("ParseCPUList(%q) err = %v, want ok=%v", tc.in, err, tc.ok)
+			continue
+		}
+		if tc.ok {
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("ParseCPUList(%q) (-want +got):\n%s", tc.in, diff)
+			}
+		}
+	}
+}
+
+func TestParseConfig(t *testing.T) {
+	got, err := ParseConfig([]byte(`
+backend = "nitro-cli"
+blobs_dir = "/b"
+init_path = "/i"
+cache_dir = "/c"
+cache_max_bytes = 1000
+nitro_cli = "/usr/bin/nitro-cli"
+default_cpus = 4
+default_memory_mib = 1024
+[qemu]
+binary = "/q"
+accel = "kvm"
+`), DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{Backend: "nitro-cli", BlobsDir: "/b", InitPath: "/i", CacheDir: "/c", CacheMaxBytes: 1000,
+		QEMU: QEMUConfig{Binary: "/q", Accel: "kvm"}, NitroCLI: "/usr/bin/nitro-cli", DefaultCPUs: 4, DefaultMemoryMiB: 1024, RunDir: DefaultConfig().RunDir}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("config (-want +got):\n%s", diff)
+	}
+	for _, bad := range []struct{ in, want string }{
+		{`backend = "firecracker"`, `backend "firecracker"`},
+		{`bogus = 1`, "unknown setting"},
+		{`default_memory_mib = 10`, "default_memory_mib 10"},
+		{"[qemu]\naccel = \"hvf\"", `qemu.accel "hvf"`},
+		{`cache_max_bytes = -1`, "cache_max_bytes -1"},
+		{`backend = `, "parsing shim config"},
+	} {
+		_, err := ParseConfig([]byte(bad.in), DefaultConfig())
+		if err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("ParseConfig(%q) err = %v, want one mentioning %q", bad.in, err, bad.want)
+		}
+	}
+}
+
+func FuzzParseConfig(f *testing.F) {
+	f.Add([]byte("backend = \"qemu\"\n[qemu]\naccel = \"tcg\"\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_, _ = ParseConfig(b, DefaultConfig())
+	})
+}
