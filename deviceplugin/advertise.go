@@ -138,11 +138,13 @@ func Advertise(inv Inventory, s Settings, prev Advertisement) Advertisement {
 			a.Slots = append(a.Slots, Device{ID: SlotDeviceID(i), Num: i, NUMANode: NoNUMANode, Healthy: true})
 		}
 	}
-	if prev.BlockMiB == a.BlockMiB {
-		a.CPU = keepGone(a.CPU, prev.CPU)
-		a.Memory = keepGone(a.Memory, prev.Memory)
-		a.Slots = keepGone(a.Slots, prev.Slots)
+	if prev.BlockMiB != a.BlockMiB {
+		// Memory device ids name blocks of the old size: start afresh.
+		prev = Advertisement{}
 	}
+	a.CPU = keepGone(a.CPU, prev.CPU)
+	a.Memory = keepGone(a.Memory, prev.Memory)
+	a.Slots = keepGone(a.Slots, prev.Slots)
 	return a
 }
 

@@ -58,7 +58,12 @@ func (n Node) NUMANode(id int) int {
 	return min((id%cores)/perNode, n.numa()-1)
 }
 
-func (n Node) threads() int { return max(n.ThreadsPerCore, 1) }
+func (n Node) threads() int {
+	if n.ThreadsPerCore <= 0 {
+		return 2
+	}
+	return n.ThreadsPerCore
+}
 func (n Node) numa() int    { return max(n.NUMANodes, 1) }
 
 // Write creates the fake trees: sysfs below sysfsRoot and the device node
