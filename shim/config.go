@@ -47,6 +47,26 @@ type Config struct {
 	// RunDir holds per-enclave runtime files (the QEMU backend's channel
 	// sockets); a short path, as unix socket paths are limited to 108 bytes.
 	RunDir string `toml:"run_dir"`
+	// License configures the licence check (package license).
+	License LicenseConfig `toml:"license"`
+	// S3 configures downloads of prebuilt EIFs (imageLocation).
+	S3 S3Config `toml:"s3"`
+}
+
+// LicenseConfig is the node's licence policy.
+type LicenseConfig struct {
+	// Enforce refuses enclave containers without a valid licence.
+	Enforce bool `toml:"enforce"`
+	// KeysFile holds the trusted issuer public keys (PEM).
+	KeysFile string `toml:"keys_file"`
+}
+
+// S3Config points prebuilt-EIF downloads at a store.
+type S3Config struct {
+	// Endpoint of an S3-compatible store; "" is AWS S3.
+	Endpoint string `toml:"endpoint"`
+	// Region of the buckets; "" resolves it.
+	Region string `toml:"region"`
 }
 
 // QEMUConfig configures the emulated enclave.

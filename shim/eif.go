@@ -30,7 +30,7 @@ const cacheKeyVersion = "nitropod-shim-eif-v1"
 // S3 (imageLocation) or by building it from the rootfs and process.
 func getEIF(ctx context.Context, cache *eifcache.Cache, r *taskAPI.CreateTaskRequest, spec *specs.Spec, plan Plan, cfg Config) (*eifcache.Entry, error) {
 	if plan.ImageLocation != "" {
-		return fetchPrebuilt(ctx, cache, spec, plan)
+		return fetchPrebuilt(ctx, cache, spec, plan, cfg)
 	}
 	rootfs := filepath.Join(r.Bundle, "rootfs")
 	key, err := EIFKey(r.Rootfs, rootfs, plan, cfg)

@@ -5,24 +5,69 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"time"
 
+	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	nitropod "github.com/nitropod/nitropod"
+	"github.com/nitropod/nitropod/eif/s3"
 	"github.com/nitropod/nitropod/eifcache"
+	"github.com/nitropod/nitropod/license"
 )
 
 // builderVersion is part of every cache key; it follows the EIF builder.
 const builderVersion = "pending"
 
-// checkLicense runs before anything is built or booted.
-func checkLicense(ctx context.Context, spec *specs.Spec, plan Plan) error {
+// checkLicense is the licence hook: it runs before anything is built or
+// booted, against the licence the Pod mounts (package license).
+func checkLicense(ctx context.Context, spec *specs.Spec, cfg Config, enclavesInPod int) error {
+	pol := license.Policy{
+		Enforce: cfg.License.Enforce,
+		OnIgnored: func(err error) {
+			log.G(ctx).WithError(err).Warn("licence check failed (not enforced)")
+		},
+	}
+	if cfg.License.KeysFile != "" {
+		b, err := os.ReadFile(cfg.License.KeysFile)
+		if err != nil {
+			return fmt.Errorf("reading licence keys (license.keys_file in the shim config): %w", err)
+		}
+		if pol.Keys, err = license.ParsePublicKeys(b); err != nil {
+			return fmt.Errorf("parsing licence keys %s: %w", cfg.License.KeysFile, err)
+		}
+	} else if cfg.License.Enforce {
+		return errors.New("shim config: license.enforce is set but license.keys_file is empty: name the trusted issuer keys")
+	}
+	c := license.ContextFromSpec(spec)
+	c.EnclavesInPod = enclavesInPod
+	if _, err := pol.Check(spec, c, time.Now()); err != nil {
+		return fmt.Errorf("licence: %w", err)
+	}
 	return nil
 }
 
-// fetchPrebuilt fills the cache from nitro.k8s.anjuna.io/imageLocation.
-func fetchPrebuilt(ctx context.Context, cache *eifcache.Cache, spec *specs.Spec, plan Plan) (*eifcache.Entry, error) {
-	return nil, fmt.Errorf("annotation %s=%q: prebuilt EIFs from S3 are not supported yet", nitropod.ImageLocationAnnotation, plan.ImageLocation)
+// fetchPrebuilt is the EIF-source hook for nitro.k8s.anjuna.io/imageLocation:
+// the prebuilt EIF is downloaded into the node cache (package eif/s3) and
+// checked against the Pod's expected PCRs.
+func fetchPrebuilt(ctx context.Context, cache *eifcache.Cache, spec *specs.Spec, plan Plan, cfg Config) (*eifcache.Entry, error) {
+	loc, err := s3.ParseLocation(plan.ImageLocation)
+	if err != nil {
+		return nil, fmt.Errorf("annotation %s: %w", nitropod.ImageLocationAnnotation, err)
+	}
+	cl, err := s3.New(ctx, s3.Config{Endpoint: cfg.S3.Endpoint, Region: cfg.S3.Region})
+	if err != nil {
+		return nil, fmt.Errorf("s3 client: %w", err)
+	}
+	res, err := cl.Fetch(ctx, cache, loc, s3.Expect{
+		PCR0: spec.Annotations[nitropod.ExpectedPCR0Annotation],
+		PCR8: spec.Annotations[nitropod.ExpectedPCR8Annotation],
+	})
+	if err != nil {
+		return nil, fmt.Errorf("fetching prebuilt EIF %s: %w", plan.ImageLocation, err)
+	}
+	return res.Entry, nil
 }
 
 // buildEIF streams the EIF built from rootfs and plan.Process into w.

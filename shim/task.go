@@ -62,7 +62,7 @@ type enclaveTask struct {
 func (s *service) createEnclave(ctx context.Context, r *taskAPI.CreateTaskRequest, spec *specs.Spec, plan Plan, cfg Config) (_ *enclaveTask, retErr error) {
 	logger := log.G(ctx).WithField("id", r.ID)
 	t0 := time.Now()
-	if err := checkLicense(ctx, spec, plan); err != nil {
+	if err := checkLicense(ctx, spec, cfg, s.enclaveCount()+1); err != nil {
 		return nil, err
 	}
 	cache, err := s.cache(cfg)
@@ -397,4 +397,10 @@ func (s *service) cache(cfg Config) (*eifcache.Cache, error) {
 	}
 	s.caches[cfg.CacheDir] = c
 	return c, nil
+}
+
+func (s *service) enclaveCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.tasks)
 }
