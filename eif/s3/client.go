@@ -100,7 +100,6 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	attempts, backoff := cfg.MaxAttempts, cfg.MaxBackoff
 	opts := []func(*config.LoadOptions) error{
-		config.WithHTTPClient(hc),
 		config.WithRetryer(func() aws.Retryer {
 			return retry.NewStandard(func(o *retry.StandardOptions) {
 				o.MaxAttempts = attempts
@@ -128,6 +127,9 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		c.region = DefaultRegion
 	}
 	awsCfg.Region = c.region
+	// Set after loading: LoadDefaultConfig would try to adjust a custom
+	// client's transport (e.g. for AWS_CA_BUNDLE) and fails on a plain one.
+	awsCfg.HTTPClient = hc
 	if wi := cfg.WebIdentity; wi != nil {
 		if wi.RoleARN == "" || wi.TokenFile == "" {
 			return nil, errors.New("web identity credentials need both a role ARN and a token file (AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE)")

@@ -30,7 +30,12 @@ func (c *Client) Download(ctx context.Context, obj Object, w io.Writer) error {
 	for attempt := 0; off < obj.Size; attempt++ {
 		if attempt > 0 {
 			if attempt >= c.cfg.MaxAttempts {
-				return c.classify(ctx, fmt.Errorf("download stopped at byte %d of %d after %d attempts: %w", off, obj.Size, attempt, lastErr), "downloading", loc)
+				kind := KindOf(lastErr)
+				if kind == "" {
+					kind = KindOther
+				}
+				return &Error{Kind: kind, Location: loc.String(), Err: lastErr,
+					Msg: fmt.Sprintf("downloading %s: stopped at byte %d of %d after %d attempts", loc, off, obj.Size, attempt)}
 			}
 			if err := sleepCtx(ctx, backoff(attempt, c.cfg.MaxBackoff)); err != nil {
 				return c.classify(ctx, err, "downloading", loc)

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/aws/smithy-go"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
 )
 
 // Kind classifies an S3 failure by what the user has to do about it.
@@ -78,14 +79,20 @@ func (c *Client) classify(ctx context.Context, err error, op string, loc Locatio
 			e.Kind, e.Msg = KindNotFound, fmt.Sprintf("%s %s: no object %q in bucket %q at %s: check the key in the image location, or push the EIF first", op, loc, loc.Key, loc.Bucket, c.endpointName())
 		case "AccessDenied", "Forbidden", "AllAccessDisabled":
 			e.Kind, e.Msg = KindAccessDenied, fmt.Sprintf("%s %s: access denied for %s: grant it s3:GetObject (and s3:PutObject to push) on this object", op, loc, c.identity(ctx))
-		case "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "InvalidClientTokenId":
+		case "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "InvalidClientTokenId",
+			"XAdminUserNotFound": // versitygw: unknown access key
 			e.Kind, e.Msg = KindAccessDenied, fmt.Sprintf("%s %s: the store rejected the credentials of %s (%s): check the access key and secret, or the Pod's service account role", op, loc, c.identity(ctx), code)
 		case "PreconditionFailed":
 			e.Kind, e.Msg = KindChanged, fmt.Sprintf("%s %s: the object was replaced during the download: start the container again", op, loc)
 		case "PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException":
 			e.Kind, e.Msg = KindEndpoint, fmt.Sprintf("%s %s: bucket %q is in another region than %q: set the region in the configuration", op, loc, loc.Bucket, c.region)
 		default:
-			e.Kind, e.Msg = KindOther, fmt.Sprintf("%s %s at %s failed (%s)", op, loc, c.endpointName(), code)
+			var re *smithyhttp.ResponseError
+			if errors.As(err, &re) && re.HTTPStatusCode() == 403 {
+				e.Kind, e.Msg = KindAccessDenied, fmt.Sprintf("%s %s: access denied (%s) for %s: check the credentials and the bucket policy", op, loc, code, c.identity(ctx))
+			} else {
+				e.Kind, e.Msg = KindOther, fmt.Sprintf("%s %s at %s failed (%s)", op, loc, c.endpointName(), code)
+			}
 		}
 	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout()):
 		e.Kind, e.Msg = KindTimeout, fmt.Sprintf("%s %s: timed out talking to %s: check that the endpoint is reachable from the node, or raise the timeout", op, loc, c.endpointName())

@@ -40,3 +40,13 @@ func (c *Client) Push(ctx context.Context, src string, loc Location) (Object, *e
 	}
 	return Object{Location: loc, Size: fi.Size(), ETag: aws.ToString(out.ETag), VersionID: aws.ToString(out.VersionId)}, rep, nil
 }
+
+// putObject stores r as is (tests use it to plant invalid objects).
+func (c *Client) putObject(ctx context.Context, loc Location, r *os.File) error {
+	fi, err := r.Stat()
+	if err != nil {
+		return err
+	}
+	_, err = c.api.PutObject(ctx, &awss3.PutObjectInput{Bucket: aws.String(loc.Bucket), Key: aws.String(loc.Key), Body: r, ContentLength: aws.Int64(fi.Size())})
+	return c.classify(ctx, err, "uploading to", loc)
+}
