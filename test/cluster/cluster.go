@@ -76,6 +76,8 @@ type Cluster struct {
 	PodSubnet string
 	// ContainerdSock is containerd's socket.
 	ContainerdSock string
+	// DevicePlugin is the nitropod-device-plugin process (InstallNitropod).
+	DevicePlugin *Proc
 	// KubeletRoot is kubelet's --root-dir (device plugins register in
 	// KubeletRoot/device-plugins).
 	KubeletRoot string

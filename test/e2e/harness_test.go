@@ -24,9 +24,12 @@ import (
 
 // env is one running cluster shared by the scenarios of a test.
 type env struct {
-	t *testing.T
-	c *cluster.Cluster
+	t      *testing.T
+	c      *cluster.Cluster
+	runDir string
 }
+
+func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
 
 // binFinder resolves executables like testenv.Binary, but as an error.
 func binFinder(t *testing.T) func(string) (string, error) {

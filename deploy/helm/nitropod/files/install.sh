@@ -18,7 +18,7 @@ install_file() { # src dst mode
   fi
 }
 
-for b in containerd-shim-nitro-v1 nitropod-init nitropod; do
+for b in containerd-shim-nitro-v1 nitropod-launcher nitropod-init nitropod; do
   install_file "$SRC/$b" "/opt/nitropod/bin/$b" 0755
 done
 install_file "$CFG/shim.toml" /etc/nitropod/shim.toml 0644

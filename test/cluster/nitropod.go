@@ -1,0 +1,207 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"fmt"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// Namespace is where the harness installs nitropod's objects.
+const Namespace = "nitropod-system"
+
+// NitropodOptions says how to install nitropod into the cluster.
+type NitropodOptions struct {
+	// Chart is deploy/helm/nitropod.
+	Chart string
+	// FakePool is the fake Nitro host's enclave CPU pool (cpu-list syntax)
+	// of an 8-CPU, 2-threads-per-core node; MemoryMiB its 2 MiB hugepages.
+	FakePool  string
+	MemoryMiB int
+}
+
+// ShimConfig writes a shim configuration for emulated enclaves (qemu
+// backend, TCG) to path. bin holds nitropod-init and nitropod-launcher;
+// blobs is the emulation blob set; cache the EIF cache (keep it across
+// runs for cache hits).
+func ShimConfig(path, bin, blobs, cache, runDir string) error {
+	cfg := fmt.Sprintf(`# Written by the e2e harness: emulated enclaves.
+backend = "qemu"
+blobs_dir = %q
+init_path = %q
+launcher_path = %q
+cache_dir = %q
+run_dir = %q
+
+[qemu]
+binary = "qemu-system-x86_64"
+accel = "tcg"
+`, blobs, filepath.Join(bin, "nitropod-init"), filepath.Join(bin, "nitropod-launcher"), cache, runDir)
+	return writeFile(path, cfg, 0o644)
+}
+
+// InstallNitropod renders deploy/'s Helm chart (webhook outside the cluster
+// at a URL on the host end of the node link; device plugin and node installer
+// left to the harness), applies it, and runs nitropod-webhook with the
+// chart's generated certificate and nitropod-device-plugin over a fake
+// Nitro pool as processes of this machine. It returns when the node
+// advertises enclave CPUs.
+func (c *Cluster) InstallNitropod(ctx context.Context, o NitropodOptions) error {
+	helm, err := c.bin("helm")
+	if err != nil {
+		return err
+	}
+	webhookBin, err := c.bin("nitropod-webhook")
+	if err != nil {
+		return err
+	}
+	dpBin, err := c.bin("nitropod-device-plugin")
+	if err != nil {
+		return err
+	}
+	d := filepath.Join(c.opts.Dir, "nitropod")
+	port, err := freePort(c.HostIP)
+	if err != nil {
+		return err
+	}
+	url := fmt.Sprintf("https://%s:%d/mutate-pods", c.HostIP, port)
+	out, err := exec.CommandContext(ctx, helm, "template", "nitropod", o.Chart,
+		"--namespace", Namespace,
+		"--set", "webhook.url="+url,
+		"--set", "devicePlugin.enabled=false",
+		"--set", "nodeInstaller.enabled=false").Output()
+	if err != nil {
+		return fmt.Errorf("helm template: %w: %s", err, stderrOf(err))
+	}
+	rendered := filepath.Join(d, "nitropod.yaml")
+	if err := writeFile(rendered, string(out), 0o600); err != nil {
+		return err
+	}
+	cert, key, err := tlsFromRendered(out)
+	if err != nil {
+		return err
+	}
+	certFile, keyFile := filepath.Join(d, "tls.crt"), filepath.Join(d, "tls.key")
+	if err := writeFile(certFile, string(cert), 0o600); err != nil {
+		return err
+	}
+	if err := writeFile(keyFile, string(key), 0o600); err != nil {
+		return err
+	}
+	wh, err := c.Start("webhook", false, nil, webhookBin,
+		"--listen="+net2(c.HostIP, port), "--tls-cert-file="+certFile, "--tls-private-key-file="+keyFile)
+	if err != nil {
+		return err
+	}
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	if err := c.waitProc(ctx, wh, 30*time.Second, func() error {
+		resp, err := client.Get(fmt.Sprintf("https://%s/readyz", net2(c.HostIP, port)))
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("webhook readyz: %s", resp.Status)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if _, err := c.Kubectl(ctx, "", "create", "namespace", Namespace); err != nil && !strings.Contains(err.Error(), "AlreadyExists") {
+		return err
+	}
+	if _, err := c.Kubectl(ctx, "", "apply", "-f", rendered); err != nil {
+		return err
+	}
+
+	// The device plugin over a FAKE Nitro host (no Nitro hardware here).
+	sysfs, dev := filepath.Join(d, "fake", "sys"), filepath.Join(d, "fake", "dev")
+	if o.FakePool == "" {
+		o.FakePool = "1,5"
+	}
+	if o.MemoryMiB == 0 {
+		o.MemoryMiB = 4096
+	}
+	if out, err := exec.CommandContext(ctx, dpBin, "fake-node", "--sysfs-root", sysfs, "--dev-root", dev,
+		"--cpus", "8", "--threads-per-core", "2", "--pool", o.FakePool,
+		"--memory-2m-mib", strconv.Itoa(o.MemoryMiB)).CombinedOutput(); err != nil {
+		return fmt.Errorf("writing fake Nitro node: %w: %s", err, out)
+	}
+	dpConfig := filepath.Join(d, "device-plugin.yaml")
+	if err := writeFile(dpConfig, "memoryBlockMiB: 64\nenclaveSlots: 4\n", 0o644); err != nil {
+		return err
+	}
+	mport, err := freePort("127.0.0.1")
+	if err != nil {
+		return err
+	}
+	dp, err := c.Start("device-plugin", false, nil, dpBin,
+		"--sysfs-root="+sysfs, "--dev-root="+dev,
+		"--device-plugin-dir="+filepath.Join(c.KubeletRoot, "device-plugins"),
+		"--config="+dpConfig, "--metrics-addr="+net2("127.0.0.1", mport),
+		"--rescan-interval=2s", "--log-level=debug")
+	if err != nil {
+		return err
+	}
+	c.DevicePlugin = dp
+	return c.waitProc(ctx, dp, 60*time.Second, func() error {
+		v, err := c.Allocatable(ctx, "nitropod.io/enclave-cpu")
+		if err != nil {
+			return err
+		}
+		if v == "" || v == "0" {
+			return fmt.Errorf("node advertises no nitropod.io/enclave-cpu yet")
+		}
+		return nil
+	})
+}
+
+// Allocatable is the node's allocatable amount of resource ("" if none).
+func (c *Cluster) Allocatable(ctx context.Context, resource string) (string, error) {
+	out, err := c.Kubectl(ctx, "", "get", "node", c.NodeName, "-o",
+		"jsonpath={.status.allocatable."+strings.ReplaceAll(resource, ".", `\.`)+"}")
+	return strings.TrimSpace(out), err
+}
+
+func net2(host string, port int) string { return host + ":" + strconv.Itoa(port) }
+
+func stderrOf(err error) string {
+	if ee, ok := err.(*exec.ExitError); ok {
+		return strings.TrimSpace(string(ee.Stderr))
+	}
+	return ""
+}
+
+// tlsFromRendered finds the chart's generated webhook TLS Secret in the
+// rendered manifests.
+func tlsFromRendered(out []byte) (cert, key []byte, err error) {
+	for _, doc := range bytes.Split(out, []byte("\n---")) {
+		var obj struct {
+			Kind string            `json:"kind"`
+			Type string            `json:"type"`
+			Data map[string]string `json:"data"`
+		}
+		if err := yaml.Unmarshal(doc, &obj); err != nil {
+			continue
+		}
+		if obj.Kind != "Secret" || obj.Type != "kubernetes.io/tls" {
+			continue
+		}
+		cert, err1 := base64.StdEncoding.DecodeString(obj.Data["tls.crt"])
+		key, err2 := base64.StdEncoding.DecodeString(obj.Data["tls.key"])
+		if err1 != nil || err2 != nil {
+			return nil, nil, fmt.Errorf("decoding the chart's webhook TLS secret: %v %v", err1, err2)
+		}
+		return cert, key, nil
+	}
+	return nil, nil, fmt.Errorf("the rendered chart has no kubernetes.io/tls Secret for the webhook")
+}

@@ -1,0 +1,378 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/nitropod/nitropod"
+	"github.com/nitropod/nitropod/internal/testenv"
+	"github.com/nitropod/nitropod/test/cluster"
+)
+
+// startNitroCluster is startCluster with nitropod installed: the nitro
+// runtime in containerd (deploy/'s drop-in), the chart's RuntimeClass and
+// webhook configuration, the webhook and the device plugin over a FAKE Nitro
+// pool of 2 enclave CPUs (one core) and 4 GiB.
+func startNitroCluster(t *testing.T) *env {
+	t.Helper()
+	testenv.Integration(t)
+	testenv.RequireRoot(t)
+	blobs := testenv.EmuBlobs(t)
+	for _, b := range []string{"helm", "nitropod-webhook", "nitropod-device-plugin", "nitropod-init", "nitropod-launcher", "qemu-system-x86_64"} {
+		testenv.Binary(t, b)
+	}
+	opts := clusterOptions(t, true)
+	dir, err := os.MkdirTemp("", "nitropod-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { removeAll(t, dir) })
+	opts.Dir = dir
+	opts.ShimConfig = filepath.Join(dir, "nitropod", "shim.toml")
+	runDir, err := os.MkdirTemp("/run", "npe2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(runDir) })
+	cache := os.Getenv("NITROPOD_E2E_EIF_CACHE")
+	if cache == "" {
+		cache = filepath.Join(dir, "eif-cache")
+	}
+	bin := filepath.Dir(testenv.Binary(t, "nitropod-init"))
+	if err := cluster.ShimConfig(opts.ShimConfig, bin, blobs, cache, runDir); err != nil {
+		t.Fatal(err)
+	}
+	e := startCluster(t, opts)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	start := time.Now()
+	if err := e.c.InstallNitropod(ctx, cluster.NitropodOptions{
+		Chart: filepath.Join(testenv.RepoRoot(), "deploy", "helm", "nitropod"),
+	}); err != nil {
+		t.Fatalf("installing nitropod: %v", err)
+	}
+	t.Logf("nitropod installed in %.1fs", time.Since(start).Seconds())
+	e.runDir = runDir
+	return e
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// TestEnclavePods runs the issue's scenarios in order on one cluster.
+func TestEnclavePods(t *testing.T) {
+	e := startNitroCluster(t)
+	nginxPod := readFile(t, filepath.Join("testdata", "nginx-pod.yaml"))
+
+	t.Run("unlabelled Pod runs as an ordinary container", func(t *testing.T) {
+		e.sub(t).plainNginx()
+	})
+
+	t.Run("odd CPUs are refused by the webhook", func(t *testing.T) {
+		odd := strings.Replace(nginxPod, `cpu: "2"`, `cpu: "3"`, 1)
+		odd = strings.Replace(odd, "name: nginx-pod\n  labels", "name: odd-pod\n  labels", 1)
+		out, err := e.kubectl(odd, "apply", "-f", "-")
+		if err == nil {
+			t.Fatalf("kubectl apply of a 3-CPU enclave Pod succeeded (%s); want the webhook to refuse it", out)
+		}
+		msg := err.Error()
+		for _, want := range []string{`admission webhook "pods.nitropod.io" denied the request`, "3"} {
+			if !strings.Contains(msg, want) {
+				t.Errorf("kubectl apply error = %q; want it to contain %q", msg, want)
+			}
+		}
+		if _, err := e.kubectl("", "get", "pod", "odd-pod"); err == nil {
+			t.Errorf("refused Pod odd-pod exists")
+		}
+	})
+
+	// The licence Secret the document asks for.
+	lic := filepath.Join(t.TempDir(), "anjuna-license.yaml")
+	if err := os.WriteFile(lic, []byte("# e2e licence placeholder (the shim's licence check is off in this cluster)\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.mustKubectl("", "create", "secret", "generic", nitropod.LicenseSecretName, "--from-file="+nitropod.LicenseSecretKey+"="+lic)
+	fullCPU := e.allocatable(nitropod.ResourceEnclaveCPU)
+
+	t.Run("document's nginx Pod runs in an enclave (cold build)", func(t *testing.T) {
+		e := e.sub(t)
+		e.applyTimed(nginxPod, "nginx-pod", "cold EIF build")
+		e.checkNginxEnclave("nginx-pod")
+	})
+
+	t.Run("a Pod that does not fit the enclave CPUs stays Pending, then starts", func(t *testing.T) {
+		e := e.sub(t)
+		e.mustKubectl(busyboxEnclavePod("waiting-pod", "2", []string{"sh", "-c", "echo waiting-pod started; exec sleep 3600"}), "apply", "-f", "-")
+		p := e.waitPod("waiting-pod", 60*time.Second, "unschedulable", func(p *corev1.Pod) bool {
+			for _, c := range p.Status.Conditions {
+				if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse && c.Reason == corev1.PodReasonUnschedulable {
+					return true
+				}
+			}
+			return false
+		})
+		msg := conditionMessage(p, corev1.PodScheduled)
+		if !strings.Contains(msg, "Insufficient "+nitropod.ResourceEnclaveCPU) {
+			t.Errorf("scheduler message = %q; want Insufficient %s", msg, nitropod.ResourceEnclaveCPU)
+		}
+		time.Sleep(5 * time.Second)
+		if p, _ := e.pod("waiting-pod"); p == nil || p.Status.Phase != corev1.PodPending {
+			t.Errorf("waiting-pod left Pending while nginx-pod holds the enclave CPUs: %v", phase(p))
+		}
+		e.deleteEnclavePod("nginx-pod")
+		e.waitPod("waiting-pod", 8*time.Minute, "Ready after nginx-pod was deleted", ready)
+		e.waitLogs("waiting-pod", "waiting-pod started", time.Minute)
+		e.deleteEnclavePod("waiting-pod")
+		if got := e.allocated(nitropod.ResourceEnclaveCPU); got != 0 {
+			t.Errorf("%s allocated after every enclave Pod is gone = %d; want 0 (full capacity %s)", nitropod.ResourceEnclaveCPU, got, fullCPU)
+		}
+	})
+
+	t.Run("crashing app shows restarts and exit code 3", func(t *testing.T) {
+		e := e.sub(t)
+		e.mustKubectl(busyboxEnclavePod("crash-pod", "2", []string{"sh", "-c", "echo crash-pod says goodbye; exit 3"}), "apply", "-f", "-")
+		p := e.waitPod("crash-pod", 8*time.Minute, "restarted after exit 3", func(p *corev1.Pod) bool {
+			for _, s := range p.Status.ContainerStatuses {
+				if s.RestartCount >= 1 && s.LastTerminationState.Terminated != nil {
+					return true
+				}
+			}
+			return false
+		})
+		st := p.Status.ContainerStatuses[0]
+		if code := st.LastTerminationState.Terminated.ExitCode; code != 3 {
+			t.Errorf("last exit code = %d; want 3", code)
+		}
+		get := e.mustKubectl("", "get", "pod", "crash-pod")
+		t.Logf("kubectl get pod crash-pod:\n%s", get)
+		if !strings.Contains(get, "crash-pod") || st.RestartCount < 1 {
+			t.Errorf("kubectl get pod shows no restarts:\n%s", get)
+		}
+		desc := e.mustKubectl("", "describe", "pod", "crash-pod")
+		if !strings.Contains(desc, "Exit Code:    3") {
+			t.Errorf("kubectl describe pod shows no \"Exit Code:    3\":\n%s", desc)
+		}
+		logs, _ := e.kubectl("", "logs", "crash-pod", "--previous")
+		if !strings.Contains(logs, "crash-pod says goodbye") {
+			t.Errorf("kubectl logs --previous = %q; want the app's output", logs)
+		}
+		e.deleteEnclavePod("crash-pod")
+	})
+
+	t.Run("document's nginx Pod again (EIF cache hit)", func(t *testing.T) {
+		e := e.sub(t)
+		e.applyTimed(nginxPod, "nginx-pod", "EIF cache hit")
+		e.checkNginxEnclave("nginx-pod")
+	})
+
+	t.Run("kubelet restart keeps the enclave Pod and its devices", func(t *testing.T) {
+		e := e.sub(t)
+		before, err := e.pod("nginx-pod")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if err := e.c.RestartKubelet(ctx); err != nil {
+			t.Fatalf("restarting kubelet: %v", err)
+		}
+		// The device plugin sees kubelet.sock come back and registers again.
+		deadline := time.Now().Add(90 * time.Second)
+		for {
+			if out, _ := e.kubectl("", "get", "--raw", "/api/v1/nodes/"+e.c.NodeName+"/proxy/healthz"); strings.TrimSpace(out) == "ok" {
+				if v := e.allocatable(nitropod.ResourceEnclaveCPU); v != "" && v != "0" {
+					break
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("device plugin did not re-register after kubelet restart (allocatable %s = %q)", nitropod.ResourceEnclaveCPU, e.allocatable(nitropod.ResourceEnclaveCPU))
+			}
+			time.Sleep(time.Second)
+		}
+		if !strings.Contains(readFile(t, e.c.DevicePlugin.Log), "regist") {
+			t.Logf("device plugin log does not mention registration")
+		}
+		after := e.waitPod("nginx-pod", time.Minute, "Ready after kubelet restart", ready)
+		if b, a := before.Status.ContainerStatuses[0], after.Status.ContainerStatuses[0]; a.RestartCount != b.RestartCount || a.ContainerID != b.ContainerID {
+			t.Errorf("container after kubelet restart = %s (restarts %d); before %s (restarts %d): want the same, untouched", a.ContainerID, a.RestartCount, b.ContainerID, b.RestartCount)
+		}
+		if got := e.allocated(nitropod.ResourceEnclaveCPU); got != 2 {
+			t.Errorf("%s allocated after kubelet restart = %d; want 2 (nginx-pod's devices kept)", nitropod.ResourceEnclaveCPU, got)
+		}
+		body, err := httpGet(fmt.Sprintf("http://%s:80/", after.Status.PodIP), 30*time.Second)
+		if err != nil || !strings.Contains(body, "Welcome to nginx!") {
+			t.Errorf("nginx after kubelet restart: %v %q", err, body)
+		}
+		e.deleteEnclavePod("nginx-pod")
+	})
+}
+
+// sub is e for a subtest.
+func (e *env) sub(t *testing.T) *env {
+	c := *e
+	c.t = t
+	return &c
+}
+
+// applyTimed applies a Pod and waits until Ready, logging the time as a
+// BENCH line that hack/e2e.sh collects.
+func (e *env) applyTimed(manifest, name, what string) time.Duration {
+	e.t.Helper()
+	start := time.Now()
+	e.mustKubectl(manifest, "apply", "-f", "-")
+	e.waitPod(name, 10*time.Minute, "Ready", ready)
+	d := time.Since(start)
+	e.t.Logf("BENCH e2e: kubectl apply -> Ready, %s (%s): %.1fs", name, what, d.Seconds())
+	return d
+}
+
+// checkNginxEnclave checks a Ready nginx Pod converted by the webhook: the
+// enclave resources, the page on POD_IP:80, and nginx's output in logs.
+func (e *env) checkNginxEnclave(name string) {
+	t := e.t
+	t.Helper()
+	p, err := e.pod(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rc := p.Spec.RuntimeClassName; rc == nil || *rc != nitropod.RuntimeClassName {
+		t.Errorf("runtimeClassName = %v; want %q (the webhook converts managed Pods)", rc, nitropod.RuntimeClassName)
+	}
+	lim := p.Spec.Containers[0].Resources.Limits
+	if q := lim[corev1.ResourceName(nitropod.ResourceEnclaveCPU)]; q.Value() != 2 {
+		t.Errorf("limits[%s] = %s; want 2", nitropod.ResourceEnclaveCPU, q.String())
+	}
+	if q := lim[corev1.ResourceName(nitropod.ResourceEnclaveMemory)]; q.Value() != 2048/nitropod.DefaultMemoryBlockMiB {
+		t.Errorf("limits[%s] = %s; want %d", nitropod.ResourceEnclaveMemory, q.String(), 2048/nitropod.DefaultMemoryBlockMiB)
+	}
+	if p.Spec.NodeName != e.c.NodeName {
+		t.Errorf("scheduled on %q; want %q", p.Spec.NodeName, e.c.NodeName)
+	}
+	if n := e.enclaveProcesses(); n < 1 {
+		t.Errorf("no emulated enclave (qemu) runs for %s", name)
+	}
+	body, err := httpGet(fmt.Sprintf("http://%s:80/", p.Status.PodIP), 60*time.Second)
+	if err != nil {
+		t.Fatalf("GET http://%s:80/: %v", p.Status.PodIP, err)
+	}
+	if !strings.Contains(body, "Welcome to nginx!") {
+		t.Errorf("GET / = %q; want nginx's welcome page", body)
+	}
+	e.waitLogs(name, `"GET / HTTP/1.1" 200`, 30*time.Second)
+}
+
+// waitLogs waits until kubectl logs of the Pod contains want.
+func (e *env) waitLogs(name, want string, timeout time.Duration) {
+	e.t.Helper()
+	deadline := time.Now().Add(timeout)
+	var logs string
+	for time.Now().Before(deadline) {
+		logs, _ = e.kubectl("", "logs", name)
+		if strings.Contains(logs, want) {
+			return
+		}
+		time.Sleep(time.Second)
+	}
+	e.t.Errorf("kubectl logs %s = %q; want it to contain %q", name, logs, want)
+}
+
+// deleteEnclavePod deletes a Pod and checks that its enclave ended.
+func (e *env) deleteEnclavePod(name string) {
+	e.t.Helper()
+	e.mustKubectl("", "delete", "pod", name, "--wait=false")
+	e.waitGone(name, 3*time.Minute)
+	deadline := time.Now().Add(60 * time.Second)
+	for e.enclaveProcesses() > 0 {
+		if time.Now().After(deadline) {
+			e.t.Errorf("an emulated enclave still runs 60s after %s was deleted", name)
+			return
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// enclaveProcesses counts QEMU processes of this cluster's enclaves (their
+// command lines name the shim's run directory).
+func (e *env) enclaveProcesses() int {
+	out, _ := exec.Command("pgrep", "-c", "-f", "qemu-system-x86_64.*"+e.runDir).Output()
+	var n int
+	fmt.Sscan(strings.TrimSpace(string(out)), &n)
+	return n
+}
+
+func (e *env) allocatable(resource string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	v, _ := e.c.Allocatable(ctx, resource)
+	return v
+}
+
+// allocated sums the resource's limits over the node's non-terminated Pods,
+// as the scheduler does.
+func (e *env) allocated(resource string) int64 {
+	out := e.mustKubectl("", "get", "pods", "-A", "--field-selector=spec.nodeName="+e.c.NodeName+",status.phase!=Succeeded,status.phase!=Failed", "-o", "json")
+	var list corev1.PodList
+	if err := jsonUnmarshal(out, &list); err != nil {
+		e.t.Fatal(err)
+	}
+	var n int64
+	for _, p := range list.Items {
+		for _, c := range p.Spec.Containers {
+			q := c.Resources.Limits[corev1.ResourceName(resource)]
+			n += q.Value()
+		}
+	}
+	return n
+}
+
+func conditionMessage(p *corev1.Pod, t corev1.PodConditionType) string {
+	for _, c := range p.Status.Conditions {
+		if c.Type == t {
+			return c.Message
+		}
+	}
+	return ""
+}
+
+// busyboxEnclavePod is a managed busybox Pod with cpus enclave vCPUs.
+func busyboxEnclavePod(name, cpus string, command []string) string {
+	q := make([]string, len(command))
+	for i, c := range command {
+		q[i] = fmt.Sprintf("%q", c)
+	}
+	return fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata:
+  name: %s
+  labels:
+    nitro.k8s.anjuna.io/managed: "yes"
+spec:
+  containers:
+  - name: app
+    image: busybox:latest
+    command: [%s]
+    resources:
+      limits: {cpu: %q, memory: 256Mi}
+    volumeMounts:
+    - {name: anjuna-license, mountPath: /opt/anjuna, readOnly: true}
+  volumes:
+  - name: anjuna-license
+    secret: {secretName: anjuna-license}
+`, name, strings.Join(q, ", "), cpus)
+}
