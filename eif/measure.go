@@ -136,21 +136,24 @@ func (m *measurer) begin(t SectionType) {
 	}
 }
 
-// write feeds p to the current section's digests. p is copied; it may be
-// reused as soon as write returns.
-func (m *measurer) write(p []byte) {
-	if len(m.cur) == 0 {
+// get returns an empty chunk from the pool (blocking while the digests
+// catch up: this bounds memory).
+func (m *measurer) get() *chunk {
+	c := <-m.free
+	c.b = c.b[:0]
+	return c
+}
+
+// submit hands c to the current section's digests; it returns to the pool
+// when they are done with it.
+func (m *measurer) submit(c *chunk) {
+	if len(m.cur) == 0 || len(c.b) == 0 {
+		m.free <- c
 		return
 	}
-	for len(p) > 0 {
-		c := <-m.free
-		n := min(len(p), chunkSize)
-		c.b = append(c.b[:0], p[:n]...)
-		p = p[n:]
-		c.refs.Store(int32(len(m.cur)))
-		for _, w := range m.cur {
-			w.in <- c
-		}
+	c.refs.Store(int32(len(m.cur)))
+	for _, w := range m.cur {
+		w.in <- c
 	}
 }
 

@@ -174,33 +174,30 @@ func (f *File) Verify() (*Report, error) {
 	m := newMeasurer()
 	defer m.finish()
 	rep := &Report{}
-	buf := make([]byte, 1<<20)
 	var sigData []byte
+	hdr := make([]byte, SectionHeaderSize)
 	for _, s := range f.Sections {
-		sr := io.NewSectionReader(f.r, s.Offset, SectionHeaderSize+s.Size)
+		if _, err := f.r.ReadAt(hdr, s.Offset); err != nil {
+			return nil, fmt.Errorf("reading eif section %d header: %w", s.Index, err)
+		}
+		crc = crc32.Update(crc, crc32.IEEETable, hdr)
 		m.begin(s.Type)
-		first := true
 		var small bytes.Buffer
-		for {
-			n, err := sr.Read(buf)
-			if n > 0 {
-				crc = crc32.Update(crc, crc32.IEEETable, buf[:n])
-				p := buf[:n]
-				if first {
-					p = p[SectionHeaderSize:] // Read returns the 12-byte header in one piece: buf is larger
-					first = false
-				}
-				m.write(p)
-				if s.Type != SectionKernel && s.Type != SectionRamdisk && small.Len() < 1<<20 {
-					small.Write(p)
-				}
-			}
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
+		for off := int64(0); off < s.Size; {
+			c := m.get()
+			n := min(int64(cap(c.b)), s.Size-off)
+			c.b = c.b[:n]
+			if _, err := f.r.ReadAt(c.b, s.DataOffset()+off); err != nil {
+				c.b = c.b[:0]
+				m.submit(c)
 				return nil, fmt.Errorf("reading eif %s section: %w", s.Type, err)
 			}
+			off += n
+			crc = crc32.Update(crc, crc32.IEEETable, c.b)
+			if s.Type != SectionKernel && s.Type != SectionRamdisk && small.Len() < 1<<20 {
+				small.Write(c.b)
+			}
+			m.submit(c)
 		}
 		switch s.Type {
 		case SectionCmdline:

@@ -112,6 +112,7 @@ type sectionWriter struct {
 	dataCRC   uint32
 	size      int64
 	closed    bool
+	buf       *chunk // data not yet written: sections are written in whole chunks
 }
 
 func (s *sectionWriter) Write(p []byte) (int, error) {
@@ -122,15 +123,41 @@ func (s *sectionWriter) Write(p []byte) (int, error) {
 	if s.closed {
 		return 0, fmt.Errorf("writing eif %s section: section is closed", s.typ)
 	}
-	n, err := w.w.Write(p)
-	s.dataCRC = crc32.Update(s.dataCRC, crc32.IEEETable, p[:n])
-	w.m.write(p[:n])
-	s.size += int64(n)
-	w.off += int64(n)
-	if err != nil {
-		return n, w.fail(fmt.Errorf("writing eif %s section: %w", s.typ, err))
+	n := 0
+	for len(p) > 0 {
+		if s.buf == nil {
+			s.buf = w.m.get()
+		}
+		k := copy(s.buf.b[len(s.buf.b):cap(s.buf.b)], p)
+		s.buf.b = s.buf.b[:len(s.buf.b)+k]
+		p = p[k:]
+		n += k
+		if len(s.buf.b) == cap(s.buf.b) {
+			if err := s.flush(); err != nil {
+				return n, err
+			}
+		}
 	}
 	return n, nil
+}
+
+// flush writes the buffered chunk to the file and hands it to the digests.
+func (s *sectionWriter) flush() error {
+	w := s.w
+	c := s.buf
+	s.buf = nil
+	if c == nil {
+		return w.err
+	}
+	_, err := w.w.Write(c.b)
+	s.dataCRC = crc32.Update(s.dataCRC, crc32.IEEETable, c.b)
+	s.size += int64(len(c.b))
+	w.off += int64(len(c.b))
+	w.m.submit(c)
+	if err != nil {
+		return w.fail(fmt.Errorf("writing eif %s section: %w", s.typ, err))
+	}
+	return nil
 }
 
 // Close ends the section: its header, which holds the data size, is patched
@@ -144,6 +171,9 @@ func (s *sectionWriter) Close() error {
 	w.open = nil
 	if w.err != nil {
 		return w.err
+	}
+	if err := s.flush(); err != nil {
+		return err
 	}
 	hdr := sectionHeader(s.typ, uint64(s.size))
 	if err := w.patch(s.hdrOff, hdr); err != nil {
