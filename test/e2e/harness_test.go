@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/nitropod/nitropod/internal/testenv"
@@ -85,32 +84,8 @@ func startCluster(t *testing.T, opts cluster.Options) *env {
 // pushImages builds nginx:latest, busybox:latest and the pause image and
 // pushes them where containerd's mirrors look.
 func pushImages(c *cluster.Cluster, work string) error {
-	debs := filepath.Join(testenv.OutputDir(), "cache", "debs")
-	nginx, err := images.Nginx(debs, work)
-	if err != nil {
-		return err
-	}
-	busybox, err := images.Busybox("/bin/busybox", work)
-	if err != nil {
-		return err
-	}
-	pause, err := images.Pause(work)
-	if err != nil {
-		return err
-	}
-	for _, p := range []struct {
-		repo string
-		img  v1.Image
-	}{
-		{"library/nginx:latest", nginx},
-		{"library/busybox:latest", busybox},
-		{strings.TrimPrefix(cluster.PauseImage, "registry.k8s.io/"), pause},
-	} {
-		if _, err := images.Push(p.img, c.Registry, p.repo); err != nil {
-			return err
-		}
-	}
-	return nil
+	return images.PushAll(c.Registry, strings.TrimPrefix(cluster.PauseImage, "registry.k8s.io/"),
+		filepath.Join(testenv.OutputDir(), "cache", "debs"), work)
 }
 
 // removeAll unmounts anything left below dir and removes it.

@@ -327,3 +327,36 @@ func Push(img v1.Image, host, repoTag string) (v1.Hash, error) {
 	}
 	return d, nil
 }
+
+// PushAll builds nginx:latest, busybox:latest and the pause image (pauseRef
+// without its registry host, e.g. "pause:3.10") and pushes them to the
+// registry at host under the repositories containerd's docker.io and
+// registry.k8s.io mirrors look up. debDir caches Debian packages; workDir
+// holds the unpacked root filesystems.
+func PushAll(host, pauseRef, debDir, workDir string) error {
+	nginx, err := Nginx(debDir, workDir)
+	if err != nil {
+		return err
+	}
+	busybox, err := Busybox("/bin/busybox", workDir)
+	if err != nil {
+		return err
+	}
+	pause, err := Pause(workDir)
+	if err != nil {
+		return err
+	}
+	for _, p := range []struct {
+		repo string
+		img  v1.Image
+	}{
+		{"library/nginx:latest", nginx},
+		{"library/busybox:latest", busybox},
+		{pauseRef, pause},
+	} {
+		if _, err := Push(p.img, host, p.repo); err != nil {
+			return err
+		}
+	}
+	return nil
+}
