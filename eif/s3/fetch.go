@@ -136,8 +136,8 @@ func (e Expect) Check(m eif.Measurements, loc Location) error {
 func normHex(s string) string { return strings.ToLower(strings.TrimSpace(s)) }
 
 // Pull downloads loc into the file dst (written to a temporary file in the
-// same directory and renamed when complete and verified).
-func (c *Client) Pull(ctx context.Context, loc Location, dst string) (Object, *eif.Report, error) {
+// same directory and renamed when complete and verified, also against exp).
+func (c *Client) Pull(ctx context.Context, loc Location, dst string, exp Expect) (Object, *eif.Report, error) {
 	obj, err := c.Stat(ctx, loc)
 	if err != nil {
 		return Object{}, nil, err
@@ -158,6 +158,9 @@ func (c *Client) Pull(ctx context.Context, loc Location, dst string) (Object, *e
 	}
 	rep, err := verifyFile(tmp, obj.Size, loc)
 	if err != nil {
+		return Object{}, nil, err
+	}
+	if err := exp.Check(rep.Measurements, loc); err != nil {
 		return Object{}, nil, err
 	}
 	if err := tmp.Chmod(0o644); err != nil {

@@ -149,7 +149,7 @@ func TestPushPull(t *testing.T) {
 	f := newFixture(t, Config{})
 	loc, m, src := f.push(t, "app.eif", 5<<20, 1, nil)
 	dst := filepath.Join(f.dir, "pulled.eif")
-	obj, rep, err := f.client.Pull(ctx(t), loc, dst)
+	obj, rep, err := f.client.Pull(ctx(t), loc, dst, Expect{PCR0: m.PCR0})
 	if err != nil {
 		t.Fatalf("Pull: %v", err)
 	}
@@ -163,7 +163,7 @@ func TestPushPull(t *testing.T) {
 		t.Errorf("object %+v, want size %d and an ETag", obj, fi.Size())
 	}
 	// A failed pull leaves neither the destination nor a part file.
-	_, _, err = f.client.Pull(ctx(t), Location{"eifs", "nope.eif"}, filepath.Join(f.dir, "nope.eif"))
+	_, _, err = f.client.Pull(ctx(t), Location{"eifs", "nope.eif"}, filepath.Join(f.dir, "nope.eif"), Expect{})
 	if KindOf(err) != KindNotFound {
 		t.Errorf("Pull of a missing key: %v, want NotFound", err)
 	}
