@@ -19,12 +19,12 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/nitropod/nitropod/eif"
 	"github.com/nitropod/nitropod/eif/cpio"
 	"github.com/nitropod/nitropod/eif/ramdisk"
 	"github.com/nitropod/nitropod/internal/testenv"
 	"github.com/nitropod/nitropod/internal/testimage"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // fakeBlobs writes a blob set whose "kernel" is not bootable: enough for
