@@ -26,6 +26,9 @@ import (
 // KubeletSocketName is kubelet's registration socket in the plugin dir.
 const KubeletSocketName = "kubelet.sock"
 
+// registerSettle is the quiet time after a kick before registering.
+const registerSettle = 50 * time.Millisecond
+
 // DefaultRescanInterval is how often sysfs, the device node, the sockets and
 // the config file are checked (sysfs files cannot be watched).
 const DefaultRescanInterval = 5 * time.Second
@@ -383,6 +386,9 @@ type resourceServer struct {
 	mu         sync.Mutex
 	srv        *grpc.Server
 	registered bool
+	// epoch counts invalidations (kubelet or plugin socket gone), so a
+	// registration that raced with one does not count as current.
+	epoch int
 }
 
 func (s *resourceServer) socketPath() string { return filepath.Join(s.dir, SocketName(s.resource)) }
@@ -423,15 +429,40 @@ func (s *resourceServer) stop() {
 	}
 }
 
+// setRegistered(false) invalidates the registration.
 func (s *resourceServer) setRegistered(v bool) {
 	s.mu.Lock()
 	s.registered = v
+	if !v {
+		s.epoch++
+	}
 	s.mu.Unlock()
 	if v {
 		s.m.registered.WithLabelValues(s.resource).Set(1)
 	} else {
 		s.m.registered.WithLabelValues(s.resource).Set(0)
 	}
+}
+
+func (s *resourceServer) currentEpoch() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.epoch
+}
+
+// registeredIn marks the registration current unless it was invalidated
+// since epoch began.
+func (s *resourceServer) registeredIn(epoch int) bool {
+	s.mu.Lock()
+	ok := s.epoch == epoch
+	if ok {
+		s.registered = true
+	}
+	s.mu.Unlock()
+	if ok {
+		s.m.registered.WithLabelValues(s.resource).Set(1)
+	}
+	return ok
 }
 
 func (s *resourceServer) isRegistered() bool {
@@ -462,16 +493,33 @@ func (s *resourceServer) registrar(ctx context.Context) {
 			return
 		case <-s.kick:
 		}
+		// A kubelet restart shows as several file events within
+		// microseconds; let them settle so that one registration follows.
+		for settled := false; !settled; {
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.kick:
+			case <-time.After(registerSettle):
+				settled = true
+			}
+		}
+		if s.isRegistered() {
+			continue // a kick queued while the last attempt succeeded
+		}
 		for attempt := 0; ; attempt++ {
 			if _, err := os.Stat(kubelet); err != nil {
 				break // wait for kubelet.sock to appear
 			}
+			epoch := s.currentEpoch()
 			err := s.register(ctx, kubelet)
 			if err == nil {
-				s.setRegistered(true)
 				s.m.registrations.WithLabelValues(s.resource).Inc()
 				s.log.Info("registered with kubelet")
-				break
+				if s.registeredIn(epoch) {
+					break
+				}
+				continue // kubelet restarted meanwhile: register again
 			}
 			if attempt%20 == 0 {
 				s.log.WithError(err).Warn("registering with kubelet, retrying")
