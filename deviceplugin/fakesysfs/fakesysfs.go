@@ -64,7 +64,7 @@ func (n Node) threads() int {
 	}
 	return n.ThreadsPerCore
 }
-func (n Node) numa() int    { return max(n.NUMANodes, 1) }
+func (n Node) numa() int { return max(n.NUMANodes, 1) }
 
 // Write creates the fake trees: sysfs below sysfsRoot and the device node
 // stand-in (a regular file) below devRoot.
