@@ -287,10 +287,10 @@ func (x *archiveIndex) MediaType() (types.MediaType, error) {
 	}
 	return types.OCIImageIndex, nil
 }
-func (x *archiveIndex) Digest() (v1.Hash, error)                 { return partial.Digest(x) }
-func (x *archiveIndex) Size() (int64, error)                     { return int64(len(x.raw)), nil }
+func (x *archiveIndex) Digest() (v1.Hash, error)                  { return partial.Digest(x) }
+func (x *archiveIndex) Size() (int64, error)                      { return int64(len(x.raw)), nil }
 func (x *archiveIndex) IndexManifest() (*v1.IndexManifest, error) { return x.m.DeepCopy(), nil }
-func (x *archiveIndex) RawManifest() ([]byte, error)             { return x.raw, nil }
+func (x *archiveIndex) RawManifest() ([]byte, error)              { return x.raw, nil }
 
 func (x *archiveIndex) Image(h v1.Hash) (v1.Image, error) {
 	raw, err := x.a.blob(h)
