@@ -1,0 +1,487 @@
+package nitrocli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mdlayher/vsock"
+
+	"github.com/nitropod/nitropod"
+	"github.com/nitropod/nitropod/enclave"
+	"github.com/nitropod/nitropod/enclave/agent"
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultBinary       = "nitro-cli"
+	DefaultPollInterval = 2 * time.Second
+	DefaultDialTimeout  = 30 * time.Second
+)
+
+// Runner runs nitro-cli. The default runs the binary; tests substitute a
+// fake because nitro-cli cannot run without Nitro hardware.
+type Runner interface {
+	// Output runs the command to completion and returns its stdout and stderr.
+	Output(ctx context.Context, args []string) (stdout, stderr []byte, err error)
+	// Stream starts a long-running command (the console) writing its stdout
+	// to w; stop ends it and waits.
+	Stream(args []string, w io.Writer) (stop func(), err error)
+}
+
+// Config configures the backend.
+type Config struct {
+	// Binary is the nitro-cli executable (default DefaultBinary, from PATH).
+	Binary string
+	// Port is the agent's AF_VSOCK port inside the enclave (default agent.VsockPort).
+	Port uint32
+	// PollInterval is how often describe-enclaves is asked whether the
+	// enclave still runs (default DefaultPollInterval).
+	PollInterval time.Duration
+	// DialTimeout bounds Dial's retries while init starts listening
+	// (default DefaultDialTimeout).
+	DialTimeout time.Duration
+	// Runner runs nitro-cli (default: exec of Binary).
+	Runner Runner
+	// DialVsock opens a vsock connection (default mdlayher/vsock.Dial).
+	DialVsock func(ctx context.Context, cid, port uint32) (net.Conn, error)
+}
+
+// Backend boots enclaves with nitro-cli.
+type Backend struct {
+	cfg Config
+}
+
+var _ enclave.Backend = (*Backend)(nil)
+
+// New returns a nitro-cli backend.
+func New(cfg Config) *Backend {
+	if cfg.Binary == "" {
+		cfg.Binary = DefaultBinary
+	}
+	if cfg.Port == 0 {
+		cfg.Port = agent.VsockPort
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = DefaultPollInterval
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.Runner == nil {
+		cfg.Runner = execRunner{bin: cfg.Binary}
+	}
+	if cfg.DialVsock == nil {
+		cfg.DialVsock = dialVsock
+	}
+	return &Backend{cfg: cfg}
+}
+
+func dialVsock(ctx context.Context, cid, port uint32) (net.Conn, error) {
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		c, err := vsock.Dial(cid, port, nil)
+		ch <- result{c, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.c, r.err
+	case <-ctx.Done():
+		go func() {
+			if r := <-ch; r.c != nil {
+				r.c.Close()
+			}
+		}()
+		return nil, ctx.Err()
+	}
+}
+
+// RunInfo is nitro-cli run-enclave's JSON output.
+type RunInfo struct {
+	EnclaveName  string `json:"EnclaveName"`
+	EnclaveID    string `json:"EnclaveID"`
+	ProcessID    int    `json:"ProcessID"`
+	EnclaveCID   uint64 `json:"EnclaveCID"`
+	NumberOfCPUs int    `json:"NumberOfCPUs"`
+	CPUIDs       []int  `json:"CPUIDs"`
+	MemoryMiB    int    `json:"MemoryMiB"`
+}
+
+// DescribeInfo is one element of nitro-cli describe-enclaves' JSON array.
+type DescribeInfo struct {
+	EnclaveName  string `json:"EnclaveName"`
+	EnclaveID    string `json:"EnclaveID"`
+	ProcessID    int    `json:"ProcessID"`
+	EnclaveCID   uint64 `json:"EnclaveCID"`
+	NumberOfCPUs int    `json:"NumberOfCPUs"`
+	CPUIDs       []int  `json:"CPUIDs"`
+	MemoryMiB    int    `json:"MemoryMiB"`
+	// State is "RUNNING", "TERMINATING" or "EMPTY".
+	State string `json:"State"`
+	// Flags is "DEBUG_MODE" or "NONE".
+	Flags        string            `json:"Flags"`
+	Measurements map[string]string `json:"Measurements,omitempty"`
+}
+
+// TerminateInfo is nitro-cli terminate-enclave's JSON output.
+type TerminateInfo struct {
+	EnclaveName string `json:"EnclaveName"`
+	EnclaveID   string `json:"EnclaveID"`
+	Terminated  bool   `json:"Terminated"`
+}
+
+// States and flags nitro-cli reports.
+const (
+	StateRunning     = "RUNNING"
+	StateTerminating = "TERMINATING"
+	FlagsDebug       = "DEBUG_MODE"
+)
+
+// CommandError is a failed nitro-cli command with what it printed.
+type CommandError struct {
+	Args   []string
+	Err    error
+	Stderr string
+}
+
+func (e *CommandError) Error() string {
+	msg := Summary(e.Stderr)
+	if msg == "" {
+		msg = "no error output"
+	}
+	return fmt.Sprintf("nitro-cli %s: %v: %s", strings.Join(e.Args, " "), e.Err, msg)
+}
+
+func (e *CommandError) Unwrap() error { return e.Err }
+
+// Summary extracts the "[ Exx ] message" line from nitro-cli's error output
+// (its documented error format), or the last non-empty line.
+func Summary(stderr string) string {
+	var last string
+	for _, l := range strings.Split(stderr, "\n") {
+		l = strings.TrimSpace(l)
+		if strings.HasPrefix(l, "[ E") {
+			return l
+		}
+		if l != "" {
+			last = l
+		}
+	}
+	return last
+}
+
+// RunArgs returns the nitro-cli arguments that boot req; eifSize is the EIF
+// file size, for the memory check nitro-cli would make (a clearer message,
+// earlier).
+func RunArgs(req enclave.Request, eifSize int64) ([]string, error) {
+	if req.EIFPath == "" {
+		return nil, errors.New("enclave request has no EIF path")
+	}
+	if req.CPUs < 1 {
+		return nil, fmt.Errorf("enclave needs at least 1 vCPU, got %d", req.CPUs)
+	}
+	if len(req.CPUIDs) > 0 && len(req.CPUIDs) != req.CPUs {
+		return nil, fmt.Errorf("enclave asks for %d vCPUs but names %d CPU ids %v", req.CPUs, len(req.CPUIDs), req.CPUIDs)
+	}
+	if err := checkMemory(req.MemoryMiB, eifSize); err != nil {
+		return nil, err
+	}
+	if req.CID != 0 && (req.CID <= 3 || req.CID == 0xFFFFFFFF) {
+		return nil, fmt.Errorf("enclave CID %d is reserved (0-3 and 4294967295): use 16 or more, or 0 to let nitro-cli choose", req.CID)
+	}
+	args := []string{"run-enclave", "--eif-path", req.EIFPath, "--memory", strconv.Itoa(req.MemoryMiB)}
+	if len(req.CPUIDs) > 0 {
+		args = append(args, "--cpu-ids")
+		for _, id := range req.CPUIDs {
+			args = append(args, strconv.Itoa(id))
+		}
+	} else {
+		args = append(args, "--cpu-count", strconv.Itoa(req.CPUs))
+	}
+	if req.CID != 0 {
+		args = append(args, "--enclave-cid", strconv.FormatUint(uint64(req.CID), 10))
+	}
+	if req.Name != "" {
+		args = append(args, "--enclave-name", req.Name)
+	}
+	if req.Debug {
+		args = append(args, "--debug-mode")
+	}
+	return args, nil
+}
+
+// checkMemory applies nitro-cli's rule (memory ≥ 4× the EIF size, ≥ 64 MiB).
+func checkMemory(memMiB int, eifSize int64) error {
+	need := max((4*eifSize+1<<20-1)>>20, nitropod.MinEnclaveMemoryMiB)
+	if int64(memMiB) < need {
+		return fmt.Errorf("enclave memory %d MiB is too small for a %.1f MiB EIF: nitro-cli needs at least 4× the EIF size and at least %d MiB, so give it at least %d MiB",
+			memMiB, float64(eifSize)/(1<<20), nitropod.MinEnclaveMemoryMiB, need)
+	}
+	return nil
+}
+
+// ParseRun decodes run-enclave's output.
+func ParseRun(stdout []byte) (*RunInfo, error) {
+	var ri RunInfo
+	if err := decodeJSON(stdout, '{', &ri); err != nil {
+		return nil, fmt.Errorf("parsing nitro-cli run-enclave output: %w", err)
+	}
+	if ri.EnclaveID == "" || ri.EnclaveCID == 0 {
+		return nil, fmt.Errorf("parsing nitro-cli run-enclave output: no EnclaveID or EnclaveCID in %q", bytes.TrimSpace(stdout))
+	}
+	if ri.EnclaveCID > 0xFFFFFFFF {
+		return nil, fmt.Errorf("parsing nitro-cli run-enclave output: EnclaveCID %d does not fit in 32 bits", ri.EnclaveCID)
+	}
+	return &ri, nil
+}
+
+// ParseDescribe decodes describe-enclaves' output (a JSON array).
+func ParseDescribe(stdout []byte) ([]DescribeInfo, error) {
+	var ds []DescribeInfo
+	if err := decodeJSON(stdout, '[', &ds); err != nil {
+		return nil, fmt.Errorf("parsing nitro-cli describe-enclaves output: %w", err)
+	}
+	return ds, nil
+}
+
+// ParseTerminate decodes terminate-enclave's output.
+func ParseTerminate(stdout []byte) (*TerminateInfo, error) {
+	var ti TerminateInfo
+	if err := decodeJSON(stdout, '{', &ti); err != nil {
+		return nil, fmt.Errorf("parsing nitro-cli terminate-enclave output: %w", err)
+	}
+	return &ti, nil
+}
+
+// decodeJSON decodes the JSON value of out that starts a line with open
+// ('{' or '['). nitro-cli prints only JSON on stdout, but be lenient about
+// progress text before it (older versions).
+func decodeJSON(out []byte, open byte, v any) error {
+	for off := 0; off < len(out); {
+		line := out[off:]
+		if i := bytes.IndexByte(line, '\n'); i >= 0 {
+			line = line[:i+1]
+		}
+		if t := bytes.TrimLeft(line, " \t\r"); len(t) > 0 && t[0] == open {
+			return json.NewDecoder(bytes.NewReader(out[off:])).Decode(v)
+		}
+		off += len(line)
+	}
+	return fmt.Errorf("no JSON in %q", truncate(out))
+}
+
+func truncate(b []byte) string {
+	b = bytes.TrimSpace(b)
+	if len(b) > 200 {
+		return string(b[:200]) + "…"
+	}
+	return string(b)
+}
+
+// Boot runs nitro-cli run-enclave (which returns after the enclave's boot
+// heartbeat), starts the console when Debug and Console are set, and watches
+// the enclave with describe-enclaves.
+func (b *Backend) Boot(ctx context.Context, req enclave.Request) (enclave.Enclave, error) {
+	fi, err := os.Stat(req.EIFPath)
+	if err != nil {
+		return nil, fmt.Errorf("booting enclave: %w", err)
+	}
+	args, err := RunArgs(req, fi.Size())
+	if err != nil {
+		return nil, fmt.Errorf("booting enclave: %w", err)
+	}
+	out, stderr, err := b.cfg.Runner.Output(ctx, args)
+	if err != nil {
+		return nil, fmt.Errorf("booting enclave: %w", &CommandError{Args: args, Err: err, Stderr: string(stderr)})
+	}
+	ri, err := ParseRun(out)
+	if err != nil {
+		return nil, fmt.Errorf("booting enclave: %w", err)
+	}
+	e := &nitroEnclave{b: b, info: *ri, done: make(chan struct{}), stop: make(chan struct{})}
+	if req.Debug && req.Console != nil {
+		stop, err := b.cfg.Runner.Stream([]string{"console", "--enclave-id", ri.EnclaveID}, req.Console)
+		if err != nil {
+			_ = e.Terminate(context.WithoutCancel(ctx))
+			return nil, fmt.Errorf("booting enclave: attaching console: %w", err)
+		}
+		e.stopConsole = stop
+	}
+	go e.watch()
+	return e, nil
+}
+
+type nitroEnclave struct {
+	b           *Backend
+	info        RunInfo
+	done        chan struct{}
+	doneOnce    sync.Once
+	stop        chan struct{}
+	stopOnce    sync.Once
+	stopConsole func()
+	dialed      atomic.Bool
+	termOnce    sync.Once
+	termErr     error
+}
+
+func (e *nitroEnclave) ID() string  { return e.info.EnclaveID }
+func (e *nitroEnclave) CID() uint32 { return uint32(e.info.EnclaveCID) }
+
+func (e *nitroEnclave) Done() <-chan struct{} { return e.done }
+
+// Dial connects to the agent's vsock port, retrying while init starts to
+// listen, for at most DialTimeout.
+func (e *nitroEnclave) Dial(ctx context.Context) (net.Conn, error) {
+	if !e.dialed.CompareAndSwap(false, true) {
+		return nil, errors.New("the agent channel of this enclave was already dialled")
+	}
+	ctx, cancel := context.WithTimeout(ctx, e.b.cfg.DialTimeout)
+	defer cancel()
+	delay := 50 * time.Millisecond
+	for {
+		c, err := e.b.cfg.DialVsock(ctx, e.CID(), e.b.cfg.Port)
+		if err == nil {
+			return c, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("dialling enclave %s agent at vsock %d:%d: %w (last error: %v)", e.ID(), e.CID(), e.b.cfg.Port, ctx.Err(), err)
+		case <-e.done:
+			return nil, fmt.Errorf("dialling enclave %s agent: the enclave stopped", e.ID())
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, time.Second)
+	}
+}
+
+// watch polls describe-enclaves until the enclave is gone or stopping.
+func (e *nitroEnclave) watch() {
+	t := time.NewTicker(e.b.cfg.PollInterval)
+	defer t.Stop()
+	failures := 0
+	for {
+		select {
+		case <-e.stop:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		out, _, err := e.b.cfg.Runner.Output(ctx, []string{"describe-enclaves"})
+		cancel()
+		var ds []DescribeInfo
+		if err == nil {
+			ds, err = ParseDescribe(out)
+		}
+		if err != nil {
+			// A broken nitro-cli must not make a running enclave look
+			// stopped at once; give up after a minute of failures.
+			failures++
+			if failures*int(e.b.cfg.PollInterval) >= int(time.Minute) {
+				e.markDone()
+				return
+			}
+			continue
+		}
+		failures = 0
+		if !running(ds, e.info.EnclaveID) {
+			e.markDone()
+			return
+		}
+	}
+}
+
+func running(ds []DescribeInfo, id string) bool {
+	for _, d := range ds {
+		if d.EnclaveID == id {
+			return d.State == StateRunning
+		}
+	}
+	return false
+}
+
+func (e *nitroEnclave) markDone() {
+	e.doneOnce.Do(func() {
+		if e.stopConsole != nil {
+			e.stopConsole()
+		}
+		close(e.done)
+	})
+}
+
+// Terminate runs terminate-enclave. An enclave that describe-enclaves no
+// longer lists counts as terminated.
+func (e *nitroEnclave) Terminate(ctx context.Context) error {
+	e.termOnce.Do(func() {
+		e.stopOnce.Do(func() { close(e.stop) })
+		args := []string{"terminate-enclave", "--enclave-id", e.info.EnclaveID}
+		out, stderr, err := e.b.cfg.Runner.Output(ctx, args)
+		if err != nil {
+			if d, _, derr := e.b.cfg.Runner.Output(ctx, []string{"describe-enclaves"}); derr == nil {
+				if ds, perr := ParseDescribe(d); perr == nil && !listed(ds, e.info.EnclaveID) {
+					err = nil
+				}
+			}
+			if err != nil {
+				e.termErr = fmt.Errorf("terminating enclave: %w", &CommandError{Args: args, Err: err, Stderr: string(stderr)})
+			}
+		} else if ti, perr := ParseTerminate(out); perr != nil {
+			e.termErr = fmt.Errorf("terminating enclave: %w", perr)
+		} else if !ti.Terminated || ti.EnclaveID != e.info.EnclaveID {
+			e.termErr = fmt.Errorf("terminating enclave %s: nitro-cli answered %+v", e.info.EnclaveID, *ti)
+		}
+		e.markDone()
+	})
+	return e.termErr
+}
+
+func listed(ds []DescribeInfo, id string) bool {
+	for _, d := range ds {
+		if d.EnclaveID == id {
+			return true
+		}
+	}
+	return false
+}
+
+// execRunner runs the real nitro-cli.
+type execRunner struct{ bin string }
+
+func (r execRunner) Output(ctx context.Context, args []string) ([]byte, []byte, error) {
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, r.bin, args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	return stdout.Bytes(), stderr.Bytes(), err
+}
+
+func (r execRunner) Stream(args []string, w io.Writer) (func(), error) {
+	cmd := exec.Command(r.bin, args...)
+	cmd.Stdout = w
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	waited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(waited) }()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			_ = cmd.Process.Kill()
+			<-waited
+		})
+	}, nil
+}
