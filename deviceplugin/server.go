@@ -43,6 +43,7 @@ type state struct {
 	api     map[string][]*pluginapi.Device // per resource, built once per change
 	byID    map[string]Device              // memory and slot devices by id
 	changed chan struct{}                  // closed and replaced on every change
+	pool    map[int]CPU                    // topology of the advertised CPUs; nil until needed
 	memFree map[int]int                    // free memory blocks per NUMA node as kubelet last said
 	cpuHint hint                           // node of the last CPU allocation, not yet paired
 	memHint hint                           // node of the last memory allocation, not yet paired
@@ -67,7 +68,7 @@ func (s *state) set(inv Inventory, adv Advertisement) bool {
 	if same && s.byID != nil {
 		return false
 	}
-	s.adv, s.api = adv, api
+	s.adv, s.api, s.pool = adv, api, nil
 	s.byID = map[string]Device{}
 	free := map[int]int{}
 	for _, d := range adv.Memory {
@@ -245,8 +246,16 @@ func (v *service) prefer(available, must []string, size int) ([]string, error) {
 	}
 }
 
-// poolCPUs is the topology of the pool's CPUs only; callers hold s.mu.
+// poolCPUs is the topology of the advertised CPUs only, built once per
+// change; callers hold s.mu.
 func (s *state) poolCPUs() map[int]CPU {
+	if s.pool == nil {
+		s.pool = s.buildPool()
+	}
+	return s.pool
+}
+
+func (s *state) buildPool() map[int]CPU {
 	out := make(map[int]CPU, len(s.adv.CPU))
 	for _, d := range s.adv.CPU {
 		if cpu, ok := s.inv.CPUs[d.Num]; ok {
