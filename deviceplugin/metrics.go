@@ -45,6 +45,13 @@ func newMetrics() *metrics {
 			Help:    "Time to answer Allocate, per resource.",
 			Buckets: []float64{1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 0.1}}, []string{"resource"}),
 	}
+	for _, r := range Resources {
+		// Every series exists from the start, at zero.
+		m.registered.WithLabelValues(r)
+		m.registrations.WithLabelValues(r)
+		m.allocations.WithLabelValues(r)
+		m.allocErrors.WithLabelValues(r)
+	}
 	m.reg.MustRegister(m.capacity, m.allocatable, m.allocations, m.allocErrors, m.registered,
 		m.registrations, m.supported, m.unsupported, m.blockMiB, m.allocSeconds)
 	return m
