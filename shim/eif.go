@@ -20,6 +20,7 @@ import (
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	nitropod "github.com/nitropod/nitropod"
 	"github.com/nitropod/nitropod/eifcache"
 )
 
@@ -55,7 +56,11 @@ func getEIF(ctx context.Context, cache *eifcache.Cache, r *taskAPI.CreateTaskReq
 				}
 			}()
 		}
-		return buildEIF(ctx, w, rootfs, plan, cfg)
+		name := spec.Annotations[nitropod.CRIImageName]
+		if name == "" {
+			name = r.ID
+		}
+		return buildEIF(ctx, w, rootfs, plan, cfg, name)
 	})
 }
 
@@ -112,7 +117,11 @@ func EIFKey(mounts []*types.Mount, rootfsDir string, plan Plan, cfg Config) (str
 	if err != nil {
 		return "", fmt.Errorf("identifying init %s: %w (set init_path in the shim config)", cfg.InitPath, err)
 	}
-	return eifcache.Key(cacheKeyVersion, builderVersion, strings.Join(rootID, "\x00"), string(proc), blobs, initID), nil
+	debug := "production"
+	if plan.Debug {
+		debug = "debug" // a debug EIF has a console-logging kernel cmdline
+	}
+	return eifcache.Key(cacheKeyVersion, builderVersion, strings.Join(rootID, "\x00"), string(proc), blobs, initID, debug), nil
 }
 
 // filesID identifies a file or the files of a directory by name, size and

@@ -12,13 +12,15 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	nitropod "github.com/nitropod/nitropod"
+	"github.com/nitropod/nitropod/eif/build"
 	"github.com/nitropod/nitropod/eif/s3"
 	"github.com/nitropod/nitropod/eifcache"
 	"github.com/nitropod/nitropod/license"
 )
 
-// builderVersion is part of every cache key; it follows the EIF builder.
-const builderVersion = "pending"
+// builderVersion is part of every cache key; bump it when the EIF builder
+// changes what it writes for the same inputs.
+const builderVersion = build.Tool + "-eif-build-v1"
 
 // checkLicense is the licence hook: it runs before anything is built or
 // booted, against the licence the Pod mounts (package license).
@@ -71,6 +73,17 @@ func fetchPrebuilt(ctx context.Context, cache *eifcache.Cache, spec *specs.Spec,
 }
 
 // buildEIF streams the EIF built from rootfs and plan.Process into w.
-func buildEIF(ctx context.Context, w io.Writer, rootfs string, plan Plan, cfg Config) error {
-	return errors.New("EIF builder not wired yet")
+func buildEIF(ctx context.Context, w io.Writer, rootfs string, plan Plan, cfg Config, name string) error {
+	ws, ok := w.(io.WriteSeeker)
+	if !ok {
+		return errors.New("building eif: the cache did not hand out a seekable file")
+	}
+	_, err := build.FromRootfs(ws, rootfs, plan.Process, build.Options{
+		Blobs:        cfg.BlobsDir,
+		Init:         cfg.InitPath,
+		DebugCmdline: plan.Debug,
+		Name:         name,
+		BuildTime:    time.Now().UTC(),
+	})
+	return err
 }

@@ -138,8 +138,15 @@ func (m manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 	}
 	bundle := filepath.Join(filepath.Dir(cwd), id)
 	if _, err := os.Stat(filepath.Join(bundle, stateFile)); err != nil {
-		// Not an enclave container: runc's own cleanup.
-		return m.runc.Stop(ctx, id)
+		if _, err := os.Stat(filepath.Join(bundle, "runtime")); err == nil {
+			// A runc container: runc's own cleanup.
+			return m.runc.Stop(ctx, id)
+		}
+		// Create failed before anything ran: only a mount can be left.
+		if err := unmountRootfs(filepath.Join(bundle, "rootfs")); err != nil {
+			log.G(ctx).WithError(err).Warn("unmounting rootfs")
+		}
+		return shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(unix.SIGKILL)}, nil
 	}
 	pid := CleanupBundle(ctx, bundle)
 	return shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(unix.SIGKILL), Pid: pid}, nil

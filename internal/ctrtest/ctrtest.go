@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -23,6 +24,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"golang.org/x/sys/unix"
 
 	"github.com/nitropod/nitropod/internal/testenv"
 )
@@ -35,6 +37,10 @@ type Options struct {
 	Env []string
 	// CRI enables the CRI plugin; without it the plugin is disabled.
 	CRI *CRIOptions
+	// NetNS runs containerd (and so its shims and CNI) in a network
+	// namespace made for the test, so pod networks live there and nothing
+	// touches the host's network.
+	NetNS bool
 }
 
 // CRIOptions configure the CRI plugin.
@@ -62,9 +68,13 @@ type Containerd struct {
 	Config  string
 	LogPath string
 
-	env []string
-	cmd *exec.Cmd
-	t   testing.TB
+	// NetNSPath is containerd's network namespace (Options.NetNS), or "".
+	NetNSPath string
+
+	env   []string
+	cmd   *exec.Cmd
+	t     testing.TB
+	netns string
 }
 
 // Start starts containerd and waits until it answers.
@@ -94,6 +104,16 @@ func Start(t testing.TB, opts Options) *Containerd {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.cleanup)
+	if opts.NetNS {
+		c.netns = filepath.Base(dir)
+		if out, err := exec.Command("ip", "netns", "add", c.netns).CombinedOutput(); err != nil {
+			t.Fatalf("ip netns add %s: %v: %s", c.netns, err, out)
+		}
+		c.NetNSPath = filepath.Join("/run/netns", c.netns)
+		if out, err := exec.Command("ip", "-n", c.netns, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+			t.Fatalf("bringing lo up in %s: %v: %s", c.netns, err, out)
+		}
+	}
 	c.start(bin)
 	return c
 }
@@ -153,6 +173,11 @@ func (c *Containerd) start(bin string) {
 	}
 	defer logf.Close()
 	cmd := exec.Command(bin, "--config", c.Config)
+	if c.NetNSPath != "" {
+		// nsenter joins only the network namespace (ip netns exec would
+		// also remount /sys, hiding the cgroup hierarchies).
+		cmd = exec.Command("nsenter", "--net="+c.NetNSPath, bin, "--config", c.Config)
+	}
 	cmd.Env = c.env
 	cmd.Stdout = logf
 	cmd.Stderr = logf
@@ -229,6 +254,9 @@ func (c *Containerd) cleanup() {
 	_ = exec.Command("umount", "-R", "-l", c.State).Run()
 	_ = exec.Command("umount", "-R", "-l", c.Root).Run()
 	_ = os.RemoveAll(c.Dir)
+	if c.netns != "" {
+		_ = exec.Command("ip", "netns", "del", c.netns).Run()
+	}
 }
 
 func tail(s string, n int) string {
@@ -297,4 +325,28 @@ func (c *Containerd) Import(ctx context.Context, ns, ref string, img v1.Image) e
 		return err
 	}
 	return nil
+}
+
+// InNetNS runs fn on an OS thread inside containerd's network namespace
+// (or directly when there is none); sockets fn opens stay in it.
+func (c *Containerd) InNetNS(fn func() error) error {
+	if c.NetNSPath == "" {
+		return fn()
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+		f, err := os.Open(c.NetNSPath)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("joining %s: %w", c.NetNSPath, err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
 }

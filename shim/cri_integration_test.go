@@ -1,0 +1,203 @@
+package shim_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	nitropod "github.com/nitropod/nitropod"
+	"github.com/nitropod/nitropod/internal/ctrtest"
+	"github.com/nitropod/nitropod/internal/testenv"
+	"github.com/nitropod/nitropod/test/images"
+)
+
+const (
+	criNS     = "k8s.io"
+	pauseRef  = "registry.k8s.io/pause:nitrotest"
+	podSubnet = "10.251.77.0/24"
+)
+
+type crictl struct {
+	bin, sock string
+}
+
+func (c crictl) run(ctx context.Context, args ...string) (string, error) {
+	full := append([]string{"--runtime-endpoint", "unix://" + c.sock, "--image-endpoint", "unix://" + c.sock, "--timeout", "4m"}, args...)
+	out, err := exec.CommandContext(ctx, c.bin, full...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("crictl %s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+func writeJSON(t *testing.T, path string, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestCRIPodWithEnclave runs a Pod through containerd's CRI with the nitro
+// handler: the sandbox (pause) through runc, an app container in an enclave
+// whose output reaches the kubelet log and whose port answers on the Pod IP
+// of a bridge inside a network namespace the test made.
+func TestCRIPodWithEnclave(t *testing.T) {
+	testenv.Integration(t)
+	testenv.RequireRoot(t)
+	cc := crictl{bin: testenv.Binary(t, "crictl")}
+	testenv.Binary(t, "nsenter")
+	dir := t.TempDir()
+	cniConf := filepath.Join(dir, "net.d")
+	if err := os.MkdirAll(cniConf, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(cniConf, "10-nitrotest.conflist"), []byte(fmt.Sprintf(`{
+  "cniVersion": "0.4.0",
+  "name": "nitrotest",
+  "plugins": [
+    {"type": "bridge", "bridge": "nitrotest0", "isGateway": true, "ipMasq": false,
+     "ipam": {"type": "host-local", "dataDir": %q, "ranges": [[{"subnet": %q}]]}}
+  ]
+}`, filepath.Join(dir, "ipam"), podSubnet)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e := newEnvOpts(t, ctrtest.Options{NetNS: true, CRI: &ctrtest.CRIOptions{
+		SandboxImage:   pauseRef,
+		Runtimes:       map[string]string{nitropod.RuntimeClassName: nitropod.RuntimeType},
+		PodAnnotations: []string{"nitro.k8s.anjuna.io/*", "nitropod.io/*"},
+		CNIConfDir:     cniConf,
+	}})
+	cc.sock = e.ctrd.Socket
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+
+	pause, err := images.Pause(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.importImage(t, ctx, criNS, pauseRef, pause)
+	e.importImage(t, ctx, criNS, busyboxRef, busyboxImage(t, ""))
+
+	logDir := filepath.Join(dir, "logs")
+	podCfg := writeJSON(t, filepath.Join(dir, "pod.json"), map[string]any{
+		"metadata":      map[string]any{"name": "nitro-pod", "namespace": "default", "uid": "nitro-pod-uid", "attempt": 0},
+		"hostname":      "nitro-pod",
+		"log_directory": logDir,
+		"annotations": map[string]string{
+			nitropod.EnclavesAnnotation: `{"app":{"cpu":1,"memoryMiB":256,"ports":[8080]}}`,
+		},
+		"linux": map[string]any{},
+	})
+	ctrCfg := writeJSON(t, filepath.Join(dir, "ctr.json"), map[string]any{
+		"metadata": map[string]any{"name": "app"},
+		"image":    map[string]any{"image": busyboxRef},
+		"command":  []string{"sh", "-c", "echo hello-from-cri; mkdir -p /www; echo pong > /www/index.html; exec httpd -f -p 8080 -h /www"},
+		"log_path": "app.log",
+		"linux":    map[string]any{},
+	})
+
+	pod, err := cc.run(ctx, "runp", "--runtime", nitropod.RuntimeClassName, podCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		_, _ = cc.run(c, "stopp", pod)
+		_, _ = cc.run(c, "rmp", "-f", pod)
+	})
+	// The sandbox runs through runc (wrapped by the shim).
+	if _, err := os.Stat(filepath.Join("/run/containerd/runc", criNS, pod)); err != nil {
+		t.Errorf("pause container %s is not a runc container: %v", pod, err)
+	}
+	ctrID, err := cc.run(ctx, "create", pod, ctrCfg, podCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cc.run(ctx, "start", ctrID); err != nil {
+		t.Fatal(err)
+	}
+	var ip string
+	if out, err := cc.run(ctx, "inspectp", "-o", "go-template", "--template", "{{.status.network.ip}}", pod); err != nil {
+		t.Fatal(err)
+	} else {
+		ip = strings.TrimSpace(out)
+	}
+	if net.ParseIP(ip) == nil {
+		t.Fatalf("pod IP %q", ip)
+	}
+
+	// The port answers on the Pod IP (from the node's network namespace).
+	var body string
+	deadline := time.Now().Add(4 * time.Minute)
+	for {
+		err = e.ctrd.InNetNS(func() error {
+			cl := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+			resp, err := cl.Get("http://" + net.JoinHostPort(ip, "8080") + "/index.html")
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			b, err := io.ReadAll(resp.Body)
+			body = string(b)
+			return err
+		})
+		if err == nil && strings.Contains(body, "pong") {
+			break
+		}
+		if time.Now().After(deadline) {
+			logs, _ := cc.run(ctx, "logs", ctrID)
+			t.Fatalf("GET %s:8080: %v (body %q); container log:\n%s", ip, err, body, logs)
+		}
+		time.Sleep(time.Second)
+	}
+	logs, err := cc.run(ctx, "logs", ctrID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs, "hello-from-cri") {
+		t.Errorf("crictl logs = %q, want hello-from-cri", logs)
+	}
+	// Stats must not error (CRI converts the cgroup metrics).
+	if out, err := cc.run(ctx, "stats", "-o", "json", ctrID); err != nil {
+		t.Errorf("crictl stats: %v", err)
+	} else if !strings.Contains(out, "memory") {
+		t.Errorf("crictl stats output lacks memory: %s", out)
+	}
+	// exec is refused with a clear error.
+	if out, err := cc.run(ctx, "exec", ctrID, "true"); err == nil || !strings.Contains(out, "not supported for enclave containers") {
+		t.Errorf("crictl exec: err=%v out=%q, want 'not supported for enclave containers'", err, out)
+	}
+	if _, err := cc.run(ctx, "stop", "--timeout", "5", ctrID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cc.run(ctx, "rm", ctrID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cc.run(ctx, "stopp", pod); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cc.run(ctx, "rmp", pod); err != nil {
+		t.Fatal(err)
+	}
+	if left := leftovers(e); len(left) > 0 {
+		time.Sleep(3 * time.Second)
+		if left = leftovers(e); len(left) > 0 {
+			t.Errorf("after stop/remove: %s", strings.Join(left, "\n"))
+		}
+	}
+}

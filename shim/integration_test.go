@@ -1,0 +1,336 @@
+package shim_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	nitropod "github.com/nitropod/nitropod"
+	"github.com/nitropod/nitropod/internal/ctrtest"
+	"github.com/nitropod/nitropod/internal/testenv"
+	"github.com/nitropod/nitropod/test/images"
+)
+
+const (
+	ns          = "nitrotest"
+	busyboxRef  = "docker.io/library/busybox:latest"
+	busybox2Ref = "docker.io/library/busybox2:latest"
+)
+
+// env is a private containerd with the nitro runtime installed.
+type env struct {
+	ctrd     *ctrtest.Containerd
+	bin      string
+	cacheDir string
+	runDir   string
+	cfgPath  string
+}
+
+var buildOnce struct {
+	sync.Once
+	dir string
+	err error
+}
+
+// buildBinaries builds the shim, the launcher and nitropod-init (static)
+// once per test binary.
+func buildBinaries(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "nitroshim-bin")
+		if err != nil {
+			buildOnce.err = err
+			return
+		}
+		buildOnce.dir = dir
+		cmd := exec.Command("go", "build", "-trimpath", "-o", dir+"/",
+			"./cmd/containerd-shim-nitro-v1", "./cmd/nitropod-launcher", "./cmd/nitropod-init")
+		cmd.Dir = testenv.RepoRoot()
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildOnce.err = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildOnce.err != nil {
+		t.Fatal(buildOnce.err)
+	}
+	return buildOnce.dir
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if buildOnce.dir != "" {
+		os.RemoveAll(buildOnce.dir)
+	}
+	os.Exit(code)
+}
+
+func newEnv(t *testing.T, cri *ctrtest.CRIOptions) *env {
+	t.Helper()
+	return newEnvOpts(t, ctrtest.Options{CRI: cri})
+}
+
+func newEnvOpts(t *testing.T, opts ctrtest.Options) *env {
+	t.Helper()
+	cri := opts.CRI
+	testenv.Integration(t)
+	testenv.RequireRoot(t)
+	testenv.Binary(t, "qemu-system-x86_64")
+	blobs := testenv.EmuBlobs(t)
+	bin := buildBinaries(t)
+	dir := t.TempDir()
+	runDir, err := os.MkdirTemp("/run", "nitrotest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(runDir) })
+	e := &env{bin: bin, cacheDir: filepath.Join(dir, "cache"), runDir: runDir, cfgPath: filepath.Join(dir, "shim.toml")}
+	cfg := fmt.Sprintf(`backend = "qemu"
+blobs_dir = %q
+init_path = %q
+cache_dir = %q
+run_dir = %q
+default_cpus = 1
+default_memory_mib = 256
+[qemu]
+accel = "tcg"
+`, blobs, filepath.Join(bin, "nitropod-init"), e.cacheDir, runDir)
+	if err := os.WriteFile(e.cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if cri != nil {
+		cri.RuntimeConfigPath = e.cfgPath
+	}
+	opts.PathDirs = append(opts.PathDirs, bin)
+	opts.Env = append(opts.Env, "NITROPOD_SHIM_CONFIG="+e.cfgPath)
+	e.ctrd = ctrtest.Start(t, opts)
+	t.Cleanup(func() { assertNothingLeft(t, e) })
+	return e
+}
+
+func busyboxImage(t *testing.T, extra string) v1.Image {
+	t.Helper()
+	bb := testenv.Binary(t, "busybox")
+	img, err := images.Busybox(bb, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if extra == "" {
+		return img
+	}
+	dir := t.TempDir()
+	if err := images.BusyboxRootfs(bb, dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "etc", "variant"), []byte(extra), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img, err = images.FromDir(dir, v1.Config{Cmd: []string{"sh"}, Env: []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+func (e *env) importImage(t *testing.T, ctx context.Context, namespace, ref string, img v1.Image) {
+	t.Helper()
+	if err := e.ctrd.Import(ctx, namespace, ref, img); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// run is `ctr run --rm --runtime io.containerd.nitro.v1 IMAGE ID ARGS...`.
+func (e *env) run(ctx context.Context, extra []string, image, id string, args ...string) *exec.Cmd {
+	full := append([]string{"run", "--rm", "--runtime", nitropod.RuntimeType}, extra...)
+	full = append(full, image, id)
+	full = append(full, args...)
+	return e.ctrd.CtrCmd(ctx, ns, full...)
+}
+
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
+}
+
+// shimLog returns the shim log lines about container id (the shims log
+// through containerd).
+func (e *env) shimLog(id string) []string {
+	var out []string
+	for _, l := range strings.Split(e.ctrd.Log(), "\n") {
+		if strings.Contains(l, "id="+id) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+var durRe = regexp.MustCompile(`create_duration=([0-9.]+[a-zµ]+)`)
+
+func (e *env) createInfo(t *testing.T, id string) (hit bool, build bool, create time.Duration) {
+	t.Helper()
+	for _, l := range e.shimLog(id) {
+		if strings.Contains(l, "cache_hit=true") {
+			hit = true
+		}
+		if strings.Contains(l, "building enclave image") {
+			build = true
+		}
+		if m := durRe.FindStringSubmatch(l); m != nil {
+			create, _ = time.ParseDuration(m[1])
+		}
+	}
+	return hit, build, create
+}
+
+func TestCtrRunEnclave(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	e.importImage(t, ctx, ns, busyboxRef, busyboxImage(t, ""))
+
+	t.Run("output and exit code", func(t *testing.T) {
+		cmd := e.run(ctx, nil, busyboxRef, "out1", "sh", "-c", "echo hello from the enclave; echo to stderr >&2; exit 3")
+		out, err := cmd.CombinedOutput()
+		if code := exitCode(err); code != 3 {
+			t.Fatalf("ctr run exit code %d (%v), want 3; output:\n%s", code, err, out)
+		}
+		for _, want := range []string{"hello from the enclave", "to stderr"} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("output %q lacks %q", out, want)
+			}
+		}
+		hit, build, _ := e.createInfo(t, "out1")
+		if hit || !build {
+			t.Errorf("first container: cache hit=%v build=%v, want a build", hit, build)
+		}
+	})
+
+	t.Run("second container of the same image is a cache hit", func(t *testing.T) {
+		cmd := e.run(ctx, nil, busyboxRef, "out2", "sh", "-c", "echo hello from the enclave; echo to stderr >&2; exit 3")
+		out, err := cmd.CombinedOutput()
+		if code := exitCode(err); code != 3 {
+			t.Fatalf("ctr run exit code %d (%v), want 3; output:\n%s", code, err, out)
+		}
+		hit, build, d1 := e.createInfo(t, "out2")
+		_, _, d0 := e.createInfo(t, "out1")
+		if !hit || build {
+			t.Errorf("second container: cache hit=%v build=%v, want a hit without build", hit, build)
+		}
+		t.Logf("create: %v with build, %v on a cache hit", d0, d1)
+		if d1 <= 0 || d1 >= d0 {
+			t.Errorf("create on a cache hit took %v, not less than with a build (%v)", d1, d0)
+		}
+	})
+
+	t.Run("kill is graceful", func(t *testing.T) {
+		cmd := e.run(ctx, nil, busyboxRef, "term1", "sh", "-c", `trap "echo got TERM; exit 7" TERM; echo ready; while true; do sleep 0.2; done`)
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stderr = cmd.Stdout
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		lines := make(chan string, 100)
+		go func() {
+			sc := bufio.NewScanner(stdout)
+			for sc.Scan() {
+				lines <- sc.Text()
+			}
+			close(lines)
+		}()
+		waitLine(t, lines, "ready", 3*time.Minute)
+		if out, err := e.ctrd.Ctr(ctx, ns, "task", "kill", "term1"); err != nil {
+			t.Fatalf("ctr task kill: %v: %s", err, out)
+		}
+		waitLine(t, lines, "got TERM", time.Minute)
+		err = cmd.Wait()
+		if code := exitCode(err); code != 7 {
+			t.Errorf("exit code after SIGTERM %d (%v), want 7 (the app's trap)", code, err)
+		}
+	})
+
+	out, err := e.ctrd.Ctr(ctx, ns, "task", "ls", "-q")
+	if err != nil || strings.TrimSpace(out) != "" {
+		t.Errorf("ctr task ls after the runs: %q (%v), want none", out, err)
+	}
+}
+
+func waitLine(t *testing.T, lines <-chan string, want string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.After(timeout)
+	var seen []string
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("output ended before %q; got:\n%s", want, strings.Join(seen, "\n"))
+			}
+			seen = append(seen, l)
+			if strings.Contains(l, want) {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("no %q within %v; got:\n%s", want, timeout, strings.Join(seen, "\n"))
+		}
+	}
+}
+
+// assertNothingLeft checks that no launcher or QEMU process and no rootfs
+// mount of this containerd is left.
+func assertNothingLeft(t *testing.T, e *env) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	var left []string
+	for time.Now().Before(deadline) {
+		left = leftovers(e)
+		if len(left) == 0 {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Errorf("left behind:\n%s", strings.Join(left, "\n"))
+}
+
+func leftovers(e *env) []string {
+	var left []string
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		cl := strings.ReplaceAll(string(b), "\x00", " ")
+		if strings.Contains(cl, e.ctrd.Dir) && (strings.Contains(cl, "nitropod-launcher") || strings.Contains(cl, "qemu-system")) {
+			left = append(left, "process: "+cl)
+		}
+		if strings.Contains(cl, "qemu-system") && strings.Contains(cl, e.runDir) {
+			left = append(left, "process: "+cl)
+		}
+	}
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, l := range strings.Split(string(mi), "\n") {
+		if strings.Contains(l, e.ctrd.State) && strings.Contains(l, "/rootfs") {
+			left = append(left, "mount: "+l)
+		}
+	}
+	return left
+}
