@@ -5,7 +5,9 @@
 //
 // A Client is made from a Config: the AWS default credential chain (node
 // role, environment, web identity), or per-Pod IRSA credentials
-// (Config.WebIdentity), an optional region (else the bucket's region, or
+// (Config.WebIdentity, from PodWebIdentity of the container's OCI spec; the
+// STS exchange itself is not exercised by the tests, which have no STS), an
+// optional region (else the bucket's region, or
 // us-east-1 with a custom endpoint) and an optional endpoint for
 // S3-compatible stores (path-style addressing).
 //

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/nitropod/nitropod/eif"
 	"github.com/nitropod/nitropod/eif/s3/s3test"
@@ -165,5 +166,46 @@ func TestBackoffBounded(t *testing.T) {
 	}
 	if d := backoff(1, time.Minute); d > 200*time.Millisecond {
 		t.Errorf("first backoff %v, want ≤ 200ms", d)
+	}
+}
+
+func TestPodWebIdentity(t *testing.T) {
+	tokenMount := specs.Mount{Destination: "/var/run/secrets/eks.amazonaws.com/serviceaccount", Type: "bind", Options: []string{"rbind", "ro"},
+		Source: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~projected/aws-iam-token"}
+	spec := func(env []string, mounts ...specs.Mount) *specs.Spec {
+		return &specs.Spec{Process: &specs.Process{Env: env}, Mounts: mounts}
+	}
+	irsa := []string{"PATH=/bin", "AWS_ROLE_ARN=arn:aws:iam::111122223333:role/eif-reader", "AWS_WEB_IDENTITY_TOKEN_FILE=/var/run/secrets/eks.amazonaws.com/serviceaccount/token"}
+	tests := []struct {
+		name string
+		spec *specs.Spec
+		want *WebIdentity
+		err  string
+	}{
+		{name: "no irsa", spec: spec([]string{"PATH=/bin"}, tokenMount)},
+		{name: "irsa", spec: spec(irsa, specs.Mount{Destination: "/var", Type: "bind", Source: "/elsewhere"}, tokenMount),
+			want: &WebIdentity{RoleARN: "arn:aws:iam::111122223333:role/eif-reader", TokenFile: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~projected/aws-iam-token/token"}},
+		{name: "session name", spec: spec(append(irsa, "AWS_ROLE_SESSION_NAME=pod-a"), tokenMount),
+			want: &WebIdentity{RoleARN: "arn:aws:iam::111122223333:role/eif-reader", TokenFile: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~projected/aws-iam-token/token", SessionName: "pod-a"}},
+		{name: "token not mounted", spec: spec(irsa, specs.Mount{Destination: "/var/run/secrets/eks", Type: "tmpfs", Source: "tmpfs"}), err: "is not on a volume"},
+		{name: "prefix is not a parent", spec: spec(irsa, specs.Mount{Destination: "/var/run/secrets/eks.amazonaws.com/service", Type: "bind", Source: "/x"}), err: "is not on a volume"},
+		{name: "role only", spec: spec([]string{"AWS_ROLE_ARN=arn:x"}), err: "only one of"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := PodWebIdentity(tc.spec)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("err = %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
 	}
 }
