@@ -21,36 +21,50 @@ func ParseCPUList(s string) ([]int, error) {
 	if s == "" {
 		return nil, nil
 	}
-	var cpus []int
+	// A set rather than a list, so that repeated ranges cost nothing.
+	var set [maxCPUID + 1]bool
 	for part := range strings.SplitSeq(s, ",") {
 		part = strings.TrimSpace(part)
 		lo, hi, isRange := strings.Cut(part, "-")
 		first, err := parseCPUID(lo)
 		if err != nil {
-			return nil, fmt.Errorf("parsing cpu list %q: %w", s, err)
+			return nil, fmt.Errorf("parsing cpu list %q: %w", clip(s), err)
 		}
 		last := first
 		if isRange {
 			if last, err = parseCPUID(hi); err != nil {
-				return nil, fmt.Errorf("parsing cpu list %q: %w", s, err)
+				return nil, fmt.Errorf("parsing cpu list %q: %w", clip(s), err)
 			}
 			if last < first {
-				return nil, fmt.Errorf("parsing cpu list %q: range %q ends before it starts", s, part)
+				return nil, fmt.Errorf("parsing cpu list %q: range %q ends before it starts", clip(s), clip(part))
 			}
 		}
 		for c := first; c <= last; c++ {
+			set[c] = true
+		}
+	}
+	var cpus []int
+	for c, ok := range set {
+		if ok {
 			cpus = append(cpus, c)
 		}
 	}
-	slices.Sort(cpus)
-	return slices.Compact(cpus), nil
+	return cpus, nil
+}
+
+// clip shortens a value quoted in an error message.
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "…"
+	}
+	return s
 }
 
 func parseCPUID(s string) (int, error) {
 	s = strings.TrimSpace(s)
 	n, err := strconv.Atoi(s)
 	if err != nil || n < 0 {
-		return 0, fmt.Errorf("%q is not a cpu id", s)
+		return 0, fmt.Errorf("%q is not a cpu id", clip(s))
 	}
 	if n > maxCPUID {
 		return 0, fmt.Errorf("cpu id %d is larger than %d", n, maxCPUID)
