@@ -401,3 +401,38 @@ func TestCertificatePCR(t *testing.T) {
 		t.Error("CertificatePCR accepted a key")
 	}
 }
+
+func TestSignFile(t *testing.T) {
+	p, unsigned := writeFile(t, vectorImage(), WriterOptions{})
+	for i, c := range []elliptic.Curve{elliptic.P256(), elliptic.P521()} { // sign, then re-sign
+		certPEM, keyPEM := testSigner(t, c)
+		signer, err := NewSigner(certPEM, keyPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.OpenFile(p, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := SignFile(f, signer)
+		f.Close()
+		if err != nil {
+			t.Fatalf("round %d: SignFile: %v", i, err)
+		}
+		want := unsigned
+		want.PCR8 = signer.PCR8()
+		if m != want {
+			t.Errorf("round %d: measurements %+v, want %+v", i, m, want)
+		}
+		rep := verifyFile(t, p)
+		if !rep.SignatureOK || rep.Measurements != want {
+			t.Errorf("round %d: report %+v", i, rep)
+		}
+		// Identical to writing it signed in the first place, up to the signature bytes.
+		ef, _ := os.ReadFile(p)
+		f2, _ := Open(bytes.NewReader(ef), int64(len(ef)))
+		if len(f2.Sections) != 5 {
+			t.Errorf("round %d: %d sections", i, len(f2.Sections))
+		}
+	}
+}

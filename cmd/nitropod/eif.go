@@ -18,7 +18,7 @@ import (
 )
 
 func init() {
-	eifCommands = append(eifCommands, newEIFBuildCommand(), newEIFDescribeCommand(), newEIFPCRCommand())
+	eifCommands = append(eifCommands, newEIFBuildCommand(), newEIFDescribeCommand(), newEIFPCRCommand(), newEIFSignCommand())
 }
 
 // signFlags are the signing flags of `eif build` and `build`.
@@ -273,5 +273,37 @@ func newEIFPCRCommand() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&input, "input", "", "file to measure")
 	cmd.Flags().StringVar(&cert, "signing-certificate", "", "PEM signing certificate (prints PCR8)")
+	return cmd
+}
+
+func newEIFSignCommand() *cobra.Command {
+	var sf signFlags
+	cmd := &cobra.Command{
+		Use:   "sign FILE --signing-certificate C --private-key K",
+		Short: "Sign an EIF in place, replacing any signature (like nitro-cli sign-eif)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if sf.cert == "" || sf.key == "" {
+				return errors.New("--signing-certificate and --private-key are required")
+			}
+			signer, err := sf.signer()
+			if err != nil {
+				return err
+			}
+			f, err := os.OpenFile(args[0], os.O_RDWR, 0)
+			if err != nil {
+				return err
+			}
+			m, err := eif.SignFile(f, signer)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return fmt.Errorf("%s: %w", args[0], err)
+			}
+			return printJSON(cmd.OutOrStdout(), measurementsOutput{m})
+		},
+	}
+	sf.add(cmd)
 	return cmd
 }

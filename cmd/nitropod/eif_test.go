@@ -7,12 +7,15 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/binary"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"hash/crc32"
 	"math/big"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -28,7 +31,7 @@ func runEIFCLI(t *testing.T, args ...string) (string, error) {
 	t.Helper()
 	root := &cobra.Command{Use: "nitropod", SilenceUsage: true, SilenceErrors: true}
 	eifCmd := &cobra.Command{Use: "eif"}
-	eifCmd.AddCommand(newEIFBuildCommand(), newEIFDescribeCommand(), newEIFPCRCommand())
+	eifCmd.AddCommand(newEIFBuildCommand(), newEIFDescribeCommand(), newEIFPCRCommand(), newEIFSignCommand())
 	root.AddCommand(eifCmd, newBuildCommand())
 	var out, errOut bytes.Buffer
 	root.SetOut(&out)
@@ -134,6 +137,34 @@ func TestEIFDescribe(t *testing.T) {
 	out, err = runEIFCLI(t, "eif", "pcr", "--input", filepath.Join(d, "r1"))
 	if err != nil || !bytes.Contains([]byte(out), []byte(eif.PCRHex([]byte("R1")))) {
 		t.Errorf("pcr --input: %v\n%s", err, out)
+	}
+
+	// Re-signing in place with another key changes PCR8 only.
+	cert2, key2 := testCertFiles(t, t.TempDir())
+	out, err = runEIFCLI(t, "eif", "sign", p, "--signing-certificate", cert2, "--private-key", key2)
+	var resigned measurementsOutput
+	if err != nil || json.Unmarshal([]byte(out), &resigned) != nil {
+		t.Fatalf("eif sign: %v\n%s", err, out)
+	}
+	if resigned.Measurements.PCR0 != built.Measurements.PCR0 || resigned.Measurements.PCR8 == built.Measurements.PCR8 {
+		t.Errorf("re-signed measurements %+v", resigned.Measurements)
+	}
+	if _, err := runEIFCLI(t, "eif", "describe", p); err != nil {
+		t.Errorf("describe after re-signing: %v", err)
+	}
+
+	// A tampered signed image (CRC fixed up): the signature check fails.
+	tb, _ := os.ReadFile(p)
+	tf, _ := eif.Open(bytes.NewReader(tb), int64(len(tb)))
+	rd, _ := tf.First(eif.SectionRamdisk)
+	tb[rd.DataOffset()] ^= 1
+	crc := crc32.ChecksumIEEE(append(append([]byte{}, tb[:544]...), tb[548:]...))
+	binary.BigEndian.PutUint32(tb[544:], crc)
+	tampered := filepath.Join(d, "tampered.eif")
+	os.WriteFile(tampered, tb, 0o644)
+	out, err = runEIFCLI(t, "eif", "describe", tampered)
+	if !errors.Is(err, eif.ErrSignature) || !strings.Contains(out, `"CheckSignature": false`) || !strings.Contains(out, `"CheckCRC": true`) {
+		t.Errorf("describe of a tampered signed EIF: err = %v\n%s", err, out)
 	}
 
 	// A flipped byte: describe prints the report and fails.
