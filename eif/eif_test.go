@@ -233,12 +233,6 @@ func TestRoundTrip(t *testing.T) {
 				}
 				fi, _ := f.Stat()
 				ef, err := Open(f, fi.Size())
-				if n == 0 {
-					if !errors.Is(err, ErrFormat) {
-						t.Fatalf("Open of an eif without ramdisk: err = %v, want ErrFormat", err)
-					}
-					return
-				}
 				if err != nil {
 					t.Fatalf("Open: %v", err)
 				}
@@ -351,6 +345,7 @@ func TestOpenErrors(t *testing.T) {
 		{"header size", func(b []byte) []byte { b[HeaderSize+11] = 5; return b }, "section 0 (kernel) size"},
 		{"trailing", func(b []byte) []byte { return append(b, 0) }, "end of file"},
 		{"no kernel", func(b []byte) []byte { b[HeaderSize+1] = 3; return b }, "sections"},
+		{"two cmdlines", func(b []byte) []byte { b[HeaderSize+12+6+12+13+1] = 2; return b }, "sections"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := tc.edit(bytes.Clone(orig))

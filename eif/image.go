@@ -41,9 +41,6 @@ func Write(w io.WriteSeeker, img Image, opts WriterOptions) (Measurements, error
 			return Measurements{}, err
 		}
 	}
-	if len(img.Ramdisks) == 0 {
-		return Measurements{}, fmt.Errorf("writing eif: no ramdisk (an eif needs at least the bootstrap ramdisk)")
-	}
 	for i, r := range img.Ramdisks {
 		if _, err := ew.WriteSection(SectionRamdisk, r); err != nil {
 			return Measurements{}, fmt.Errorf("ramdisk %d: %w", i, err)

@@ -38,8 +38,8 @@ type File struct {
 // the section table (each section header at the offset the table says, right
 // after the previous one, with a valid type, zero flags and the size the
 // table says), the section types an EIF must have (one kernel, one cmdline,
-// at least one ramdisk, at most one signature and one metadata section, the
-// signature last), and that the file ends with the last section. It does not
+// any number of ramdisks, at most one signature and one metadata section, the
+// signature last; an image without ramdisks reads, though it cannot boot), and that the file ends with the last section. It does not
 // read section data; Verify checks the CRC, measurements and signature.
 func Open(r io.ReaderAt, size int64) (*File, error) {
 	if size < HeaderSize {
@@ -103,7 +103,7 @@ func Open(r io.ReaderAt, size int64) (*File, error) {
 	for _, c := range []struct {
 		t        SectionType
 		min, max int
-	}{{SectionKernel, 1, 1}, {SectionCmdline, 1, 1}, {SectionRamdisk, 1, MaxSections}, {SectionSignature, 0, 1}, {SectionMetadata, 0, 1}} {
+	}{{SectionKernel, 1, 1}, {SectionCmdline, 1, 1}, {SectionRamdisk, 0, MaxSections}, {SectionSignature, 0, 1}, {SectionMetadata, 0, 1}} {
 		if got := counts[c.t]; got < c.min || got > c.max {
 			return nil, &FormatError{Offset: 26, Field: "sections", Err: fmt.Errorf("%d %s sections, want %d..%d", got, c.t, c.min, c.max)}
 		}
