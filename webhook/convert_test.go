@@ -390,3 +390,28 @@ func TestParseEnclaves(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+func TestConvertPortsAndDebug(t *testing.T) {
+	pod := basePod()
+	c := &pod.Spec.Containers[0]
+	c.Ports = []corev1.ContainerPort{
+		{ContainerPort: 443}, {ContainerPort: 53, Protocol: corev1.ProtocolUDP},
+		{ContainerPort: 443, Protocol: corev1.ProtocolTCP, HostPort: 8443}, {ContainerPort: 80, Protocol: corev1.ProtocolSCTP},
+		{ContainerPort: 8080, Protocol: corev1.ProtocolTCP},
+	}
+	c.Env = []corev1.EnvVar{
+		{Name: nitropod.DebugModeEnv, Value: "no"},
+		{Name: nitropod.DebugModeEnv, ValueFrom: &corev1.EnvVarSource{ConfigMapKeyRef: &corev1.ConfigMapKeySelector{Key: "debug"}}},
+	}
+	got, warnings, err := Convert(pod, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"nginx-pod":{"cpu":2,"memoryMiB":2048,"ports":[443,8080]}}`; got.Annotations[nitropod.EnclavesAnnotation] != want {
+		t.Errorf("enclaves = %s, want %s", got.Annotations[nitropod.EnclavesAnnotation], want)
+	}
+	want := []string{"container nginx-pod: ANJ_ENCLAVE_DEBUG_MODE comes from valueFrom, which admission cannot see; the enclave is recorded as production mode"}
+	if diff := cmp.Diff(want, warnings); diff != "" {
+		t.Errorf("warnings (-want +got):\n%s", diff)
+	}
+}

@@ -1,0 +1,302 @@
+package webhook
+
+import (
+	"context"
+	"fmt"
+	"encoding/json"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	nitropod "github.com/nitropod/nitropod"
+	"github.com/nitropod/nitropod/internal/kubetest"
+	"github.com/nitropod/nitropod/internal/testenv"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
+)
+
+const (
+	itWebhookName   = "pods.nitropod.io"
+	itConfigName    = "nitropod-webhook"
+	itOwnNamespace  = "nitropod-system"
+	itDeniedPrefix  = `admission webhook "` + itWebhookName + `" denied the request: `
+	itOddCPUMessage = `container nginx-pod: limits.cpu "3" must be an even integer (vCPUs come in hyperthread pairs); use "2" or "4"`
+)
+
+// TestIntegrationKubeAPIServer registers the webhook (running in this test
+// on 127.0.0.1 with a bootstrapped CA) with a real kube-apiserver through a
+// MutatingWebhookConfiguration, and creates Pods through the apiserver.
+func TestIntegrationKubeAPIServer(t *testing.T) {
+	testenv.Integration(t)
+	c := kubetest.Start(t, kubetest.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	must(t)(c.Create(ctx, "/apis/node.k8s.io/v1/runtimeclasses", map[string]any{
+		"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+		"metadata": map[string]any{"name": nitropod.RuntimeClassName}, "handler": nitropod.RuntimeClassName,
+	}))
+	createNamespace(t, ctx, c, itOwnNamespace)
+
+	// The webhook's port must be in the configuration before the webhook
+	// starts: take a free one.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	must(t)(c.Create(ctx, "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", webhookConfiguration("https://"+addr+MutatePath)))
+
+	dir := t.TempDir()
+	opts := Options{
+		Listen:      addr,
+		TLSCertFile: filepath.Join(dir, "tls.crt"),
+		TLSKeyFile:  filepath.Join(dir, "tls.key"),
+		Bootstrap: &Bootstrap{
+			IPs:               []net.IP{net.ParseIP("127.0.0.1")},
+			CAFile:            filepath.Join(dir, "ca.crt"),
+			WebhookConfigName: itConfigName,
+			API:               &APIClient{Server: c.URL, Token: c.Token, CAPEM: c.PKI.CAPEM},
+		},
+	}
+	runCtx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	ready := make(chan struct{})
+	opts.Ready = func(net.Addr) { close(ready) }
+	go func() { done <- Run(runCtx, opts, nil) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	case <-ctx.Done():
+		t.Fatal("webhook did not start")
+	}
+
+	// The bootstrap put the CA it made into the configuration.
+	var mwc struct {
+		Webhooks []struct {
+			ClientConfig struct {
+				CABundle []byte `json:"caBundle"`
+			} `json:"clientConfig"`
+		} `json:"webhooks"`
+	}
+	if err := must(t)(c.Do(ctx, http.MethodGet, "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/"+itConfigName, nil)).Decode(&mwc); err != nil {
+		t.Fatal(err)
+	}
+	ca, err := os.ReadFile(opts.Bootstrap.CAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(mwc.Webhooks) != 1 || string(mwc.Webhooks[0].ClientConfig.CABundle) != string(ca) {
+		t.Fatalf("caBundle not patched with the bootstrapped CA")
+	}
+
+	// kube-apiserver picks up the configuration asynchronously: wait until a
+	// dry-run of an odd-CPU Pod is refused by the webhook.
+	odd := basePod()
+	odd.Spec.Containers[0].Resources.Limits[corev1.ResourceCPU] = mustQ("3")
+	for last := ""; ; time.Sleep(200 * time.Millisecond) {
+		resp, err := c.Do(ctx, http.MethodPost, "/api/v1/namespaces/default/pods?dryRun=All", odd)
+		if err == nil && resp.Error() != nil && strings.Contains(resp.Error().Error(), itDeniedPrefix) {
+			break
+		}
+		if err == nil {
+			last = fmt.Sprintf("%d %s", resp.Status, resp.Body)
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("webhook never called; last answer %s", last)
+		}
+	}
+
+	t.Run("golden pods are stored converted", func(t *testing.T) {
+		for i, tc := range goldenCases(t) {
+			if tc.cfg != (Config{}) {
+				continue // needs another webhook configuration
+			}
+			ns := "golden-" + strconv.Itoa(i)
+			createNamespace(t, ctx, c, ns)
+			tc.pod.Namespace = ns
+			want, wantWarnings, err := Convert(tc.pod, Config{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp := must(t)(c.Create(ctx, "/api/v1/namespaces/"+ns+"/pods", tc.pod))
+			var stored corev1.Pod
+			if err := resp.Decode(&stored); err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(wantWarnings, resp.Warnings); diff != "" {
+				t.Errorf("%s: warnings reaching the client (-want +got):\n%s", tc.name, diff)
+			}
+			compareStored(t, tc.name, want, &stored)
+			again, _, err := Convert(&stored, Config{})
+			if err != nil {
+				t.Fatalf("%s: Convert of the stored Pod: %v", tc.name, err)
+			}
+			if diff := cmp.Diff(podJSON(t, &stored), podJSON(t, again)); diff != "" {
+				t.Errorf("%s: Convert changes the stored Pod (not idempotent):\n%s", tc.name, diff)
+			}
+		}
+	})
+
+	t.Run("odd cpu refused by kubectl", func(t *testing.T) {
+		b, _ := yaml.Marshal(odd)
+		_, stderr, err := c.Kubectl(t, ctx, b, "create", "-f", "-")
+		if err == nil {
+			t.Fatal("kubectl create succeeded")
+		}
+		if !strings.Contains(stderr, itDeniedPrefix+itOddCPUMessage) {
+			t.Errorf("kubectl stderr lacks the denial:\n%s", stderr)
+		}
+		resp := must(t)(c.Do(ctx, http.MethodGet, "/api/v1/namespaces/default/pods/nginx-pod", nil))
+		if resp.Status != http.StatusNotFound {
+			t.Errorf("refused Pod exists: %d", resp.Status)
+		}
+	})
+
+	t.Run("warnings reach kubectl", func(t *testing.T) {
+		pod := readPod(t, filepath.Join("testdata", "golden", "image-location.in.yaml"))
+		pod.Name = "kubectl-warning"
+		b, _ := yaml.Marshal(pod)
+		_, stderr, err := c.Kubectl(t, ctx, b, "create", "-f", "-")
+		if err != nil {
+			t.Fatalf("kubectl create: %v\n%s", err, stderr)
+		}
+		want := `Warning: the enclave boots s3://your-eif-bucket/your-eif-file (annotation nitro.k8s.anjuna.io/imageLocation); the image "nginx:latest" of container secure-eif-pod is ignored`
+		if !strings.Contains(stderr, want) {
+			t.Errorf("kubectl stderr lacks %q:\n%s", want, stderr)
+		}
+	})
+
+	t.Run("unlabelled pod untouched", func(t *testing.T) {
+		pod := basePod()
+		pod.Name, pod.Labels = "plain", map[string]string{"app": "plain"}
+		pod.Spec.Containers[0].Resources.Limits[corev1.ResourceCPU] = mustQ("3")
+		resp := must(t)(c.Create(ctx, "/api/v1/namespaces/default/pods", pod))
+		var stored corev1.Pod
+		if err := resp.Decode(&stored); err != nil {
+			t.Fatal(err)
+		}
+		if stored.Spec.RuntimeClassName != nil || stored.Annotations[nitropod.EnclavesAnnotation] != "" || len(resp.Warnings) != 0 {
+			t.Errorf("unlabelled Pod was changed: runtimeClassName %v, annotations %v, warnings %q", stored.Spec.RuntimeClassName, stored.Annotations, resp.Warnings)
+		}
+		if got := stored.Spec.Containers[0].Resources.Limits.Cpu().String(); got != "3" {
+			t.Errorf("limits.cpu = %s, want 3", got)
+		}
+		if got := stored.Spec.Containers[0].VolumeMounts[0].MountPath; got != "/opt/anjuna" {
+			t.Errorf("licence mountPath = %s, want the user's /opt/anjuna", got)
+		}
+	})
+
+	t.Run("own namespace excluded", func(t *testing.T) {
+		resp := must(t)(c.Create(ctx, "/api/v1/namespaces/"+itOwnNamespace+"/pods", odd))
+		var stored corev1.Pod
+		if err := resp.Decode(&stored); err != nil {
+			t.Fatal(err)
+		}
+		if stored.Spec.RuntimeClassName != nil {
+			t.Errorf("Pod in %s was converted", itOwnNamespace)
+		}
+	})
+}
+
+// must(t)(c.Do(…)) fails the test on a transport or status error.
+func must(t *testing.T) func(*kubetest.Response, error) *kubetest.Response {
+	return func(resp *kubetest.Response, err error) *kubetest.Response {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+}
+
+func createNamespace(t *testing.T, ctx context.Context, c *kubetest.Cluster, name string) {
+	t.Helper()
+	if _, err := c.Create(ctx, "/api/v1/namespaces", map[string]any{
+		"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": name},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.EnsureServiceAccount(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// webhookConfiguration is the configuration the issue asks for (deploy/
+// ships the same with a Service instead of a URL).
+func webhookConfiguration(url string) map[string]any {
+	return map[string]any{
+		"apiVersion": "admissionregistration.k8s.io/v1",
+		"kind":       "MutatingWebhookConfiguration",
+		"metadata":   map[string]any{"name": itConfigName},
+		"webhooks": []any{map[string]any{
+			"name":                    itWebhookName,
+			"admissionReviewVersions": []string{"v1"},
+			"clientConfig":            map[string]any{"url": url},
+			"rules": []any{map[string]any{
+				"apiGroups": []string{""}, "apiVersions": []string{"v1"},
+				"operations": []string{"CREATE"}, "resources": []string{"pods"}, "scope": "Namespaced",
+			}},
+			"objectSelector": map[string]any{"matchExpressions": []any{map[string]any{
+				"key": nitropod.ManagedLabel, "operator": "Exists",
+			}}},
+			"namespaceSelector": map[string]any{"matchExpressions": []any{map[string]any{
+				"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": []string{"kube-system", itOwnNamespace},
+			}}},
+			"failurePolicy":      "Fail",
+			"sideEffects":        "None",
+			"timeoutSeconds":     5,
+			"reinvocationPolicy": "IfNeeded",
+			"matchPolicy":        "Equivalent",
+		}},
+	}
+}
+
+// compareStored checks what the webhook owns in a stored Pod against
+// Convert's output; the apiserver adds defaults and the service-account
+// token volume, which are not the webhook's.
+func compareStored(t *testing.T, name string, want, got *corev1.Pod) {
+	t.Helper()
+	type owned struct {
+		RuntimeClassName *string
+		Annotations      map[string]string
+		Resources        []corev1.ResourceRequirements
+		Mounts           [][]corev1.VolumeMount
+	}
+	pick := func(p *corev1.Pod) string {
+		o := owned{RuntimeClassName: p.Spec.RuntimeClassName, Annotations: p.Annotations}
+		for _, ctr := range p.Spec.Containers {
+			o.Resources = append(o.Resources, ctr.Resources)
+			var mounts []corev1.VolumeMount
+			for _, m := range ctr.VolumeMounts {
+				if !strings.HasPrefix(m.Name, "kube-api-access-") {
+					mounts = append(mounts, m)
+				}
+			}
+			o.Mounts = append(o.Mounts, mounts)
+		}
+		b, err := json.MarshalIndent(o, "", "  ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	if diff := cmp.Diff(pick(want), pick(got)); diff != "" {
+		t.Errorf("%s: stored Pod differs from Convert's output (-want +got):\n%s", name, diff)
+	}
+}
+
