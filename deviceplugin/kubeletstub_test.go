@@ -34,7 +34,11 @@ type kubeletStub struct {
 	conns   []*grpc.ClientConn
 	clients map[string]pluginapi.DevicePluginClient
 	latest  map[string][]*pluginapi.Device
-	wg      sync.WaitGroup
+	// connected holds the endpoints whose ListAndWatch stream is open;
+	// like kubelet 1.37 (devicemanager PluginConnected), the stub refuses
+	// a second registration of a connected endpoint.
+	connected map[string]bool
+	wg        sync.WaitGroup
 }
 
 // registration is one completed Register call.
@@ -51,7 +55,8 @@ func startKubeletStub(t testing.TB, dir string) *kubeletStub {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	k := &kubeletStub{t: t, dir: dir, ctx: ctx, cancel: cancel, regs: make(chan registration, 16),
-		clients: map[string]pluginapi.DevicePluginClient{}, latest: map[string][]*pluginapi.Device{}}
+		clients: map[string]pluginapi.DevicePluginClient{}, latest: map[string][]*pluginapi.Device{},
+		connected: map[string]bool{}}
 	ln, err := net.Listen("unix", filepath.Join(dir, KubeletSocketName))
 	if err != nil {
 		t.Fatalf("kubelet stub: %v", err)
@@ -72,7 +77,14 @@ func (k *kubeletStub) Register(ctx context.Context, r *pluginapi.RegisterRequest
 	if filepath.Base(r.Endpoint) != r.Endpoint {
 		return nil, fmt.Errorf("kubelet stub: endpoint %q is not a file name in the plugin dir", r.Endpoint)
 	}
-	conn, err := grpc.NewClient("unix://"+filepath.Join(k.dir, r.Endpoint), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	endpoint := filepath.Join(k.dir, r.Endpoint)
+	k.mu.Lock()
+	dup := k.connected[endpoint]
+	k.mu.Unlock()
+	if dup {
+		return nil, fmt.Errorf("device plugin already connected: %s", endpoint)
+	}
+	conn, err := grpc.NewClient("unix://"+endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, err
 	}
@@ -96,6 +108,7 @@ func (k *kubeletStub) Register(ctx context.Context, r *pluginapi.RegisterRequest
 	k.conns = append(k.conns, conn)
 	k.clients[r.ResourceName] = client
 	k.latest[r.ResourceName] = first.Devices
+	k.connected[endpoint] = true
 	k.mu.Unlock()
 	k.wg.Add(1)
 	go func() {
@@ -103,6 +116,9 @@ func (k *kubeletStub) Register(ctx context.Context, r *pluginapi.RegisterRequest
 		for {
 			msg, err := stream.Recv()
 			if err != nil {
+				k.mu.Lock()
+				delete(k.connected, endpoint)
+				k.mu.Unlock()
 				return
 			}
 			k.mu.Lock()

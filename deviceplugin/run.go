@@ -199,10 +199,16 @@ func (r *runner) event(ev fsnotify.Event, reloadAt *time.Timer) {
 		}
 		for _, s := range r.servers {
 			if name == SocketName(s.resource) && (ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename)) {
-				s.log.Info("plugin socket removed: serving again")
-				s.setRegistered(false)
-				r.ensureSockets()
-				s.kickRegistrar()
+				// The file is back already when the plugin restarted this
+				// server itself; otherwise someone (kubelet) removed it.
+				restarted, err := s.ensure()
+				if err != nil {
+					s.log.WithError(err).Error("restarting plugin server")
+				}
+				if restarted {
+					s.log.Info("plugin socket removed: serving again")
+					s.kickRegistrar()
+				}
 			}
 		}
 		return
@@ -216,10 +222,7 @@ func (r *runner) event(ev fsnotify.Event, reloadAt *time.Timer) {
 // ensureSockets restarts the servers whose socket file is gone.
 func (r *runner) ensureSockets() {
 	for _, s := range r.servers {
-		if _, err := os.Stat(s.socketPath()); err == nil {
-			continue
-		}
-		if err := s.start(); err != nil {
+		if _, err := s.ensure(); err != nil {
 			s.log.WithError(err).Error("restarting plugin server")
 		}
 	}
@@ -383,8 +386,15 @@ type resourceServer struct {
 	m        *metrics
 	kick     chan struct{}
 
-	mu         sync.Mutex
-	srv        *grpc.Server
+	// life serializes starting and stopping the server.
+	life sync.Mutex
+
+	mu  sync.Mutex
+	srv *grpc.Server
+	// served is set when kubelet accepted a registration of this server
+	// instance: kubelet refuses a second registration of an endpoint it is
+	// still connected to, so registering again needs a new server.
+	served     bool
 	registered bool
 	// epoch counts invalidations (kubelet or plugin socket gone), so a
 	// registration that raced with one does not count as current.
@@ -393,9 +403,27 @@ type resourceServer struct {
 
 func (s *resourceServer) socketPath() string { return filepath.Join(s.dir, SocketName(s.resource)) }
 
+// ensure starts the server unless it serves on an existing socket file,
+// and reports whether it did.
+func (s *resourceServer) ensure() (bool, error) {
+	s.life.Lock()
+	defer s.life.Unlock()
+	serving, _ := s.status()
+	if _, err := os.Stat(s.socketPath()); err == nil && serving {
+		return false, nil
+	}
+	return true, s.startLocked()
+}
+
 // start (re)creates the socket and serves the DevicePlugin API on it.
 func (s *resourceServer) start() error {
-	s.stop()
+	s.life.Lock()
+	defer s.life.Unlock()
+	return s.startLocked()
+}
+
+func (s *resourceServer) startLocked() error {
+	s.stopLocked()
 	path := s.socketPath()
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("removing stale plugin socket: %w", err)
@@ -408,13 +436,19 @@ func (s *resourceServer) start() error {
 	pluginapi.RegisterDevicePluginServer(srv, &service{resource: s.resource, st: s.st})
 	go func() { _ = srv.Serve(ln) }()
 	s.mu.Lock()
-	s.srv = srv
+	s.srv, s.served = srv, false
 	s.mu.Unlock()
 	return nil
 }
 
 // stop ends the server (and its ListAndWatch streams) and removes the socket.
 func (s *resourceServer) stop() {
+	s.life.Lock()
+	defer s.life.Unlock()
+	s.stopLocked()
+}
+
+func (s *resourceServer) stopLocked() {
 	s.mu.Lock()
 	srv := s.srv
 	s.srv = nil
@@ -444,16 +478,23 @@ func (s *resourceServer) setRegistered(v bool) {
 	}
 }
 
+func (s *resourceServer) wasServed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.served
+}
+
 func (s *resourceServer) currentEpoch() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.epoch
 }
 
-// registeredIn marks the registration current unless it was invalidated
-// since epoch began.
+// registeredIn records kubelet's acceptance and marks the registration
+// current unless it was invalidated since epoch began.
 func (s *resourceServer) registeredIn(epoch int) bool {
 	s.mu.Lock()
+	s.served = true
 	ok := s.epoch == epoch
 	if ok {
 		s.registered = true
@@ -510,6 +551,13 @@ func (s *resourceServer) registrar(ctx context.Context) {
 		for attempt := 0; ; attempt++ {
 			if _, err := os.Stat(kubelet); err != nil {
 				break // wait for kubelet.sock to appear
+			}
+			if s.wasServed() {
+				// kubelet is (or was) connected to this server: only a new
+				// server can register again.
+				if err := s.start(); err != nil {
+					s.log.WithError(err).Error("restarting plugin server")
+				}
 			}
 			epoch := s.currentEpoch()
 			err := s.register(ctx, kubelet)
