@@ -256,7 +256,9 @@ func (c *converter) container(ctr *corev1.Container, license string) (Enclave, b
 	e.Debug = c.debugMode(ctr)
 	seen := map[int32]bool{}
 	for _, p := range ctr.Ports {
-		if (p.Protocol == "" || p.Protocol == corev1.ProtocolTCP) && !seen[p.ContainerPort] {
+		// Out-of-range ports are the apiserver's validation to refuse.
+		valid := p.ContainerPort >= 1 && p.ContainerPort <= 65535
+		if valid && (p.Protocol == "" || p.Protocol == corev1.ProtocolTCP) && !seen[p.ContainerPort] {
 			seen[p.ContainerPort] = true
 			e.Ports = append(e.Ports, p.ContainerPort)
 		}

@@ -2,8 +2,8 @@ package webhook
 
 import (
 	"context"
-	"fmt"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -299,4 +299,3 @@ func compareStored(t *testing.T, name string, want, got *corev1.Pod) {
 		t.Errorf("%s: stored Pod differs from Convert's output (-want +got):\n%s", name, diff)
 	}
 }
-

@@ -1,0 +1,138 @@
+package webhook
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+
+	nitropod "github.com/nitropod/nitropod"
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+)
+
+// goldenSeeds returns the golden inputs as JSON (and, with -update, writes
+// them as the committed seed corpus of the named fuzz target).
+func goldenSeeds(f *testing.F, target string, wrap func(*corev1.Pod) []byte) [][]byte {
+	var seeds [][]byte
+	for _, tc := range goldenCases(f) {
+		b := wrap(tc.pod)
+		seeds = append(seeds, b)
+		if *update {
+			dir := filepath.Join("testdata", "fuzz", target)
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				f.Fatal(err)
+			}
+			corpus := fmt.Sprintf("go test fuzz v1\n[]byte(%s)\n", strconv.Quote(string(b)))
+			if err := os.WriteFile(filepath.Join(dir, "golden-"+tc.name), []byte(corpus), 0o644); err != nil {
+				f.Fatal(err)
+			}
+		}
+	}
+	return seeds
+}
+
+// FuzzConvert feeds random Pods (forced to be managed) to Convert: it must
+// not panic, every denial must say why, and an admitted Pod must be a fixed
+// point (converting it again changes nothing).
+func FuzzConvert(f *testing.F) {
+	for _, s := range goldenSeeds(f, "FuzzConvert", func(p *corev1.Pod) []byte { b, _ := json.Marshal(p); return b }) {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var pod corev1.Pod
+		if json.Unmarshal(data, &pod) != nil {
+			return
+		}
+		if pod.Labels == nil {
+			pod.Labels = map[string]string{}
+		}
+		pod.Labels[nitropod.ManagedLabel] = nitropod.ManagedValue
+		for _, cfg := range []Config{{}, {LicenseOptional: true, DefaultCPU: ptr(mustQ("2")), DefaultMemory: ptr(mustQ("1Gi"))}} {
+			out, _, err := Convert(&pod, cfg)
+			if err != nil {
+				d, ok := err.(*DeniedError)
+				if !ok || len(d.Violations) == 0 {
+					t.Fatalf("error without a denial message: %#v", err)
+				}
+				for _, v := range d.Violations {
+					if v == "" {
+						t.Fatal("empty violation")
+					}
+				}
+				continue
+			}
+			var stored corev1.Pod
+			if err := json.Unmarshal([]byte(podJSON(t, out)), &stored); err != nil {
+				t.Fatalf("converted pod does not round-trip: %v", err)
+			}
+			again, _, err := Convert(&stored, cfg)
+			if err != nil {
+				t.Fatalf("converted pod denied on the second pass: %v", err)
+			}
+			if a, b := podJSON(t, out), podJSON(t, again); a != b {
+				t.Fatalf("not idempotent:\nonce:  %s\ntwice: %s", a, b)
+			}
+			if _, err := ParseEnclaves(out.Annotations[nitropod.EnclavesAnnotation]); err != nil {
+				t.Fatalf("annotation the shim cannot read: %v", err)
+			}
+		}
+	})
+}
+
+// FuzzReview feeds random AdmissionReview bodies to the HTTP handler: no
+// panic, a 200 answer is an AdmissionReview whose refusals carry a message,
+// and a patch is valid JSON Patch.
+func FuzzReview(f *testing.F) {
+	for _, s := range goldenSeeds(f, "FuzzReview", func(p *corev1.Pod) []byte { return reviewFor(f, p) }) {
+		f.Add(s)
+	}
+	f.Add([]byte(`{"request":{"uid":"1","kind":{"version":"v1","kind":"Pod"},"operation":"CREATE","object":{"metadata":{"labels":{"nitro.k8s.anjuna.io/managed":"yes"}}}}}`))
+	h := NewHandler(Config{}, NewMetrics(), nil)
+	f.Fuzz(func(t *testing.T, body []byte) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, MutatePath, bytes.NewReader(body)))
+		if rec.Code != http.StatusOK {
+			if rec.Code != http.StatusBadRequest || rec.Body.Len() == 0 {
+				t.Fatalf("status %d with body %q", rec.Code, rec.Body.String())
+			}
+			return
+		}
+		var review admissionv1.AdmissionReview
+		if err := json.Unmarshal(rec.Body.Bytes(), &review); err != nil || review.Response == nil {
+			t.Fatalf("200 without an AdmissionReview: %v %s", err, rec.Body.String())
+		}
+		r := review.Response
+		if !r.Allowed && (r.Result == nil || r.Result.Message == "") {
+			t.Fatalf("refusal without a message: %+v", r)
+		}
+		if r.Patch != nil {
+			var ops []PatchOp
+			if err := json.Unmarshal(r.Patch, &ops); err != nil || len(ops) == 0 {
+				t.Fatalf("bad patch %s: %v", r.Patch, err)
+			}
+		}
+	})
+}
+
+// FuzzParseEnclaves: the shim's reader of the annotation never panics and
+// accepts what marshalEnclaves writes.
+func FuzzParseEnclaves(f *testing.F) {
+	f.Add(`{"nginx-pod":{"cpu":2,"memoryMiB":2048,"ports":[80],"debug":true}}`)
+	f.Add(`{}`)
+	f.Fuzz(func(t *testing.T, s string) {
+		m, err := ParseEnclaves(s)
+		if err != nil {
+			return
+		}
+		again, err := ParseEnclaves(marshalEnclaves(m))
+		if err != nil || len(again) != len(m) {
+			t.Fatalf("re-parse: %v", err)
+		}
+	})
+}
