@@ -333,6 +333,15 @@ func (e *qemuEnclave) Terminate(ctx context.Context) error {
 
 // bootErr explains a boot that did not reach the heartbeat.
 func (e *qemuEnclave) bootErr(ctx context.Context, what string, err error) error {
+	// A closed channel usually means QEMU is exiting: give it a moment so
+	// that its exit status and message can be reported.
+	timer := time.NewTimer(2 * time.Second)
+	defer timer.Stop()
+	select {
+	case <-e.done:
+	case <-ctx.Done():
+	case <-timer.C:
+	}
 	select {
 	case <-e.done:
 		msg := strings.TrimSpace(e.stderr.String())
