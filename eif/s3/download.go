@@ -30,12 +30,12 @@ func (c *Client) Download(ctx context.Context, obj Object, w io.Writer) error {
 	for attempt := 0; off < obj.Size; attempt++ {
 		if attempt > 0 {
 			if attempt >= c.cfg.MaxAttempts {
-				kind := KindOf(lastErr)
-				if kind == "" {
-					kind = KindOther
+				stopped := fmt.Sprintf("the download stopped at byte %d of %d after %d attempts", off, obj.Size, attempt)
+				var le *Error
+				if errors.As(lastErr, &le) {
+					return &Error{Kind: le.Kind, Location: loc.String(), Msg: le.Msg + "; " + stopped, Detail: le.Detail, Err: lastErr}
 				}
-				return &Error{Kind: kind, Location: loc.String(), Err: lastErr,
-					Msg: fmt.Sprintf("downloading %s: stopped at byte %d of %d after %d attempts", loc, off, obj.Size, attempt)}
+				return &Error{Kind: KindOther, Location: loc.String(), Msg: fmt.Sprintf("downloading %s: %s", loc, stopped), Err: lastErr}
 			}
 			if err := sleepCtx(ctx, backoff(attempt, c.cfg.MaxBackoff)); err != nil {
 				return c.classify(ctx, err, "downloading", loc)

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"strings"
 
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	"github.com/aws/smithy-go"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 )
@@ -33,11 +35,17 @@ type Error struct {
 	Kind     Kind
 	Location string
 	Msg      string
-	Err      error
+	// Detail, when set, replaces Err's text in Error (the store's error
+	// code and message rather than the SDK's whole chain).
+	Detail string
+	Err    error
 }
 
 func (e *Error) Error() string {
-	if e.Err != nil {
+	switch {
+	case e.Detail != "":
+		return e.Msg + " (" + e.Detail + ")"
+	case e.Err != nil:
 		return e.Msg + ": " + e.Err.Error()
 	}
 	return e.Msg
@@ -72,6 +80,10 @@ func (c *Client) classify(ctx context.Context, err error, op string, loc Locatio
 	switch {
 	case errors.As(err, &apiErr):
 		code := apiErr.ErrorCode()
+		e.Detail = code
+		if m := apiErr.ErrorMessage(); m != "" {
+			e.Detail += ": " + m
+		}
 		switch code {
 		case "NoSuchBucket":
 			e.Kind, e.Msg = KindNotFound, fmt.Sprintf("%s %s: bucket %q does not exist at %s: check the bucket name in the image location", op, loc, loc.Bucket, c.endpointName())
@@ -81,7 +93,7 @@ func (c *Client) classify(ctx context.Context, err error, op string, loc Locatio
 			e.Kind, e.Msg = KindAccessDenied, fmt.Sprintf("%s %s: access denied for %s: grant it s3:GetObject (and s3:PutObject to push) on this object", op, loc, c.identity(ctx))
 		case "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "InvalidClientTokenId",
 			"XAdminUserNotFound": // versitygw: unknown access key
-			e.Kind, e.Msg = KindAccessDenied, fmt.Sprintf("%s %s: the store rejected the credentials of %s (%s): check the access key and secret, or the Pod's service account role", op, loc, c.identity(ctx), code)
+			e.Kind, e.Msg = KindAccessDenied, fmt.Sprintf("%s %s: the store rejected the credentials of %s: check the access key and secret, or the Pod's service account role", op, loc, c.identity(ctx))
 		case "PreconditionFailed":
 			e.Kind, e.Msg = KindChanged, fmt.Sprintf("%s %s: the object was replaced during the download: start the container again", op, loc)
 		case "PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException":
@@ -103,7 +115,26 @@ func (c *Client) classify(ctx context.Context, err error, op string, loc Locatio
 	default:
 		e.Kind, e.Msg = KindOther, fmt.Sprintf("%s %s at %s failed", op, loc, c.endpointName())
 	}
+	if e.Detail == "" {
+		e.Detail = transportDetail(err)
+	}
 	return e
+}
+
+// transportDetail is the network error under the SDK's wrapping, with the
+// number of attempts made: "dial tcp 127.0.0.1:9: connect: connection
+// refused, 3 attempts".
+func transportDetail(err error) string {
+	var ue *url.Error
+	if !errors.As(err, &ue) || ue.Err == nil {
+		return ""
+	}
+	d := ue.Err.Error()
+	var me *retry.MaxAttemptsError
+	if errors.As(err, &me) {
+		d += fmt.Sprintf(", %d attempts", me.Attempt)
+	}
+	return d
 }
 
 func isConnErr(err error) bool {

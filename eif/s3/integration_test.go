@@ -340,6 +340,7 @@ func TestFetchRefusals(t *testing.T) {
 			if KindOf(err) != tc.kind {
 				t.Fatalf("Fetch error kind %q (%v), want %q", KindOf(err), err, tc.kind)
 			}
+			t.Logf("refused: %v", err)
 			for _, w := range tc.want {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("error %q does not contain %q", err, w)
