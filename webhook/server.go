@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	stdlog "log"
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -84,7 +86,7 @@ func Run(ctx context.Context, opts Options, log logrus.FieldLogger) error {
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.GetCertificate},
-		ErrorLog:          nil,
+		ErrorLog:          stdlog.New(debugWriter{log}, "", 0),
 	}
 	ln, err := net.Listen("tcp", opts.Listen)
 	if err != nil {
@@ -92,11 +94,7 @@ func Run(ctx context.Context, opts Options, log logrus.FieldLogger) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	watchDone := make(chan struct{})
-	go func() {
-		defer close(watchDone)
-		watchCerts(ctx, certs, opts.CertPoll, log)
-	}()
+	watchDone := watchCerts(ctx, certs, opts.CertPoll, log)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.ServeTLS(ln, "", "") }()
 	ready.Store(true)
@@ -121,9 +119,11 @@ func Run(ctx context.Context, opts Options, log logrus.FieldLogger) error {
 	return err
 }
 
-// watchCerts reloads the key pair on changes in the directories of its files
-// (Secret volumes update by swapping a symlink) and every poll interval.
-func watchCerts(ctx context.Context, certs *CertReloader, poll time.Duration, log logrus.FieldLogger) {
+// watchCerts starts watching the directories of the key pair's files
+// (Secret volumes update by swapping a symlink) before it returns, then
+// reloads the pair on every change there and every poll interval until ctx
+// is done; the returned channel is closed when it has stopped.
+func watchCerts(ctx context.Context, certs *CertReloader, poll time.Duration, log logrus.FieldLogger) <-chan struct{} {
 	if poll <= 0 {
 		poll = time.Minute
 	}
@@ -137,10 +137,10 @@ func watchCerts(ctx context.Context, certs *CertReloader, poll time.Duration, lo
 		}
 	}
 	var events <-chan fsnotify.Event
-	if w, err := fsnotify.NewWatcher(); err != nil {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
 		log.WithError(err).Warn("watching tls files failed; polling only")
 	} else {
-		defer w.Close()
 		for _, d := range uniq(filepath.Dir(certs.certFile), filepath.Dir(certs.keyFile)) {
 			if err := w.Add(d); err != nil {
 				log.WithError(err).WithField("dir", d).Warn("watching tls directory failed; polling only")
@@ -152,18 +152,35 @@ func watchCerts(ctx context.Context, certs *CertReloader, poll time.Duration, lo
 			}
 		}()
 	}
-	t := time.NewTicker(poll)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-events:
-			reload()
-		case <-t.C:
-			reload()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if w != nil {
+			defer w.Close()
 		}
-	}
+		t := time.NewTicker(poll)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-events:
+				reload()
+			case <-t.C:
+				reload()
+			}
+		}
+	}()
+	return done
+}
+
+// debugWriter sends net/http's own messages (TLS handshake errors from
+// probes and scanners) to the logger at debug level.
+type debugWriter struct{ log logrus.FieldLogger }
+
+func (w debugWriter) Write(p []byte) (int, error) {
+	w.log.Debug(strings.TrimSpace(string(p)))
+	return len(p), nil
 }
 
 func uniq(a, b string) []string {
