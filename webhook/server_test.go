@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"github.com/sirupsen/logrus"
 	"io"
 	"net"
 	"net/http"
@@ -50,9 +49,7 @@ func startServer(t testing.TB, opts Options) *testServer {
 	opts.Ready = func(a net.Addr) { addr <- a }
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	lg := logrus.New()
-	lg.SetLevel(logrus.DebugLevel)
-	go func() { done <- Run(ctx, opts, lg) }()
+	go func() { done <- Run(ctx, opts, nil) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
