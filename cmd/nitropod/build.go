@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/cache"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/spf13/cobra"
@@ -127,6 +128,16 @@ The same inputs give a byte-identical EIF; SOURCE_DATE_EPOCH fixes the metadata 
 				img, err = source.FromTarball(tarballPath, sopts)
 			default:
 				img, err = source.FromRegistry(ref, sopts, remote.WithAuthFromKeychain(authn.DefaultKeychain), remote.WithContext(cmd.Context()))
+				if err == nil {
+					// The builder reads each layer twice (index, then data):
+					// keep the downloaded layers on disk for the second pass.
+					dir, derr := os.MkdirTemp("", "nitropod-layers-")
+					if derr != nil {
+						return derr
+					}
+					defer os.RemoveAll(dir)
+					img = cache.Image(img, cache.NewFilesystemCache(dir))
+				}
 			}
 			if err != nil {
 				return err

@@ -3,11 +3,16 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"io"
+	"log"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/crane"
+	"github.com/google/go-containerregistry/pkg/registry"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/nitropod/nitropod/eif"
@@ -62,6 +67,18 @@ func TestBuildCommand(t *testing.T) {
 	if mt != m1 {
 		t.Errorf("docker tarball measurements %+v, OCI layout %+v", mt, m1)
 	}
+	// From a registry on loopback (go-containerregistry's in-process registry).
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(srv.Close)
+	ref := strings.TrimPrefix(srv.URL, "http://") + "/busybox:test"
+	if err := crane.Push(img, ref); err != nil {
+		t.Fatalf("pushing: %v", err)
+	}
+	mreg, breg := buildCLI(t, append([]string{ref}, common...)...)
+	if mreg != m1 || !bytes.Equal(breg, b1) {
+		t.Errorf("registry build: measurements %+v, want %+v; same bytes %v", mreg, m1, bytes.Equal(breg, b1))
+	}
+
 	// Extra args replace the image's Cmd: a different measurement.
 	ma, _ := buildCLI(t, append(append([]string{"--oci-layout", layout}, common...), "--", "-p", "8080")...)
 	if ma.PCR2 == m1.PCR2 || ma.PCR1 != m1.PCR1 {
