@@ -132,7 +132,9 @@ func TestLicenceThroughShim(t *testing.T) {
 	dir := t.TempDir()
 	pub, _ := license.MarshalPublicKey(issuer.Public().(ed25519.PublicKey))
 	keys := filepath.Join(dir, "issuers.pem")
-	os.WriteFile(keys, pub, 0o644)
+	if err := os.WriteFile(keys, pub, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	now := time.Now().UTC()
 	valid := writeLicence(t, dir, license.Terms{Licensee: "Valid Corp", Issued: now.Add(-24 * time.Hour), Expires: now.Add(30 * 24 * time.Hour)}, issuer)
 	expiredOn := now.Add(-24 * time.Hour).Truncate(24 * time.Hour)

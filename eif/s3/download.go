@@ -98,7 +98,7 @@ func (c *Client) getRange(ctx context.Context, obj Object, off int64, w io.Write
 			}
 			n += int64(m)
 		}
-		if rerr == io.EOF {
+		if errors.Is(rerr, io.EOF) {
 			return n, nil
 		}
 		if rerr != nil {

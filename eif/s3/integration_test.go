@@ -175,7 +175,9 @@ func TestPushPull(t *testing.T) {
 	}
 	// Push refuses a file that is not a valid EIF.
 	bad := filepath.Join(f.dir, "bad.eif")
-	os.WriteFile(bad, []byte("not an eif"), 0o644)
+	if err := os.WriteFile(bad, []byte("not an eif"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if _, _, err := f.client.Push(ctx(t), bad, Location{"eifs", "bad.eif"}); err == nil {
 		t.Error("Push accepted a file that is not an EIF")
 	}
@@ -262,13 +264,17 @@ func TestFetchRefusals(t *testing.T) {
 	putRaw(t, f, "tampered.eif", sp)
 	// An object that is not an EIF, and one with a bad CRC.
 	np := filepath.Join(f.dir, "notaneif")
-	os.WriteFile(np, bytes.Repeat([]byte("x"), 4096), 0o644)
+	if err := os.WriteFile(np, bytes.Repeat([]byte("x"), 4096), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	putRaw(t, f, "notaneif", np)
 	cp := filepath.Join(f.dir, "badcrc.eif")
 	s3test.WriteEIF(t, cp, 1<<20, 5, nil)
 	b, _ := os.ReadFile(cp)
 	b[len(b)-3] ^= 0x55
-	os.WriteFile(cp, b, 0o644)
+	if err := os.WriteFile(cp, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	putRaw(t, f, "badcrc.eif", cp)
 
 	wrongCreds := f.newClient(t, Config{Credentials: credentials.NewStaticCredentialsProvider("WRONGKEY", "wrongsecret", "")})

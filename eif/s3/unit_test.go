@@ -140,7 +140,7 @@ func TestCRCWriter(t *testing.T) {
 			var w crcWriter
 			for d := tc.data; len(d) > 0; {
 				n := min(chunk, len(d))
-				w.Write(d[:n])
+				_, _ = w.Write(d[:n])
 				d = d[n:]
 				if chunk == 1 && len(d) > 4096 { // byte by byte only through the header
 					chunk = 4093

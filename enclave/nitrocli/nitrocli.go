@@ -360,7 +360,7 @@ func (e *nitroEnclave) Dial(ctx context.Context) (net.Conn, error) {
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("dialling enclave %s agent at vsock %d:%d: %w (last error: %v)", e.ID(), e.CID(), e.b.cfg.Port, ctx.Err(), err)
+			return nil, fmt.Errorf("dialling enclave %s agent at vsock %d:%d: %w (last error: %w)", e.ID(), e.CID(), e.b.cfg.Port, ctx.Err(), err)
 		case <-e.done:
 			return nil, fmt.Errorf("dialling enclave %s agent: the enclave stopped", e.ID())
 		case <-time.After(delay):

@@ -70,7 +70,9 @@ func (f *fakeNitroCLI) Stream(args []string, w io.Writer) (func(), error) {
 	if err != nil {
 		return nil, err
 	}
-	w.Write(b)
+	if _, err := w.Write(b); err != nil {
+		return nil, err
+	}
 	return func() {
 		f.mu.Lock()
 		f.stopped++
@@ -319,7 +321,7 @@ func TestDialGivesUp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer e.Terminate(context.Background())
+	defer func() { _ = e.Terminate(context.Background()) }()
 	_, err = e.Dial(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "vsock 16:5005") || !strings.Contains(err.Error(), "connection refused") {
 		t.Errorf("Dial error %v", err)
