@@ -76,13 +76,17 @@ func writeFile(cw *cpio.Writer, name string, perm uint32, data string) error {
 }
 
 // WriteBootstrap writes the bootstrap ramdisk: /init (the init binary read
-// from initPath, mode 0755), /dev, and each module as
+// from initPath, mode 0755), /dev with the /dev/console node (so that init's
+// output is visible before it mounts devtmpfs), and each module as
 // /nitropod/modules/NN-<name>.ko in the given load order. Entries carry
 // mtime 0 and root ownership, so the result depends only on the files'
 // contents.
 func WriteBootstrap(w io.Writer, initPath string, modules []string) error {
 	cw := cpio.NewWriter(w)
 	if err := cw.WriteHeader(&cpio.Header{Name: "dev", Mode: cpio.TypeDir | 0o755}); err != nil {
+		return fmt.Errorf("writing bootstrap ramdisk: %w", err)
+	}
+	if err := cw.WriteHeader(&cpio.Header{Name: "dev/console", Mode: cpio.TypeChar | 0o600, RDevMajor: 5, RDevMinor: 1}); err != nil {
 		return fmt.Errorf("writing bootstrap ramdisk: %w", err)
 	}
 	if err := copyFile(cw, InitPath, initPath, 0o755); err != nil {

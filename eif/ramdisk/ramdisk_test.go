@@ -342,7 +342,7 @@ func TestWriteBootstrap(t *testing.T) {
 		data, _ := io.ReadAll(r)
 		got = append(got, fmt.Sprintf("%s %o %s", h.Name, h.Mode, data))
 	}
-	want := []string{"dev 40755 ", "init 100755 INIT", "nitropod 40755 ", "nitropod/modules 40755 ", "nitropod/modules/00-virtio.ko 100644 V", "nitropod/modules/01-nsm.ko 100644 N"}
+	want := []string{"dev 40755 ", "dev/console 20600 ", "init 100755 INIT", "nitropod 40755 ", "nitropod/modules 40755 ", "nitropod/modules/00-virtio.ko 100644 V", "nitropod/modules/01-nsm.ko 100644 N"}
 	if d := cmp.Diff(want, got); d != "" {
 		t.Errorf("bootstrap entries (-want +got):\n%s", d)
 	}

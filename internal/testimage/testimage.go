@@ -41,8 +41,12 @@ var Epoch = time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
 // Option changes an image's config.
 type Option func(*v1.Config)
 
-// Entrypoint sets the entrypoint.
-func Entrypoint(args ...string) Option { return func(c *v1.Config) { c.Entrypoint = args } }
+// Entrypoint sets the entrypoint and, as a Dockerfile ENTRYPOINT does,
+// clears the command set before it (Busybox's default `sh`); set a command
+// after it with Cmd.
+func Entrypoint(args ...string) Option {
+	return func(c *v1.Config) { c.Entrypoint, c.Cmd = args, nil }
+}
 
 // Cmd sets the command.
 func Cmd(args ...string) Option { return func(c *v1.Config) { c.Cmd = args } }
@@ -226,7 +230,7 @@ func BusyboxFiles(t testing.TB) []File {
 
 // Busybox returns an image of Debian's static busybox with its applets
 // (sh, echo, cat, httpd, sleep, id, pwd, env, …) in /bin, PATH=/bin and the
-// command `sh`; opts change the config. It needs busybox-static installed.
+// command `sh`; opts change the config (Entrypoint drops the `sh`). It needs busybox-static installed.
 func Busybox(t testing.TB, opts ...Option) v1.Image {
 	t.Helper()
 	return Image(t, []v1.Layer{Layer(t, BusyboxFiles(t)...)}, append([]Option{Cmd("sh")}, opts...)...)
