@@ -67,6 +67,15 @@ func TestLoadBlobSet(t *testing.T) {
 			t.Errorf("order=%v: modules (-want +got):\n%s cmdline %q", order, d, b.Cmdline)
 		}
 	}
+	// AWS's blob set: bzImage, cmdline, nsm.ko (and other files that are not modules).
+	aws := t.TempDir()
+	for n, c := range map[string]string{"bzImage": "k", "bzImage.config": "cfg", "cmdline": "reboot=k panic=30 pci=off nomodules console=ttyS0 random.trust_cpu=on\n", "nsm.ko": "nsm", "init": "aws init"} {
+		os.WriteFile(filepath.Join(aws, n), []byte(c), 0o644)
+	}
+	b, err := LoadBlobSet(aws)
+	if err != nil || len(b.Modules) != 1 || filepath.Base(b.Modules[0]) != "nsm.ko" || !strings.HasSuffix(b.Cmdline, "random.trust_cpu=on") {
+		t.Errorf("AWS blob set: %+v, %v", b, err)
+	}
 	if _, err := LoadBlobSet(t.TempDir()); err == nil || !strings.Contains(err.Error(), "bzImage") {
 		t.Errorf("empty dir: err = %v", err)
 	}

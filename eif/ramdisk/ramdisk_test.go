@@ -485,3 +485,29 @@ func snapshot(t *testing.T, root string) []string {
 	})
 	return out
 }
+
+// TestLayersHardLinksAcrossLayers: a link to a lower layer's file shares its
+// inode; a link whose target is later replaced keeps the old content, as on
+// overlayfs.
+func TestLayersHardLinksAcrossLayers(t *testing.T) {
+	rd := layersRamdisk(t, [][]byte{
+		tarLayer(t, []file{{Name: "a", Mode: reg | 0o640, Data: "old a", UID: 5}, {Name: "keep", Mode: reg | 0o644, Data: "keep"}}),
+		tarLayer(t, []file{{Name: "b", Link: "a"}, {Name: "keep2", Link: "keep"}}),
+		tarLayer(t, []file{{Name: "a", Mode: reg | 0o600, Data: "new a"}}),
+	})
+	got, _ := readTree(t, rd)
+	byName := map[string]file{}
+	for _, f := range got {
+		byName[f.Name] = f
+	}
+	for name, want := range map[string]file{
+		"a":     {Name: "a", Mode: reg | 0o600, Data: "new a"},
+		"b":     {Name: "b", Mode: reg | 0o640, Data: "old a", UID: 5},
+		"keep":  {Name: "keep", Mode: reg | 0o644, Data: "keep", Link: "keep"},
+		"keep2": {Name: "keep2", Mode: reg | 0o644, Data: "keep", Link: "keep"},
+	} {
+		if d := cmp.Diff(want, byName[name]); d != "" {
+			t.Errorf("%s (-want +got):\n%s", name, d)
+		}
+	}
+}
