@@ -428,25 +428,42 @@ func (e *nitroEnclave) markDone() {
 func (e *nitroEnclave) Terminate(ctx context.Context) error {
 	e.termOnce.Do(func() {
 		e.stopOnce.Do(func() { close(e.stop) })
-		args := []string{"terminate-enclave", "--enclave-id", e.info.EnclaveID}
-		out, stderr, err := e.b.cfg.Runner.Output(ctx, args)
-		if err != nil {
-			if d, _, derr := e.b.cfg.Runner.Output(ctx, []string{"describe-enclaves"}); derr == nil {
-				if ds, perr := ParseDescribe(d); perr == nil && !listed(ds, e.info.EnclaveID) {
-					err = nil
-				}
-			}
-			if err != nil {
-				e.termErr = fmt.Errorf("terminating enclave: %w", &CommandError{Args: args, Err: err, Stderr: string(stderr)})
-			}
-		} else if ti, perr := ParseTerminate(out); perr != nil {
-			e.termErr = fmt.Errorf("terminating enclave: %w", perr)
-		} else if !ti.Terminated || ti.EnclaveID != e.info.EnclaveID {
-			e.termErr = fmt.Errorf("terminating enclave %s: nitro-cli answered %+v", e.info.EnclaveID, *ti)
-		}
+		e.termErr = e.b.TerminateID(ctx, e.info.EnclaveID)
 		e.markDone()
 	})
 	return e.termErr
+}
+
+// Describe runs describe-enclaves.
+func (b *Backend) Describe(ctx context.Context) ([]DescribeInfo, error) {
+	args := []string{"describe-enclaves"}
+	out, stderr, err := b.cfg.Runner.Output(ctx, args)
+	if err != nil {
+		return nil, &CommandError{Args: args, Err: err, Stderr: string(stderr)}
+	}
+	return ParseDescribe(out)
+}
+
+// TerminateID terminates the enclave with nitro-cli EnclaveID id, e.g. one
+// recorded by a launcher that is gone. An enclave that describe-enclaves does
+// not list counts as terminated.
+func (b *Backend) TerminateID(ctx context.Context, id string) error {
+	args := []string{"terminate-enclave", "--enclave-id", id}
+	out, stderr, err := b.cfg.Runner.Output(ctx, args)
+	if err != nil {
+		if ds, derr := b.Describe(ctx); derr == nil && !listed(ds, id) {
+			return nil
+		}
+		return fmt.Errorf("terminating enclave: %w", &CommandError{Args: args, Err: err, Stderr: string(stderr)})
+	}
+	ti, err := ParseTerminate(out)
+	if err != nil {
+		return fmt.Errorf("terminating enclave: %w", err)
+	}
+	if !ti.Terminated || ti.EnclaveID != id {
+		return fmt.Errorf("terminating enclave %s: nitro-cli answered %+v", id, *ti)
+	}
+	return nil
 }
 
 func listed(ds []DescribeInfo, id string) bool {

@@ -344,3 +344,35 @@ func FuzzParseRun(f *testing.F) {
 		_, _ = ParseTerminate(b)
 	})
 }
+
+func TestTerminateID(t *testing.T) {
+	tests := []struct {
+		name   string
+		answer map[string][]answer
+		err    string
+	}{
+		{name: "terminated", answer: map[string][]answer{"terminate-enclave": {{stdout: testdata(t, "terminate-enclave.stdout")}}}},
+		{name: "already gone", answer: map[string][]answer{
+			"terminate-enclave": {{stderr: []byte("[ E39 ] Enclave process connection failure."), err: errors.New("exit status 39")}},
+			"describe-enclaves": {{stdout: testdata(t, "describe-enclaves-empty.stdout")}},
+		}},
+		{name: "fails while still listed", answer: map[string][]answer{
+			"terminate-enclave": {{stderr: []byte("[ E39 ] Enclave process connection failure."), err: errors.New("exit status 39")}},
+			"describe-enclaves": {{stdout: testdata(t, "describe-enclaves-running.stdout")}},
+		}, err: "[ E39 ] Enclave process connection failure."},
+		{name: "not terminated", answer: map[string][]answer{"terminate-enclave": {{stdout: []byte(`{"EnclaveID": "` + testID + `", "Terminated": false}`)}}},
+			err: "nitro-cli answered"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			fake := &fakeNitroCLI{answers: tc.answer}
+			err := New(Config{Runner: fake}).TerminateID(context.Background(), testID)
+			if tc.err == "" && err != nil || tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
+				t.Fatalf("TerminateID = %v, want %q", err, tc.err)
+			}
+			if got := fake.callLog()[0]; !cmp.Equal(got, []string{"terminate-enclave", "--enclave-id", testID}) {
+				t.Errorf("first command %v", got)
+			}
+		})
+	}
+}
