@@ -10,7 +10,9 @@
 // reporting every structural fault as a *FormatError that names the field and
 // its offset, and recompute the CRC, the measurements and the signature.
 //
-// Subpackages build ramdisks (eif/cpio, eif/ramdisk), read container images
-// (eif/image) and assemble a bootable EIF from them (eif/build). The package
-// imports nothing from Kubernetes or containerd and logs nothing.
+// Subpackages write ramdisks (eif/cpio, eif/ramdisk), open container images
+// (eif/source: OCI layout, OCI or docker-save tarball, registry) and
+// assemble a bootable EIF from them (eif/build); eif/s3 moves EIFs to and
+// from S3. The package imports nothing from Kubernetes or containerd and
+// logs nothing.
 package eif

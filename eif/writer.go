@@ -23,7 +23,8 @@ type WriterOptions struct {
 // ramdisks (bootstrap first), signature (Build follows it).
 //
 // A Writer is not safe for concurrent use. After an error every further call
-// returns that error.
+// returns that error. Close must be called, also after an error: it stops
+// the goroutines that compute the digests.
 type Writer struct {
 	w        io.WriteSeeker
 	opts     WriterOptions
