@@ -81,7 +81,7 @@ func envInt(name string, def int) int {
 // BenchmarkWebhookLoad measures latency and throughput over TLS on loopback
 // at a fixed offered rate (NITROPOD_BENCH_RATE requests/s, default 500) for
 // the null handler and the webhook in the same run: both servers stay up and
-// take turns in NITROPOD_BENCH_ROUNDS rounds (default 6) of
+// take turns in NITROPOD_BENCH_ROUNDS rounds (default 10) of
 // NITROPOD_BENCH_ROUND_SECONDS (default 1) each, so that noise from other
 // work on the machine falls on both alike. Run it once: -benchtime 1x
 // (hack/bench-webhook.sh).
