@@ -128,8 +128,15 @@ func Advertise(inv Inventory, s Settings, prev Advertisement) Advertisement {
 		for _, c := range inv.Pool {
 			a.CPU = append(a.CPU, Device{ID: CPUDeviceID(c), Num: c, NUMANode: inv.CPUs[c].NUMANode, Healthy: true})
 		}
+		// Nitro Enclaves take memory only from the NUMA node of their CPUs
+		// (the driver refuses other pages), so hugepages of nodes without
+		// pool CPUs are not enclave memory.
+		poolNodes := numaNodesOf(inv.Pool, inv.CPUs)
 		mem := MemoryMiB(inv.Hugepages)
 		for _, node := range slices.Sorted(maps.Keys(mem)) {
+			if !poolNodes[node] {
+				continue
+			}
 			for i := range mem[node] / a.BlockMiB {
 				a.Memory = append(a.Memory, Device{ID: MemoryDeviceID(node, i), Num: i, NUMANode: node, Healthy: true})
 			}

@@ -61,6 +61,16 @@ func TestAdvertiseFakeTrees(t *testing.T) {
 			},
 		},
 		{
+			name: "hugepages of a node without pool cpus are not enclave memory",
+			node: fakesysfs.Node{CPUs: 16, NUMANodes: 2, Pool: "2-3,10-11", Hugepages: pages(PageSize2MiB, 64, 4096)},
+			want: Advertisement{
+				CPU:      cpuDevs(0, 2, 3, 10, 11),
+				Memory:   memDevs(0, 2),
+				Slots:    slotDevs(4),
+				BlockMiB: 64,
+			},
+		},
+		{
 			name: "kernel without numa directories",
 			node: fakesysfs.Node{CPUs: 4, Pool: "1,3", NoNUMADirs: true, Hugepages: pages(PageSize2MiB, 64)},
 			want: Advertisement{

@@ -119,9 +119,9 @@ func TestPoolSetup(t *testing.T) {
 		{
 			name:     "count on one node, memory per node in 2 MiB pages",
 			node:     fakesysfs.Node{CPUs: 16, NUMANodes: 2},
-			pool:     PoolConfig{Source: SourceConfig, CPUCount: 4, MemoryMiB: map[string]int{"0": 1000, "1": 64}},
+			pool:     PoolConfig{Source: SourceConfig, CPUCount: 4, MemoryMiB: map[string]int{"0": 1000, "1": 0}},
 			wantPool: []int{1, 2, 9, 10},
-			wantHP:   map[int]map[int]int{0: {PageSize2MiB: 500, PageSize1GiB: 0}, 1: {PageSize2MiB: 32, PageSize1GiB: 0}},
+			wantHP:   map[int]map[int]int{0: {PageSize2MiB: 500, PageSize1GiB: 0}, 1: {PageSize2MiB: 0, PageSize1GiB: 0}},
 		},
 		{
 			name:     "count larger than node 0 goes to node 1",
@@ -152,6 +152,18 @@ func TestPoolSetup(t *testing.T) {
 			allocator: "memory_mib: 512\ncpu_count: 2\n",
 			wantPool:  []int{1, 5},
 			wantHP:    map[int]map[int]int{0: {PageSize2MiB: 256, PageSize1GiB: 0}},
+		},
+		{
+			name:    "memory away from the pool's node refused",
+			node:    fakesysfs.Node{CPUs: 16, NUMANodes: 2},
+			pool:    PoolConfig{Source: SourceConfig, CPUCount: 4, MemoryMiB: map[string]int{"0": 512, "1": 64}},
+			wantErr: "reserves 64 MiB on numa node 1, but the enclave cpu pool 1-2,9-10 is on node [0]",
+		},
+		{
+			name:    "list spanning numa nodes refused",
+			node:    fakesysfs.Node{CPUs: 16, NUMANodes: 2},
+			pool:    PoolConfig{Source: SourceConfig, CPUList: "3-4,11-12"},
+			wantErr: "spans numa nodes [0 1]: the Nitro Enclaves driver needs the pool on one numa node",
 		},
 		{
 			name:    "list with cpu 0's core refused",

@@ -68,6 +68,9 @@ func PlanPool(p PoolConfig, allocator []byte, inv Inventory) (*PoolPlan, error) 
 		if problem := PoolProblem(cpus, inv.CPUs); problem != "" {
 			return nil, fmt.Errorf("%s cpu list: %s", srcName, problem)
 		}
+		if nodes := numaNodesOf(cpus, inv.CPUs); len(nodes) > 1 {
+			return nil, fmt.Errorf("%s cpu list %s spans numa nodes %v: the Nitro Enclaves driver needs the pool on one numa node", srcName, FormatCPUList(cpus), slices.Sorted(maps.Keys(nodes)))
+		}
 		plan.CPUs = cpus
 	case count > 0:
 		if plan.CPUs, err = chooseCPUs(count, inv); err != nil {
@@ -89,7 +92,16 @@ func PlanPool(p PoolConfig, allocator []byte, inv Inventory) (*PoolPlan, error) 
 		}
 		byNode = map[int]int{inv.CPUs[pool[0]].NUMANode: onCPUs}
 	}
-	for node, mib := range byNode {
+	pool := plan.CPUs
+	if pool == nil {
+		pool = inv.Pool
+	}
+	poolNodes := numaNodesOf(pool, inv.CPUs)
+	for _, node := range slices.Sorted(maps.Keys(byNode)) {
+		mib := byNode[node]
+		if mib > 0 && len(pool) > 0 && !poolNodes[node] {
+			return nil, fmt.Errorf("%s reserves %d MiB on numa node %d, but the enclave cpu pool %s is on node %v: enclaves only use memory of their cpus' node, reserve it there", srcName, mib, node, FormatCPUList(pool), slices.Sorted(maps.Keys(poolNodes)))
+		}
 		plan.Pages[node] = (mib + pageMiB - 1) / pageMiB
 	}
 	return plan, nil
