@@ -133,7 +133,7 @@ func Start(ctx context.Context, b Backend, req Request, rio RunIO) (_ *Session, 
 		st.Stdin.Close()
 	} else {
 		go func() {
-			io.Copy(st.Stdin, rio.Stdin)
+			io.CopyBuffer(st.Stdin, rio.Stdin, make([]byte, agent.CopyBufferSize))
 			st.Stdin.Close()
 		}()
 	}
@@ -210,7 +210,7 @@ func (s *Session) copyOut(r io.ReadCloser, w io.Writer) {
 	s.ioWG.Add(1)
 	go func() {
 		defer s.ioWG.Done()
-		io.Copy(w, r)
+		io.CopyBuffer(w, r, make([]byte, agent.CopyBufferSize))
 		r.Close()
 	}()
 }

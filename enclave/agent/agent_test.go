@@ -298,3 +298,32 @@ func TestForwardRefused(t *testing.T) {
 		t.Errorf("stream to a closed port: %q, %v; want EOF", b, err)
 	}
 }
+
+// writes records each Write call.
+type writes struct {
+	io.Reader
+	calls [][]byte
+}
+
+func (w *writes) Write(p []byte) (int, error) {
+	w.calls = append(w.calls, append([]byte(nil), p...))
+	return len(p), nil
+}
+func (w *writes) Close() error { return nil }
+
+func TestCoalescer(t *testing.T) {
+	rec := &writes{}
+	c := &coalescer{ReadWriteCloser: rec}
+	data := []byte{0, yamuxTypeData, 0, 0, 0, 0, 0, 1, 0, 0, 0, 3}
+	window := []byte{0, 1, 0, 0, 0, 0, 0, 1, 0, 4, 0, 0}
+	emptyData := []byte{0, yamuxTypeData, 0, 4, 0, 0, 0, 1, 0, 0, 0, 0}
+	for _, p := range [][]byte{data, []byte("abc"), window, emptyData} {
+		if n, err := c.Write(p); n != len(p) || err != nil {
+			t.Fatalf("Write(%x) = %d, %v", p, n, err)
+		}
+	}
+	want := [][]byte{append(append([]byte(nil), data...), "abc"...), window, emptyData}
+	if d := cmp.Diff(want, rec.calls); d != "" {
+		t.Errorf("writes (-want +got):\n%s", d)
+	}
+}

@@ -42,7 +42,7 @@ type GuestConfig struct {
 
 // NewGuest starts init's end of the channel over conn (after the heartbeat).
 func NewGuest(conn io.ReadWriteCloser, cfg GuestConfig) (*Guest, error) {
-	sess, err := yamux.Server(conn, muxConfig())
+	sess, err := yamux.Server(&coalescer{ReadWriteCloser: conn}, muxConfig())
 	if err != nil {
 		return nil, fmt.Errorf("starting channel: %w", err)
 	}

@@ -24,7 +24,7 @@ type Client struct {
 // returns when init answered, or with an error when init reported one (for
 // example a version mismatch), ctx ended, or the channel broke.
 func Connect(ctx context.Context, conn io.ReadWriteCloser) (*Client, error) {
-	sess, err := yamux.Client(conn, muxConfig())
+	sess, err := yamux.Client(&coalescer{ReadWriteCloser: conn}, muxConfig())
 	if err != nil {
 		return nil, fmt.Errorf("starting channel: %w", err)
 	}
@@ -201,7 +201,7 @@ func Splice(a, b net.Conn) {
 	wg.Add(2)
 	half := func(dst, src net.Conn) {
 		defer wg.Done()
-		_, err := io.Copy(dst, src)
+		_, err := io.CopyBuffer(dst, src, make([]byte, CopyBufferSize))
 		if err != nil {
 			// A broken direction ends the whole connection.
 			a.Close()

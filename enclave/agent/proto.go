@@ -28,6 +28,11 @@ const (
 	PortName = "nitropod.0"
 )
 
+// CopyBufferSize is the buffer both ends use to copy stdio and forwarded
+// connections: large writes make large yamux frames (fewer headers, window
+// updates and syscalls per byte).
+const CopyBufferSize = 256 << 10
+
 // MaxFrame bounds one framed message; larger frames are rejected.
 const MaxFrame = 1 << 20
 

@@ -353,6 +353,8 @@ func (i *initState) runApp(proc *ramdisk.Process) error {
 			return stage("starting the app", err)
 		}
 		pipes[n] = [2]*os.File{r, w}
+		// Large pipes make large channel frames (see agent.CopyBufferSize).
+		unix.FcntlInt(w.Fd(), unix.F_SETPIPE_SZ, 1<<20)
 	}
 	childFiles := []uintptr{pipes[0][0].Fd(), pipes[1][1].Fd(), pipes[2][1].Fd()}
 
@@ -375,7 +377,7 @@ func (i *initState) runApp(proc *ramdisk.Process) error {
 	i.guest.Started(pid)
 
 	go func() {
-		io.Copy(pipes[0][1], st.Stdin)
+		io.CopyBuffer(pipes[0][1], st.Stdin, make([]byte, agent.CopyBufferSize))
 		pipes[0][1].Close()
 		st.Stdin.Close()
 	}()
@@ -384,7 +386,7 @@ func (i *initState) runApp(proc *ramdisk.Process) error {
 		outWG.Add(1)
 		go func() {
 			defer outWG.Done()
-			io.Copy(w, pipes[n+1][0])
+			io.CopyBuffer(w, pipes[n+1][0], make([]byte, agent.CopyBufferSize))
 		}()
 	}
 	go func() {

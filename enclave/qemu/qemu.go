@@ -54,7 +54,17 @@ type Config struct {
 	BootTimeout time.Duration
 	// ExtraArgs are appended to QEMU's command line.
 	ExtraArgs []string
+	// Trace, when set, is called at the steps of Boot (TraceValidated,
+	// TraceStarted, TraceHeartbeat), for measurements.
+	Trace func(step string)
 }
+
+// Boot steps passed to Config.Trace.
+const (
+	TraceValidated = "eif validated and extracted"
+	TraceStarted   = "qemu started"
+	TraceHeartbeat = "heartbeat"
+)
 
 // Backend boots EIFs in QEMU.
 type Backend struct {
@@ -153,6 +163,7 @@ func (b *Backend) Boot(ctx context.Context, req enclave.Request) (_ enclave.Encl
 	if err := extract(ef, kernel, initrd); err != nil {
 		return nil, err
 	}
+	b.trace(TraceValidated)
 	sock := filepath.Join(dir, "agent.sock")
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
 	if err != nil {
@@ -173,6 +184,7 @@ func (b *Backend) Boot(ctx context.Context, req enclave.Request) (_ enclave.Encl
 		return nil, fmt.Errorf("starting qemu: %w", err)
 	}
 	e.cmd = cmd
+	b.trace(TraceStarted)
 	e.cid = req.CID
 	if e.cid == 0 {
 		e.cid = nextCID.Add(1)
@@ -208,6 +220,7 @@ func (b *Backend) Boot(ctx context.Context, req enclave.Request) (_ enclave.Encl
 	if hb[0] != agent.HeartbeatByte {
 		return nil, fmt.Errorf("enclave init sent heartbeat byte %#x, want %#x", hb[0], agent.HeartbeatByte)
 	}
+	b.trace(TraceHeartbeat)
 	conn.SetReadDeadline(time.Time{})
 	if _, err := conn.Write(hb); err != nil {
 		return nil, e.bootErr(bctx, "answering the heartbeat", err)
@@ -216,6 +229,12 @@ func (b *Backend) Boot(ctx context.Context, req enclave.Request) (_ enclave.Encl
 	os.Remove(kernel)
 	os.Remove(initrd)
 	return e, nil
+}
+
+func (b *Backend) trace(step string) {
+	if b.cfg.Trace != nil {
+		b.cfg.Trace(step)
+	}
 }
 
 func (b *Backend) args(req enclave.Request, kernel, initrd, cmdline, sock string) []string {
