@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -317,13 +318,63 @@ func TestCoalescer(t *testing.T) {
 	data := []byte{0, yamuxTypeData, 0, 0, 0, 0, 0, 1, 0, 0, 0, 3}
 	window := []byte{0, 1, 0, 0, 0, 0, 0, 1, 0, 4, 0, 0}
 	emptyData := []byte{0, yamuxTypeData, 0, 4, 0, 0, 0, 1, 0, 0, 0, 0}
-	for _, p := range [][]byte{data, []byte("abc"), window, emptyData} {
+	write := func(p []byte) {
+		t.Helper()
 		if n, err := c.Write(p); n != len(p) || err != nil {
 			t.Fatalf("Write(%x) = %d, %v", p, n, err)
 		}
 	}
-	want := [][]byte{append(append([]byte(nil), data...), "abc"...), window, emptyData}
+	write(data)
+	if len(rec.calls) != 0 {
+		t.Fatalf("a data frame header was written before its body: %x", rec.calls)
+	}
+	write([]byte("abc"))
+	write(window)
+	write(emptyData)
+	// A plain writer gets the header and body back to back (a socket gets
+	// them in one writev); frames without a body pass at once.
+	want := [][]byte{data, []byte("abc"), window, emptyData}
 	if d := cmp.Diff(want, rec.calls); d != "" {
 		t.Errorf("writes (-want +got):\n%s", d)
 	}
+}
+
+// Over a real socketpair the header and body arrive together and intact.
+func TestCoalescerSocket(t *testing.T) {
+	h, e := unixPair(t)
+	c := &coalescer{ReadWriteCloser: h}
+	data := []byte{0, yamuxTypeData, 0, 0, 0, 0, 0, 1, 0, 0, 0, 3}
+	go func() {
+		c.Write(data)
+		c.Write([]byte("abc"))
+		h.Close()
+	}()
+	got, err := io.ReadAll(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := append(append([]byte(nil), data...), "abc"...); !bytes.Equal(got, want) {
+		t.Errorf("read %x, want %x", got, want)
+	}
+}
+
+func unixPair(t *testing.T) (net.Conn, net.Conn) {
+	t.Helper()
+	l, err := net.Listen("unix", filepath.Join(t.TempDir(), "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ch := make(chan net.Conn, 1)
+	go func() {
+		c, _ := l.Accept()
+		ch <- c
+	}()
+	d, err := net.Dial("unix", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := <-ch
+	t.Cleanup(func() { a.Close(); d.Close() })
+	return d, a
 }
