@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -69,7 +70,7 @@ func SocketName(resource string) string {
 func Run(ctx context.Context, o Options) error {
 	if o.Log == nil {
 		l := logrus.New()
-		l.Out = nopWriter{}
+		l.Out = io.Discard
 		o.Log = l
 	}
 	if o.RescanInterval <= 0 {
@@ -97,10 +98,10 @@ func Run(ctx context.Context, o Options) error {
 		_ = watcher.Add(filepath.Dir(o.ConfigPath))
 	}
 
+	// Goroutines end when ctx does; every return path cancels, then waits.
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer func() { cancel(); wg.Wait() }()
 
 	for _, res := range Resources {
 		srv := &resourceServer{resource: res, dir: o.PluginDir, st: r.st, log: o.Log.WithField("resource", res), m: r.m,
@@ -160,10 +161,6 @@ func Run(ctx context.Context, o Options) error {
 		}
 	}
 }
-
-type nopWriter struct{}
-
-func (nopWriter) Write(p []byte) (int, error) { return len(p), nil }
 
 type runner struct {
 	o       Options

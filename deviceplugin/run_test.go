@@ -398,6 +398,28 @@ func TestNoNitroNode(t *testing.T) {
 	}
 }
 
+// TestRunMetricsAddrInUse fails cleanly (no hang, sockets removed) when the
+// metrics address is taken.
+func TestRunMetricsAddrInUse(t *testing.T) {
+	dir := t.TempDir()
+	first := startPlugin(t, fakeRoots(t, twoNodeHost), filepath.Join(dir, "a"), "")
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(context.Background(), Options{Roots: fakeRoots(t, twoNodeHost), PluginDir: filepath.Join(dir, "b"), MetricsAddr: first.metrics})
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "listening for metrics on "+first.metrics) {
+			t.Errorf("Run = %v, want a metrics listen error", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run hung after failing to listen for metrics")
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, "b", "*.sock")); len(left) != 0 {
+		t.Errorf("sockets left behind: %v", left)
+	}
+}
+
 func TestRunRejectsBadConfig(t *testing.T) {
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "device-plugin.yaml")
