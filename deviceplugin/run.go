@@ -169,8 +169,9 @@ type runner struct {
 	st      *state
 	servers []*resourceServer
 
-	cfg     Config
-	cfgData []byte
+	cfg       Config
+	cfgData   []byte
+	allocData []byte // allocator.yaml as last read, for SourceAllocator
 	prev    Advertisement
 }
 
@@ -241,7 +242,8 @@ func (r *runner) stopAll() {
 // registrations.
 func (r *runner) rescan() {
 	data, err := readConfigFile(r.o.ConfigPath)
-	if err == nil && !bytes.Equal(data, r.cfgData) {
+	alloc, _ := readConfigFile(r.allocatorPath())
+	if err == nil && (!bytes.Equal(data, r.cfgData) || !bytes.Equal(alloc, r.allocData)) {
 		if err := r.reload(false); err != nil {
 			r.log.WithError(err).Error("config reload failed; keeping the previous config")
 		}
@@ -256,6 +258,17 @@ func (r *runner) rescan() {
 			}
 		}
 	}
+}
+
+// allocatorPath is allocator.yaml's path when it is the pool source.
+func (r *runner) allocatorPath() string {
+	if r.cfg.Pool.Source != SourceAllocator {
+		return ""
+	}
+	if r.cfg.Pool.AllocatorConfig != "" {
+		return r.cfg.Pool.AllocatorConfig
+	}
+	return DefaultAllocatorConfig
 }
 
 func readConfigFile(path string) ([]byte, error) {
@@ -310,7 +323,9 @@ func (r *runner) setupPool(cfg Config) error {
 		if path == "" {
 			path = DefaultAllocatorConfig
 		}
-		if alloc, err = os.ReadFile(path); err != nil {
+		alloc, err = os.ReadFile(path)
+		r.allocData = alloc
+		if err != nil {
 			return fmt.Errorf("reading allocator config: %w", err)
 		}
 	}

@@ -380,6 +380,41 @@ func TestPoolSetupFromConfig(t *testing.T) {
 	}
 }
 
+// TestAllocatorConfigFollowed sets the pool up from allocator.yaml and
+// follows changes to that file.
+func TestAllocatorConfigFollowed(t *testing.T) {
+	dir := t.TempDir()
+	roots := fakeRoots(t, fakesysfs.Node{CPUs: 8})
+	alloc := filepath.Join(dir, "allocator.yaml")
+	if err := os.WriteFile(alloc, []byte("memory_mib: 512\ncpu_count: 2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "device-plugin.yaml")
+	if err := os.WriteFile(cfg, []byte("pool: {source: allocator, allocatorConfig: "+alloc+"}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	k := startKubeletStub(t, dir)
+	startPlugin(t, roots, dir, cfg)
+	regs := k.waitRegistrations(t, 5*time.Second)
+	if diff := cmp.Diff([]string{"cpu1", "cpu5"}, deviceIDs(regs[nitropod.ResourceEnclaveCPU].devices)); diff != "" {
+		t.Errorf("cpu devices (-want +got):\n%s", diff)
+	}
+	if n := len(regs[nitropod.ResourceEnclaveMemory].devices); n != 8 {
+		t.Errorf("%d memory devices, want 8", n)
+	}
+	if err := os.WriteFile(alloc, []byte("memory_mib: 1024\ncpu_pool: 2-3,6-7\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	k.waitDevices(t, nitropod.ResourceEnclaveCPU, "cpus 2,3,6,7 healthy", func(d []*pluginapi.Device) bool {
+		healthy := map[string]bool{}
+		for _, x := range d {
+			healthy[x.ID] = x.Health == pluginapi.Healthy
+		}
+		return healthy["cpu2"] && healthy["cpu3"] && healthy["cpu6"] && healthy["cpu7"] && !healthy["cpu1"] && !healthy["cpu5"]
+	})
+	k.waitDevices(t, nitropod.ResourceEnclaveMemory, "16 healthy blocks", func(d []*pluginapi.Device) bool { return healthyCount(d) == 16 })
+}
+
 // TestNoNitroNode registers zero capacity and says why.
 func TestNoNitroNode(t *testing.T) {
 	dir := t.TempDir()
