@@ -172,7 +172,7 @@ type runner struct {
 	cfg       Config
 	cfgData   []byte
 	allocData []byte // allocator.yaml as last read, for SourceAllocator
-	prev    Advertisement
+	prev      Advertisement
 }
 
 // event handles one change in the plugin dir or the config dir.
