@@ -78,6 +78,18 @@ func FuzzConvert(f *testing.F) {
 			if a, b := podJSON(t, out), podJSON(t, again); a != b {
 				t.Fatalf("not idempotent:\nonce:  %s\ntwice: %s", a, b)
 			}
+			raw, _ := json.Marshal(&pod)
+			ops, err := PodPatch(raw, &pod, out)
+			if err != nil {
+				t.Fatalf("PodPatch: %v", err)
+			}
+			patched, err := applyPatch(raw, ops)
+			if err != nil {
+				t.Fatalf("applying the patch: %v", err)
+			}
+			if want, _ := json.Marshal(out); canonical(t, want) != canonical(t, patched) {
+				t.Fatalf("patch does not produce Convert's output:\nwant %s\ngot  %s", want, patched)
+			}
 			if _, err := ParseEnclaves(out.Annotations[nitropod.EnclavesAnnotation]); err != nil {
 				t.Fatalf("annotation the shim cannot read: %v", err)
 			}

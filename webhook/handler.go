@@ -138,12 +138,14 @@ func (h *Handler) Review(req *admissionv1.AdmissionRequest) (*admissionv1.Admiss
 		fail(http.StatusBadRequest, metav1.StatusReasonBadRequest, fmt.Sprintf("decoding pod: %v", err))
 		return resp, ResultError
 	}
-	log := h.log.WithFields(logrus.Fields{"namespace": req.Namespace, "pod": podName(&pod, req), "uid": req.UID})
+	log := func() logrus.FieldLogger {
+		return h.log.WithFields(logrus.Fields{"namespace": req.Namespace, "pod": podName(&pod, req), "uid": req.UID})
+	}
 	out, warnings, err := Convert(&pod, h.cfg)
 	resp.Warnings = warnings
 	if err != nil {
 		if IsDenied(err) {
-			log.WithField("reason", err.Error()).Info("pod denied")
+			log().WithField("reason", err.Error()).Info("pod denied")
 			fail(http.StatusForbidden, metav1.StatusReasonForbidden, err.Error())
 			return resp, ResultDenied
 		}
@@ -153,12 +155,7 @@ func (h *Handler) Review(req *admissionv1.AdmissionRequest) (*admissionv1.Admiss
 	if !Managed(&pod) {
 		return resp, ResultSkipped
 	}
-	to, err := json.Marshal(out)
-	if err != nil {
-		fail(http.StatusInternalServerError, metav1.StatusReasonInternalError, fmt.Sprintf("encoding converted pod: %v", err))
-		return resp, ResultError
-	}
-	ops, err := CreatePatch(req.Object.Raw, to)
+	ops, err := PodPatch(req.Object.Raw, &pod, out)
 	if err != nil {
 		fail(http.StatusBadRequest, metav1.StatusReasonBadRequest, fmt.Sprintf("computing patch: %v", err))
 		return resp, ResultError
@@ -173,7 +170,6 @@ func (h *Handler) Review(req *admissionv1.AdmissionRequest) (*admissionv1.Admiss
 	}
 	pt := admissionv1.PatchTypeJSONPatch
 	resp.Patch, resp.PatchType = patch, &pt
-	log.WithField("operations", len(ops)).Debug("pod converted")
 	return resp, ResultMutated
 }
 

@@ -8,6 +8,9 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 )
 
 // PatchOp is one RFC 6902 JSON Patch operation.
@@ -123,4 +126,80 @@ func escapePointer(s string) string {
 		return s
 	}
 	return strings.ReplaceAll(strings.ReplaceAll(s, "~", "~0"), "/", "~1")
+}
+
+// PodPatch returns the JSON Patch that turns the Pod in raw (decoded as
+// orig) into out. Parts Convert changes (annotations, runtimeClassName, each
+// container's resources and volumeMounts) are patched as whole members,
+// which is cheap; if anything else differs it falls back to CreatePatch over
+// the whole documents, so the patch is always complete.
+func PodPatch(raw []byte, orig, out *corev1.Pod) ([]PatchOp, error) {
+	var ops []PatchOp
+	set := func(path string, present bool, v any) error {
+		if !present {
+			return op(&ops, "remove", path, nil)
+		}
+		return op(&ops, "add", path, v) // add replaces an existing member
+	}
+	check := orig.DeepCopy()
+	if !equality.Semantic.DeepEqual(orig.Annotations, out.Annotations) {
+		if len(orig.Annotations) == 0 {
+			if err := set("/metadata/annotations", len(out.Annotations) > 0, out.Annotations); err != nil {
+				return nil, err
+			}
+		} else {
+			keys := make([]string, 0, len(orig.Annotations)+len(out.Annotations))
+			for k := range orig.Annotations {
+				keys = append(keys, k)
+			}
+			for k := range out.Annotations {
+				if _, ok := orig.Annotations[k]; !ok {
+					keys = append(keys, k)
+				}
+			}
+			sort.Strings(keys)
+			for _, k := range keys {
+				v, ok := out.Annotations[k]
+				if ov, had := orig.Annotations[k]; had && ok && ov == v {
+					continue
+				}
+				if err := set("/metadata/annotations/"+escapePointer(k), ok, v); err != nil {
+					return nil, err
+				}
+			}
+		}
+		check.Annotations = out.Annotations
+	}
+	if !equality.Semantic.DeepEqual(orig.Spec.RuntimeClassName, out.Spec.RuntimeClassName) {
+		if err := set("/spec/runtimeClassName", out.Spec.RuntimeClassName != nil, out.Spec.RuntimeClassName); err != nil {
+			return nil, err
+		}
+		check.Spec.RuntimeClassName = out.Spec.RuntimeClassName
+	}
+	if len(orig.Spec.Containers) == len(out.Spec.Containers) {
+		for i := range out.Spec.Containers {
+			a, b := &orig.Spec.Containers[i], &out.Spec.Containers[i]
+			p := "/spec/containers/" + strconv.Itoa(i)
+			if !equality.Semantic.DeepEqual(a.Resources, b.Resources) {
+				if err := set(p+"/resources", true, b.Resources); err != nil {
+					return nil, err
+				}
+				check.Spec.Containers[i].Resources = b.Resources
+			}
+			if !equality.Semantic.DeepEqual(a.VolumeMounts, b.VolumeMounts) {
+				if err := set(p+"/volumeMounts", len(b.VolumeMounts) > 0, b.VolumeMounts); err != nil {
+					return nil, err
+				}
+				check.Spec.Containers[i].VolumeMounts = b.VolumeMounts
+			}
+		}
+	}
+	if equality.Semantic.DeepEqual(check, out) {
+		return ops, nil
+	}
+	to, err := json.Marshal(out)
+	if err != nil {
+		return nil, fmt.Errorf("encoding converted pod: %w", err)
+	}
+	return CreatePatch(raw, to)
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
 )
 
 // applyPatch is an independent RFC 6902 applier for add/remove/replace, used
@@ -154,5 +155,45 @@ func TestCreatePatchBadJSON(t *testing.T) {
 	}
 	if _, err := CreatePatch([]byte(`{}`), []byte(`{} {}`)); err == nil {
 		t.Error("no error for trailing data")
+	}
+}
+
+func TestPodPatch(t *testing.T) {
+	type tc struct {
+		name      string
+		orig, out *corev1.Pod
+	}
+	var cases []tc
+	for _, g := range goldenCases(t) {
+		out, _, err := Convert(g.pod, g.cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cases = append(cases, tc{g.name, g.pod, out})
+	}
+	// Changes outside the fast path fall back to the full diff.
+	other := basePod()
+	other.Annotations = map[string]string{"a": "1", "b/c": "2"}
+	changed := other.DeepCopy()
+	changed.Spec.NodeName = "node-1"
+	changed.Annotations = map[string]string{"b/c": "3", "d": "4"}
+	changed.Spec.Containers[0].VolumeMounts = nil
+	cases = append(cases, tc{"fallback and removals", other, changed})
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			raw, _ := json.Marshal(c.orig)
+			ops, err := PodPatch(raw, c.orig, c.out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := applyPatch(raw, ops)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, _ := json.Marshal(c.out)
+			if diff := cmp.Diff(canonical(t, want), canonical(t, got)); diff != "" {
+				t.Errorf("patched (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
