@@ -431,3 +431,53 @@ func TestSignFile(t *testing.T) {
 		}
 	}
 }
+
+// oddReader returns data in pieces of varying size and hides WriteTo, so
+// that io.Copy uses the section writer's ReadFrom.
+type oddReader struct {
+	b []byte
+	i int
+}
+
+func (r *oddReader) Read(p []byte) (int, error) {
+	if len(r.b) == 0 {
+		return 0, io.EOF
+	}
+	r.i++
+	n := min(len(p), len(r.b), 1+(r.i*7919)%(300<<10))
+	copy(p, r.b[:n])
+	r.b = r.b[n:]
+	return n, nil
+}
+
+func TestSectionReadFrom(t *testing.T) {
+	data := make([]byte, 5<<20+123)
+	rand.Read(data)
+	var b seekBuffer
+	w, err := NewWriter(&b, WriterOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.WriteSection(SectionKernel, strings.NewReader("k"))
+	w.WriteSection(SectionCmdline, strings.NewReader("c"))
+	n, err := w.WriteSection(SectionRamdisk, &oddReader{b: data})
+	if err != nil || n != int64(len(data)) {
+		t.Fatalf("WriteSection: %d, %v", n, err)
+	}
+	m, err := w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ef, err := Open(bytes.NewReader(b.b), int64(len(b.b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := ef.Verify()
+	if err != nil || rep.Measurements != m || m.PCR1 != PCRHex(append([]byte("kc"), data...)) {
+		t.Fatalf("verify: %v; %+v vs %+v", err, rep.Measurements, m)
+	}
+	got, _ := io.ReadAll(ef.Data(ef.Sections[2]))
+	if !bytes.Equal(got, data) {
+		t.Error("ramdisk data differs")
+	}
+}

@@ -142,6 +142,39 @@ func (s *sectionWriter) Write(p []byte) (int, error) {
 	return n, nil
 }
 
+// ReadFrom reads r to its end straight into the section's chunks (one copy
+// less than Write, and reads of up to a chunk).
+func (s *sectionWriter) ReadFrom(r io.Reader) (int64, error) {
+	w := s.w
+	if w.err != nil {
+		return 0, w.err
+	}
+	if s.closed {
+		return 0, fmt.Errorf("writing eif %s section: section is closed", s.typ)
+	}
+	var n int64
+	for {
+		if s.buf == nil {
+			s.buf = w.m.get()
+		}
+		c := s.buf
+		k, err := r.Read(c.b[len(c.b):cap(c.b)])
+		c.b = c.b[:len(c.b)+k]
+		n += int64(k)
+		if len(c.b) == cap(c.b) {
+			if ferr := s.flush(); ferr != nil {
+				return n, ferr
+			}
+		}
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+}
+
 // flush writes the buffered chunk to the file and hands it to the digests.
 func (s *sectionWriter) flush() error {
 	w := s.w

@@ -191,7 +191,22 @@ func (w *Writer) Write(p []byte) (int, error) {
 // exactly the size given in the header.
 func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 	want := w.remaining
-	n, err := io.Copy(writerOnly{w}, io.LimitReader(r, want))
+	if w.err != nil {
+		return 0, w.err
+	}
+	var n int64
+	var err error
+	if rf, ok := w.w.(io.ReaderFrom); ok {
+		// Let the destination read straight into its own buffers.
+		n, err = rf.ReadFrom(io.LimitReader(r, want))
+		w.off += n
+		w.remaining -= n
+		if err != nil {
+			w.err = err
+		}
+	} else {
+		n, err = io.Copy(writerOnly{w}, io.LimitReader(r, want))
+	}
 	if err != nil {
 		return n, err
 	}
