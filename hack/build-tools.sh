@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Builds the pinned test tools into OUTDIR from the Go module proxy, using the
 # separate module test/tools (its go.mod pins every version): etcd,
-# kube-apiserver, kube-scheduler, kube-controller-manager (Deployments,
-# DaemonSets, EndpointSlices, ServiceAccounts), kubelet, kubectl, registry, versitygw,
+# kube-apiserver, kube-scheduler, kubelet, kubectl, registry, versitygw,
 # crictl, helm. A binary whose stamp (package, module version, Go version)
 # matches is not rebuilt, so a second run takes seconds.
 #
@@ -22,13 +21,14 @@ tools=(
   "etcd github.com/nitropod/nitropod/test/tools/cmd/etcd go.etcd.io/etcd/server/v3"
   "kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes"
   "kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes"
-  "kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes"
   "kubelet k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes"
   "kubectl k8s.io/kubernetes/cmd/kubectl k8s.io/kubernetes"
   "registry github.com/distribution/distribution/v3/cmd/registry github.com/distribution/distribution/v3"
   "versitygw github.com/versity/versitygw/cmd/versitygw github.com/versity/versitygw"
-  "crictl sigs.k8s.io/cri-tools/cmd/crictl sigs.k8s.io/cri-tools"
-  "helm helm.sh/helm/v3/cmd/helm helm.sh/helm/v3"
+  # crictl and helm are built in their own module (go install PKG@VERSION):
+  # their pinned releases do not compile against Kubernetes 1.37's libraries.
+  "crictl sigs.k8s.io/cri-tools/cmd/crictl@v1.34.0 sigs.k8s.io/cri-tools"
+  "helm helm.sh/helm/v3/cmd/helm@v3.19.0 helm.sh/helm/v3"
 )
 
 want=("$@")
@@ -45,7 +45,11 @@ gover=$(go env GOVERSION)
 for t in "${tools[@]}"; do
   read -r name pkg module <<<"$t"
   selected "$name" || continue
-  version=$(go list -m -f '{{.Version}}' "$module")
+  if [[ $pkg == *@* ]]; then
+    version=${pkg#*@}
+  else
+    version=$(go list -m -f '{{.Version}}' "$module")
+  fi
   stamp="$pkg@$version $gover"
   if [[ -x $out/$name && -f $out/.stamps/$name && $(<"$out/.stamps/$name") == "$stamp" ]]; then
     echo "build-tools: $name $version (up to date)"
@@ -71,8 +75,15 @@ for t in "${tools[@]}"; do
   echo "build-tools: building $name $version"
   start=$SECONDS
   rm -f "$out/.stamps/$name"
-  go build -trimpath -ldflags "$ldflags" -o "$out/$name.tmp" "$pkg"
-  mv "$out/$name.tmp" "$out/$name"
+  if [[ $pkg == *@* ]]; then
+    gobin=$(mktemp -d)
+    (cd / && GOFLAGS= GOBIN=$gobin go install -trimpath -ldflags "$ldflags" "$pkg")
+    mv "$gobin/$name" "$out/$name"
+    rm -rf "$gobin"
+  else
+    go build -trimpath -ldflags "$ldflags" -o "$out/$name.tmp" "$pkg"
+    mv "$out/$name.tmp" "$out/$name"
+  fi
   printf '%s' "$stamp" >"$out/.stamps/$name"
   echo "build-tools: $name built in $((SECONDS - start))s"
 done

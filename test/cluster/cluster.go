@@ -27,11 +27,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 )
 
 // Options configures a cluster. Zero values pick defaults.
@@ -78,9 +81,12 @@ type Cluster struct {
 	ContainerdSock string
 	// DevicePlugin is the nitropod-device-plugin process (InstallNitropod).
 	DevicePlugin *Proc
-	// KubeletRoot is kubelet's --root-dir (device plugins register in
-	// KubeletRoot/device-plugins).
+	// KubeletRoot is kubelet's --root-dir.
 	KubeletRoot string
+	// DevicePluginDir is where device plugins register: kubelet uses the
+	// fixed /var/lib/kubelet/device-plugins whatever its root directory, so
+	// one cluster at a time runs on a machine.
+	DevicePluginDir string
 
 	token      string
 	etcdURL    string
@@ -232,6 +238,55 @@ func (c *Cluster) Close() {
 		c.cleanup[i]()
 	}
 	c.cleanup = nil
+	UnmountUnder(c.opts.Dir)
+}
+
+// UnmountUnder detaches every mount at or below dir (kubelet bind-mounts its
+// root directory and mounts Pod volumes; containerd mounts rootfs
+// snapshots), deepest first, so dir can be removed.
+func UnmountUnder(dir string) {
+	if dir == "" {
+		return
+	}
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	dir = filepath.Clean(dir)
+	var points []string
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		mp := unescapeMount(f[4])
+		if mp == dir || strings.HasPrefix(mp, dir+"/") {
+			points = append(points, mp)
+		}
+	}
+	sort.Slice(points, func(i, j int) bool { return len(points[i]) > len(points[j]) })
+	for _, mp := range points {
+		_ = syscall.Unmount(mp, syscall.MNT_DETACH)
+	}
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 // stopPods removes every pod sandbox through CRI, so the shims (and any
@@ -467,6 +522,7 @@ func (c *Cluster) startAPIServer(ctx context.Context) error {
 		"--allow-privileged=true",
 		"--endpoint-reconciler-type=none",
 		"--enable-priority-and-fairness=false",
+		"--kubelet-preferred-address-types=InternalIP",
 		"--v=1")
 	if err != nil {
 		return err
@@ -509,14 +565,32 @@ current-context: e2e
 	if err != nil {
 		return err
 	}
-	// No controller-manager: make the default ServiceAccount ourselves.
-	return waitFor(ctx, 30*time.Second, time.Second, func() error {
-		_, err := c.Kubectl(ctx, "", "create", "serviceaccount", "default", "-n", "default")
+	return waitFor(ctx, 30*time.Second, time.Second, func() error { return c.PrepareNamespace(ctx, "default") })
+}
+
+// PrepareNamespace creates ns (if needed) with what kube-controller-manager
+// would add and Pods need: the default ServiceAccount and the
+// kube-root-ca.crt ConfigMap of the service-account token volume.
+func (c *Cluster) PrepareNamespace(ctx context.Context, ns string) error {
+	exists := func(err error) error {
 		if err != nil && strings.Contains(err.Error(), "AlreadyExists") {
 			return nil
 		}
 		return err
-	})
+	}
+	if ns != "default" {
+		if err := exists(func() error { _, err := c.Kubectl(ctx, "", "create", "namespace", ns); return err }()); err != nil {
+			return err
+		}
+	}
+	if _, err := c.Kubectl(ctx, "", "create", "serviceaccount", "default", "-n", ns); exists(err) != nil {
+		return err
+	}
+	ca := filepath.Join(c.opts.Dir, "pki", "apiserver", "apiserver.crt")
+	if _, err := c.Kubectl(ctx, "", "create", "configmap", "kube-root-ca.crt", "-n", ns, "--from-file=ca.crt="+ca); exists(err) != nil {
+		return err
+	}
+	return nil
 }
 
 // Kubectl runs kubectl against the cluster with stdin (if not empty) and
@@ -776,9 +850,17 @@ resolvConf: ""
 	c.mu.Lock()
 	c.kubelet = p
 	c.mu.Unlock()
+	c.DevicePluginDir = pluginapi.DevicePluginPath
+	started := time.Now().Add(-time.Second)
 	return c.waitProc(ctx, p, 60*time.Second, func() error {
-		_, err := os.Stat(filepath.Join(c.KubeletRoot, "device-plugins", "kubelet.sock"))
-		return err
+		fi, err := os.Stat(pluginapi.KubeletSocket)
+		if err != nil {
+			return err
+		}
+		if fi.ModTime().Before(started) {
+			return fmt.Errorf("%s is older than this kubelet", pluginapi.KubeletSocket)
+		}
+		return nil
 	})
 }
 
@@ -800,6 +882,12 @@ func (c *Cluster) waitNodeReady(ctx context.Context) error {
 		}
 		if strings.TrimSpace(out) != "True" {
 			return fmt.Errorf("node %s Ready=%q", c.NodeName, out)
+		}
+		// kubelet registers with the not-ready taint; without a
+		// controller-manager nobody else removes it.
+		_, err = c.Kubectl(ctx, "", "taint", "node", c.NodeName, "node.kubernetes.io/not-ready:NoSchedule-")
+		if err != nil && !strings.Contains(err.Error(), "not found") {
+			return err
 		}
 		return nil
 	})

@@ -116,7 +116,7 @@ func (c *Cluster) InstallNitropod(ctx context.Context, o NitropodOptions) error 
 	}); err != nil {
 		return err
 	}
-	if _, err := c.Kubectl(ctx, "", "create", "namespace", Namespace); err != nil && !strings.Contains(err.Error(), "AlreadyExists") {
+	if err := c.PrepareNamespace(ctx, Namespace); err != nil {
 		return err
 	}
 	if _, err := c.Kubectl(ctx, "", "apply", "-f", rendered); err != nil {
@@ -146,7 +146,7 @@ func (c *Cluster) InstallNitropod(ctx context.Context, o NitropodOptions) error 
 	}
 	dp, err := c.Start("device-plugin", false, nil, dpBin,
 		"--sysfs-root="+sysfs, "--dev-root="+dev,
-		"--device-plugin-dir="+filepath.Join(c.KubeletRoot, "device-plugins"),
+		"--device-plugin-dir="+c.DevicePluginDir,
 		"--config="+dpConfig, "--metrics-addr="+net2("127.0.0.1", mport),
 		"--rescan-interval=2s", "--log-level=debug")
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -30,10 +31,18 @@ type env struct {
 
 func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
 
-// binFinder resolves executables like testenv.Binary, but as an error.
-func binFinder(t *testing.T) func(string) (string, error) {
+// binFinder resolves executables where testenv.Binary looks, as an error
+// (tests check the ones they require with testenv.Binary first).
+func binFinder() func(string) (string, error) {
 	return func(name string) (string, error) {
-		return testenv.Binary(t, name), nil
+		out := testenv.OutputDir()
+		for _, d := range []string{filepath.Join(out, "tools", "bin"), filepath.Join(out, "bin")} {
+			p := filepath.Join(d, name)
+			if fi, err := os.Stat(p); err == nil && fi.Mode()&0o111 != 0 && !fi.IsDir() {
+				return p, nil
+			}
+		}
+		return exec.LookPath(name)
 	}
 }
 
@@ -43,7 +52,7 @@ func startCluster(t *testing.T, opts cluster.Options) *env {
 	t.Helper()
 	testenv.Integration(t)
 	testenv.RequireRoot(t)
-	for _, b := range []string{"etcd", "kube-apiserver", "kube-scheduler", "kubelet", "kubectl", "registry", "crictl", "containerd", "runc"} {
+	for _, b := range []string{"etcd", "kube-apiserver", "kube-scheduler", "kubelet", "kubectl", "registry", "containerd", "runc"} {
 		testenv.Binary(t, b)
 	}
 	if _, err := os.Stat("/usr/lib/cni/bridge"); err != nil {
@@ -59,12 +68,13 @@ func startCluster(t *testing.T, opts cluster.Options) *env {
 		opts.Dir = dir
 		t.Cleanup(func() { removeAll(t, dir) })
 	}
-	opts.Bin = binFinder(t)
+	opts.Bin = binFinder()
 	opts.Log = t.Logf
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	c, err := cluster.New(ctx, opts)
 	if err != nil {
+		dumpLogs(t, opts.Dir)
 		t.Fatalf("starting cluster: %v", err)
 	}
 	t.Cleanup(func() {
@@ -90,6 +100,7 @@ func pushImages(c *cluster.Cluster, work string) error {
 
 // removeAll unmounts anything left below dir and removes it.
 func removeAll(t *testing.T, dir string) {
+	cluster.UnmountUnder(dir)
 	if err := os.RemoveAll(dir); err != nil {
 		t.Logf("removing %s: %v", dir, err)
 	}

@@ -96,6 +96,9 @@ func NginxRootfs(debDir, rootfs string) error {
 	if err != nil {
 		return err
 	}
+	if err := os.MkdirAll(rootfs, 0o755); err != nil {
+		return fmt.Errorf("creating %s: %w", rootfs, err)
+	}
 	for _, d := range debs {
 		if out, err := exec.Command("dpkg-deb", "-x", d, rootfs).CombinedOutput(); err != nil {
 			return fmt.Errorf("unpacking %s: %w\n%s", d, err, out)

@@ -9,11 +9,8 @@ import (
 	_ "github.com/distribution/distribution/v3/cmd/registry"
 	_ "github.com/nitropod/nitropod/test/tools/cmd/etcd"
 	_ "github.com/versity/versitygw/cmd/versitygw"
-	_ "helm.sh/helm/v3/cmd/helm"
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
 	_ "k8s.io/kubernetes/cmd/kubelet"
-	_ "sigs.k8s.io/cri-tools/cmd/crictl"
 )
