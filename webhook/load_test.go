@@ -104,7 +104,7 @@ func BenchmarkWebhookLoad(b *testing.B) {
 			servers[kind].measure(rate, roundDur)
 		}
 	}
-	fmt.Printf("\noffered load %d req/s, %d rounds of %s per handler taking turns, AdmissionReview of %d bytes (the document's nginx Pod), TLS 1.3 on loopback, keep-alive\n",
+	fmt.Printf("\noffered load %d req/s, %d rounds of %s per handler taking turns, AdmissionReview of %d bytes (the document's nginx Pod), HTTP/2 over TLS 1.3 on loopback\n",
 		rate, rounds*b.N, roundDur, len(body))
 	fmt.Printf("%-8s %8s %7s %10s %10s %10s %12s %9s %9s\n", "handler", "sent", "errors", "p50", "p99", "max", "throughput", "RSS MiB", "HWM MiB")
 	res := map[string]loadResult{}
@@ -171,7 +171,8 @@ func startBenchServer(b *testing.B, kind string, body []byte) *benchTarget {
 		_ = cmd.Wait()
 	})
 	client := clientFor(b, certs.CAPEM)
-	client.Transport.(*http.Transport).MaxIdleConnsPerHost = 256
+	// HTTP/2 over one connection, as kube-apiserver's webhook client does.
+	client.Transport.(*http.Transport).ForceAttemptHTTP2 = true
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		resp, err := client.Get("https://" + addr + "/readyz")
 		if err == nil {
@@ -195,6 +196,9 @@ func startBenchServer(b *testing.B, kind string, body []byte) *benchTarget {
 		out, err := io.ReadAll(resp.Body)
 		if err != nil {
 			return err
+		}
+		if resp.ProtoMajor != 2 {
+			return fmt.Errorf("protocol %s, want HTTP/2", resp.Proto)
 		}
 		if resp.StatusCode != http.StatusOK || !bytes.Contains(out, []byte(`"allowed":true`)) {
 			return fmt.Errorf("status %d: %.200s", resp.StatusCode, out)
