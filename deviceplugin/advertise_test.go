@@ -178,6 +178,22 @@ func TestDiscoverTopology(t *testing.T) {
 	}
 }
 
+// TestDiscoverNUMAFromCPUDirs reads each CPU's node<M> entry when the node
+// directories do not list the CPU.
+func TestDiscoverNUMAFromCPUDirs(t *testing.T) {
+	roots := fakeRoots(t, fakesysfs.Node{CPUs: 8, NUMANodes: 2, Pool: "1,5"})
+	if err := os.WriteFile(filepath.Join(roots.Sysfs, "devices/system/node/node1/cpulist"), []byte("\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	inv, err := Discover(roots)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := inv.CPUs[2].NUMANode; got != 1 {
+		t.Errorf("cpu 2 on numa node %d, want 1 (from cpu2/node1)", got)
+	}
+}
+
 func TestDiscoverCorruptFiles(t *testing.T) {
 	for _, tc := range []struct {
 		file, content string

@@ -116,7 +116,11 @@ func Discover(roots Roots) (Inventory, error) {
 			sib = append(sib, id)
 			slices.Sort(sib)
 		}
-		inv.CPUs[id] = CPU{ID: id, Siblings: sib, NUMANode: nodeOf[id]}
+		node, ok := cpuNodeLink(d)
+		if !ok {
+			node = nodeOf[id]
+		}
+		inv.CPUs[id] = CPU{ID: id, Siblings: sib, NUMANode: node}
 	}
 
 	if err := readHugepages(roots.Sysfs, inv.Hugepages); err != nil {
@@ -139,6 +143,17 @@ func readSiblings(cpuPath string) ([]int, error) {
 		return ParseCPUList(string(b))
 	}
 	return nil, nil
+}
+
+// cpuNodeLink reads the NUMA node from the cpu<N>/node<M> entry that NUMA
+// kernels put in each CPU's directory.
+func cpuNodeLink(cpuPath string) (int, bool) {
+	links, _ := filepath.Glob(filepath.Join(cpuPath, "node[0-9]*"))
+	if len(links) != 1 {
+		return 0, false
+	}
+	n, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(links[0]), "node"))
+	return n, err == nil
 }
 
 // readNUMANodes maps CPU ids to NUMA nodes from node*/cpulist. CPUs of a

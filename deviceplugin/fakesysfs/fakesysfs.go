@@ -94,6 +94,9 @@ func Write(sysfsRoot, devRoot string, n Node) error {
 		w.file(dir+"/topology/core_id", strconv.Itoa(id%cores))
 		w.file(dir+"/topology/physical_package_id", strconv.Itoa(n.NUMANode(id)))
 		nodeCPUs[n.NUMANode(id)] = append(nodeCPUs[n.NUMANode(id)], strconv.Itoa(id))
+		if !n.NoNUMADirs {
+			w.symlink("../../node/node"+strconv.Itoa(n.NUMANode(id)), dir+"/node"+strconv.Itoa(n.NUMANode(id)))
+		}
 	}
 	if n.NoNUMADirs {
 		for kib, nr := range n.Hugepages[0] {
@@ -136,6 +139,13 @@ func (w *writer) file(rel, content string) {
 	if w.err = os.MkdirAll(filepath.Dir(p), 0o755); w.err == nil {
 		w.err = os.WriteFile(p, []byte(content+"\n"), 0o644)
 	}
+}
+
+func (w *writer) symlink(target, rel string) {
+	if w.err != nil {
+		return
+	}
+	w.err = os.Symlink(target, filepath.Join(w.root, rel))
 }
 
 func (w *writer) hugepages(dir string, kib, nr int) {
