@@ -458,8 +458,14 @@ func TestSectionReadFrom(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.WriteSection(SectionKernel, strings.NewReader("k"))
-	w.WriteSection(SectionCmdline, strings.NewReader("c"))
+	for _, s := range []struct {
+		t SectionType
+		d string
+	}{{SectionKernel, "k"}, {SectionCmdline, "c"}} {
+		if _, err := w.WriteSection(s.t, strings.NewReader(s.d)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	n, err := w.WriteSection(SectionRamdisk, &oddReader{b: data})
 	if err != nil || n != int64(len(data)) {
 		t.Fatalf("WriteSection: %d, %v", n, err)

@@ -238,28 +238,28 @@ type SignatureInfo struct {
 func VerifySignature(section, pcr0 []byte) (*SignatureInfo, error) {
 	var sigs []eifSignature
 	if err := cbor.Unmarshal(section, &sigs); err != nil {
-		return nil, fmt.Errorf("%w: decoding signature section: %v", ErrSignature, err)
+		return nil, fmt.Errorf("%w: decoding signature section: %w", ErrSignature, err)
 	}
 	if len(sigs) != 1 {
 		return nil, fmt.Errorf("%w: signature section holds %d signatures, want 1", ErrSignature, len(sigs))
 	}
 	cert, err := parseCertificate(sigs[0].SigningCertificate)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrSignature, err)
+		return nil, fmt.Errorf("%w: %w", ErrSignature, err)
 	}
 	info := &SignatureInfo{Certificate: cert, PCR8: PCRHex(cert.Raw)}
 	var msg coseSign1
 	if err := cbor.Unmarshal(sigs[0].Signature, &msg); err != nil {
-		return info, fmt.Errorf("%w: decoding COSE_Sign1: %v", ErrSignature, err)
+		return info, fmt.Errorf("%w: decoding COSE_Sign1: %w", ErrSignature, err)
 	}
 	var prot map[int]int
 	if err := cbor.Unmarshal(msg.Protected, &prot); err != nil {
-		return info, fmt.Errorf("%w: decoding COSE protected header: %v", ErrSignature, err)
+		return info, fmt.Errorf("%w: decoding COSE protected header: %w", ErrSignature, err)
 	}
 	info.Algorithm = prot[1]
 	h, _, size, err := algHash(info.Algorithm)
 	if err != nil {
-		return info, fmt.Errorf("%w: %v", ErrSignature, err)
+		return info, fmt.Errorf("%w: %w", ErrSignature, err)
 	}
 	pub, ok := cert.PublicKey.(*ecdsa.PublicKey)
 	if !ok {
@@ -273,7 +273,7 @@ func VerifySignature(section, pcr0 []byte) (*SignatureInfo, error) {
 	}
 	tbs, err := sigStructure(msg.Protected, msg.Payload)
 	if err != nil {
-		return info, fmt.Errorf("%w: %v", ErrSignature, err)
+		return info, fmt.Errorf("%w: %w", ErrSignature, err)
 	}
 	h.Write(tbs)
 	r := new(big.Int).SetBytes(msg.Signature[:size])
@@ -283,7 +283,7 @@ func VerifySignature(section, pcr0 []byte) (*SignatureInfo, error) {
 	}
 	var p pcrInfo
 	if err := cbor.Unmarshal(msg.Payload, &p); err != nil {
-		return info, fmt.Errorf("%w: decoding signed payload: %v", ErrSignature, err)
+		return info, fmt.Errorf("%w: decoding signed payload: %w", ErrSignature, err)
 	}
 	info.RegisterIndex, info.RegisterValue = p.RegisterIndex, p.RegisterValue
 	if p.RegisterIndex != 0 || !bytes.Equal(p.RegisterValue, pcr0) {

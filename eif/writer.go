@@ -166,7 +166,7 @@ func (s *sectionWriter) ReadFrom(r io.Reader) (int64, error) {
 				return n, ferr
 			}
 		}
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return n, nil
 		}
 		if err != nil {

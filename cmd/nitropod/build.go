@@ -94,7 +94,7 @@ The same inputs give a byte-identical EIF; SOURCE_DATE_EPOCH fixes the metadata 
 			if err != nil {
 				return err
 			}
-			bt, err := build.BuildTimeFromEnv()
+			bt, err := build.TimeFromEnv()
 			if err != nil {
 				return err
 			}

@@ -90,7 +90,9 @@ func TestBuildCommand(t *testing.T) {
 	spec := specs.Spec{Process: &specs.Process{Args: []string{"/bin/app"}, Env: []string{"PATH=/bin"}, Cwd: "/", User: specs.User{UID: 9, GID: 9}}}
 	sb, _ := json.Marshal(spec)
 	specPath := filepath.Join(t.TempDir(), "config.json")
-	os.WriteFile(specPath, sb, 0o644)
+	if err := os.WriteFile(specPath, sb, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	mr, br := buildCLI(t, append([]string{"--rootfs", rootfs, "--process", specPath, "--debug-cmdline"}, common...)...)
 	if mr.PCR1 == m1.PCR1 { // the debug cmdline is measured
 		t.Error("--debug-cmdline did not change PCR1")

@@ -137,7 +137,7 @@ SOURCE_DATE_EPOCH fixes the metadata build time.`,
 			if err != nil {
 				return err
 			}
-			bt, err := build.BuildTimeFromEnv()
+			bt, err := build.TimeFromEnv()
 			if err != nil {
 				return err
 			}

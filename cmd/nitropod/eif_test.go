@@ -46,7 +46,9 @@ func writeFiles(t *testing.T, files map[string]string) string {
 	d := t.TempDir()
 	for n, c := range files {
 		p := filepath.Join(d, n)
-		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
 		if err := os.WriteFile(p, []byte(c), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -64,8 +66,12 @@ func testCertFiles(t *testing.T, dir string) (cert, key string) {
 	}
 	kder, _ := x509.MarshalECPrivateKey(k)
 	cert, key = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	os.WriteFile(cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
-	os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
+	if err := os.WriteFile(cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	return cert, key
 }
 
@@ -104,7 +110,9 @@ func TestEIFDescribe(t *testing.T) {
 		t.Fatalf("eif build: %v", err)
 	}
 	var built measurementsOutput
-	json.Unmarshal([]byte(out), &built)
+	if err := json.Unmarshal([]byte(out), &built); err != nil {
+		t.Fatal(err)
+	}
 	if built.Measurements.PCR8 == "" {
 		t.Fatalf("signed build printed no PCR8: %s", out)
 	}
@@ -123,7 +131,9 @@ func TestEIFDescribe(t *testing.T) {
 		t.Errorf("describe output:\n%s", out)
 	}
 	var dm struct{ Measurements eif.Measurements }
-	json.Unmarshal([]byte(out), &dm)
+	if err := json.Unmarshal([]byte(out), &dm); err != nil {
+		t.Fatal(err)
+	}
 	if dm.Measurements != built.Measurements {
 		t.Errorf("describe measurements %+v, build printed %+v", dm.Measurements, built.Measurements)
 	}
@@ -161,7 +171,9 @@ func TestEIFDescribe(t *testing.T) {
 	crc := crc32.ChecksumIEEE(append(append([]byte{}, tb[:544]...), tb[548:]...))
 	binary.BigEndian.PutUint32(tb[544:], crc)
 	tampered := filepath.Join(d, "tampered.eif")
-	os.WriteFile(tampered, tb, 0o644)
+	if err := os.WriteFile(tampered, tb, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	out, err = runEIFCLI(t, "eif", "describe", tampered)
 	if !errors.Is(err, eif.ErrSignature) || !strings.Contains(out, `"CheckSignature": false`) || !strings.Contains(out, `"CheckCRC": true`) {
 		t.Errorf("describe of a tampered signed EIF: err = %v\n%s", err, out)
@@ -171,13 +183,17 @@ func TestEIFDescribe(t *testing.T) {
 	b, _ := os.ReadFile(p)
 	b[len(b)/2] ^= 0x40
 	bad := filepath.Join(d, "bad.eif")
-	os.WriteFile(bad, b, 0o644)
+	if err := os.WriteFile(bad, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	out, err = runEIFCLI(t, "eif", "describe", bad)
 	var ee *exitError
 	if !errors.As(err, &ee) || ee.ExitCode() == 0 || !errors.Is(err, eif.ErrCRC) {
 		t.Fatalf("describe of a corrupted EIF: err = %v", err)
 	}
-	json.Unmarshal([]byte(out), &desc)
+	if err := json.Unmarshal([]byte(out), &desc); err != nil {
+		t.Fatalf("describe output is not JSON: %v\n%s", err, out)
+	}
 	if desc["CheckCRC"] != false {
 		t.Errorf("CheckCRC = %v, want false\n%s", desc["CheckCRC"], out)
 	}

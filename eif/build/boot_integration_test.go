@@ -72,8 +72,12 @@ func TestBootEmulated(t *testing.T) {
 			initrd = append(initrd, data...)
 		}
 	}
-	os.WriteFile(filepath.Join(dir, "kernel"), kernel, 0o644)
-	os.WriteFile(filepath.Join(dir, "initrd"), initrd, 0o644)
+	if err := os.WriteFile(filepath.Join(dir, "kernel"), kernel, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "initrd"), initrd, 0o644); err != nil {
+		t.Fatal(err)
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()

@@ -102,12 +102,12 @@ type Options struct {
 	// Signer signs the EIF when set.
 	Signer *eif.Signer
 	// BuildTime is the metadata's build time; zero means $SOURCE_DATE_EPOCH
-	// when set, else now (BuildTimeFromEnv).
+	// when set, else now (TimeFromEnv).
 	BuildTime time.Time
 }
 
-// BuildTimeFromEnv returns the time $SOURCE_DATE_EPOCH names, or now.
-func BuildTimeFromEnv() (time.Time, error) {
+// TimeFromEnv returns the time $SOURCE_DATE_EPOCH names, or now.
+func TimeFromEnv() (time.Time, error) {
 	if s := os.Getenv(SourceDateEpochEnv); s != "" {
 		n, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
@@ -157,7 +157,7 @@ func write(out io.WriteSeeker, opts Options, dockerInfo json.RawMessage, osName 
 	}
 	bt := opts.BuildTime
 	if bt.IsZero() {
-		if bt, err = BuildTimeFromEnv(); err != nil {
+		if bt, err = TimeFromEnv(); err != nil {
 			return eif.Measurements{}, err
 		}
 	}

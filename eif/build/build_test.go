@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"io"
 	"math/big"
 	"os"
@@ -19,12 +20,13 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
 	"github.com/nitropod/nitropod/eif"
 	"github.com/nitropod/nitropod/eif/cpio"
 	"github.com/nitropod/nitropod/eif/ramdisk"
 	"github.com/nitropod/nitropod/internal/testenv"
 	"github.com/nitropod/nitropod/internal/testimage"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // fakeBlobs writes a blob set whose "kernel" is not bootable: enough for
@@ -33,7 +35,9 @@ func fakeBlobs(t *testing.T, order bool) (blobs, initPath string) {
 	t.Helper()
 	d := t.TempDir()
 	blobs = filepath.Join(d, "blobs")
-	os.Mkdir(blobs, 0o755)
+	if err := os.Mkdir(blobs, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	files := map[string]string{"bzImage": "not a kernel", "cmdline": "console=ttyS0 quiet\n", "b.ko": "B", "a.ko": "A"}
 	if order {
 		files["modules.order"] = "b.ko\na.ko\n"
@@ -44,7 +48,9 @@ func fakeBlobs(t *testing.T, order bool) (blobs, initPath string) {
 		}
 	}
 	initPath = filepath.Join(d, "init")
-	os.WriteFile(initPath, []byte("#!init"), 0o755)
+	if err := os.WriteFile(initPath, []byte("#!init"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	return blobs, initPath
 }
 
@@ -70,7 +76,9 @@ func TestLoadBlobSet(t *testing.T) {
 	// AWS's blob set: bzImage, cmdline, nsm.ko (and other files that are not modules).
 	aws := t.TempDir()
 	for n, c := range map[string]string{"bzImage": "k", "bzImage.config": "cfg", "cmdline": "reboot=k panic=30 pci=off nomodules console=ttyS0 random.trust_cpu=on\n", "nsm.ko": "nsm", "init": "aws init"} {
-		os.WriteFile(filepath.Join(aws, n), []byte(c), 0o644)
+		if err := os.WriteFile(filepath.Join(aws, n), []byte(c), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	b, err := LoadBlobSet(aws)
 	if err != nil || len(b.Modules) != 1 || filepath.Base(b.Modules[0]) != "nsm.ko" || !strings.HasSuffix(b.Cmdline, "random.trust_cpu=on") {
@@ -122,7 +130,7 @@ func cpioFiles(t *testing.T, rd []byte) map[string]string {
 	out := map[string]string{}
 	for {
 		h, err := r.Next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return out
 		}
 		if err != nil {
@@ -187,12 +195,12 @@ func TestFromImage(t *testing.T) {
 
 func TestSourceDateEpoch(t *testing.T) {
 	t.Setenv(SourceDateEpochEnv, "86400")
-	got, err := BuildTimeFromEnv()
+	got, err := TimeFromEnv()
 	if err != nil || !got.Equal(time.Unix(86400, 0)) {
-		t.Errorf("BuildTimeFromEnv = %v, %v", got, err)
+		t.Errorf("TimeFromEnv = %v, %v", got, err)
 	}
 	t.Setenv(SourceDateEpochEnv, "yesterday")
-	if _, err := BuildTimeFromEnv(); err == nil {
+	if _, err := TimeFromEnv(); err == nil {
 		t.Error("a non-numeric SOURCE_DATE_EPOCH was accepted")
 	}
 }
@@ -200,8 +208,12 @@ func TestSourceDateEpoch(t *testing.T) {
 func TestFromRootfsSigned(t *testing.T) {
 	blobs, initPath := fakeBlobs(t, false)
 	root := t.TempDir()
-	os.MkdirAll(filepath.Join(root, "bin"), 0o755)
-	os.WriteFile(filepath.Join(root, "bin", "app"), []byte("app"), 0o755)
+	if err := os.MkdirAll(filepath.Join(root, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "bin", "app"), []byte("app"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	certPEM, keyPEM := testCert(t)
 	signer, err := eif.NewSigner(certPEM, keyPEM)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+
 	"github.com/nitropod/nitropod/eif/ramdisk"
 	"github.com/nitropod/nitropod/internal/testenv"
 	"github.com/nitropod/nitropod/internal/testimage"
@@ -88,9 +89,9 @@ func TestFromImageGNUCpio(t *testing.T) {
 		t.Errorf("extracted rootfs (-want +got):\n%s", d)
 	}
 	var a, h syscall.Stat_t
-	syscall.Stat(filepath.Join(out, "rootfs/app/main"), &a)
-	syscall.Stat(filepath.Join(out, "rootfs/app/main-hard"), &h)
-	if a.Ino != h.Ino {
+	errA := syscall.Stat(filepath.Join(out, "rootfs/app/main"), &a)
+	errH := syscall.Stat(filepath.Join(out, "rootfs/app/main-hard"), &h)
+	if errA != nil || errH != nil || a.Ino != h.Ino {
 		t.Error("app/main and app/main-hard are not one inode")
 	}
 }

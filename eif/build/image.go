@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+
 	"github.com/nitropod/nitropod/eif"
 	"github.com/nitropod/nitropod/eif/ramdisk"
 )

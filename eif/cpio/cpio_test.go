@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
 	"github.com/nitropod/nitropod/internal/testenv"
 )
 
@@ -61,7 +62,7 @@ func readAll(b []byte) ([]entry, error) {
 	var out []entry
 	for {
 		h, err := r.Next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return out, nil
 		}
 		if err != nil {
@@ -192,9 +193,9 @@ func TestGNUCpio(t *testing.T) {
 		}
 	}
 	var a, b syscall.Stat_t
-	syscall.Stat(filepath.Join(dir, "hl1"), &a)
-	syscall.Stat(filepath.Join(dir, "hl2"), &b)
-	if a.Ino != b.Ino {
+	errA := syscall.Stat(filepath.Join(dir, "hl1"), &a)
+	errB := syscall.Stat(filepath.Join(dir, "hl2"), &b)
+	if errA != nil || errB != nil || a.Ino != b.Ino {
 		t.Error("hl1 and hl2 are not hard links of one file")
 	}
 }

@@ -29,7 +29,7 @@ func (r *Reader) formatErr(format string, args ...any) error {
 func (r *Reader) skip(n int64) error {
 	m, err := io.CopyN(io.Discard, r.r, n)
 	r.off += m
-	if err == io.EOF {
+	if errors.Is(err, io.EOF) {
 		return r.formatErr("archive ends inside an entry")
 	}
 	return err
@@ -48,10 +48,10 @@ func (r *Reader) Next() (*Header, error) {
 	r.remaining, r.pad = 0, 0
 	var b [headerSize]byte
 	n, err := io.ReadFull(r.r, b[:])
-	if err == io.EOF {
+	if errors.Is(err, io.EOF) {
 		return nil, r.formatErr("archive ends without a %s entry", Trailer)
 	}
-	if err == io.ErrUnexpectedEOF {
+	if errors.Is(err, io.ErrUnexpectedEOF) {
 		return nil, r.formatErr("archive ends inside a header")
 	}
 	if err != nil {
@@ -124,7 +124,7 @@ func (r *Reader) Read(p []byte) (int, error) {
 	n, err := r.r.Read(p)
 	r.off += int64(n)
 	r.remaining -= int64(n)
-	if err == io.EOF {
+	if errors.Is(err, io.EOF) {
 		if r.remaining > 0 {
 			return n, r.formatErr("archive ends inside the data of an entry")
 		}

@@ -35,7 +35,7 @@ func FuzzScanLayers(f *testing.F) {
 		symlinks := map[string]bool{}
 		for {
 			h, err := r.Next()
-			if err == io.EOF {
+			if errors.Is(err, io.EOF) {
 				return
 			}
 			if err != nil {

@@ -127,7 +127,7 @@ func (l *Layers) scan(layer int, open Opener) error {
 	tr := tar.NewReader(rc)
 	for index := 0; ; index++ {
 		h, err := tr.Next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return nil
 		}
 		if err != nil {
@@ -238,7 +238,7 @@ func (l *Layers) apply(layer, index int, h *tar.Header, tr *tar.Reader) error {
 	}
 	n := &node{layer: layer, mode: uint32(h.Mode & 0o7777), uid: clampID(h.Uid), gid: clampID(h.Gid), mtime: h.ModTime.Unix()}
 	switch h.Typeflag {
-	case tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse:
+	case tar.TypeReg, tar.TypeGNUSparse: // archive/tar reports the old TypeRegA as TypeReg
 		if h.Size > cpio.MaxSize {
 			return fmt.Errorf("file is %d bytes; an initramfs (cpio newc) holds files below 4 GiB", h.Size)
 		}
@@ -388,7 +388,7 @@ func (l *Layers) stream(cw *cpio.Writer, layer int, pending []srcKey, groups map
 	tr := tar.NewReader(rc)
 	for index := 0; len(pending) > 0 && pending[0].layer == layer; index++ {
 		h, err := tr.Next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("layer changed since it was scanned: it ends before entry %d", pending[0].index)
 		}
 		if err != nil {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
 	"github.com/nitropod/nitropod/eif/cpio"
 	"github.com/nitropod/nitropod/internal/testenv"
 )
@@ -53,7 +54,9 @@ func tarLayer(t testing.TB, fs []file) []byte {
 			t.Fatal(err)
 		}
 		if h.Typeflag == tar.TypeReg {
-			io.WriteString(tw, f.Data)
+			if _, err := io.WriteString(tw, f.Data); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	if err := tw.Close(); err != nil {
@@ -171,7 +174,7 @@ func readTree(t testing.TB, rd []byte) ([]file, map[string]string) {
 	inos := map[uint32][]int{}
 	for {
 		h, err := r.Next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
@@ -269,7 +272,7 @@ func TestLayersMalicious(t *testing.T) {
 			l, err := ScanLayers(openers(ls...))
 			if tc.wantErr != nil {
 				var le *LayerError
-				if err == nil || !errors.As(err, &le) || (tc.wantErr != errAny && !errors.Is(err, tc.wantErr)) {
+				if err == nil || !errors.As(err, &le) || (!errors.Is(tc.wantErr, errAny) && !errors.Is(err, tc.wantErr)) {
 					t.Fatalf("ScanLayers: err = %v, want a LayerError wrapping %v", err, tc.wantErr)
 				}
 				return
@@ -333,7 +336,7 @@ func TestWriteBootstrap(t *testing.T) {
 	var got []string
 	for {
 		h, err := r.Next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
@@ -355,7 +358,9 @@ func makeTree(t *testing.T, root string, fs []file) {
 		p := filepath.Join(root, f.Name)
 		switch f.Mode & cpio.ModeType {
 		case dir:
-			os.MkdirAll(p, 0o755)
+			if err := os.MkdirAll(p, 0o755); err != nil {
+				t.Fatal(err)
+			}
 		case sym:
 			if err := os.Symlink(f.Data, p); err != nil {
 				t.Fatal(err)
@@ -375,7 +380,9 @@ func makeTree(t *testing.T, root string, fs []file) {
 			if err := os.WriteFile(p, []byte(f.Data), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			os.Chtimes(p, time.Unix(f.Mtime, 0), time.Unix(f.Mtime, 0))
+			if err := os.Chtimes(p, time.Unix(f.Mtime, 0), time.Unix(f.Mtime, 0)); err != nil {
+				t.Fatal(err)
+			}
 		}
 		if err := os.Lchown(p, int(f.UID), int(f.GID)); err != nil {
 			t.Fatal(err)
@@ -458,7 +465,7 @@ func snapshot(t *testing.T, root string) []string {
 	t.Helper()
 	var out []string
 	inodes := map[uint64]string{}
-	filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+	err := filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -483,6 +490,9 @@ func snapshot(t *testing.T, root string) []string {
 		out = append(out, s)
 		return nil
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	return out
 }
 

@@ -176,7 +176,7 @@ func tarNames(file string, want ...string) (map[string]bool, error) {
 	tr := tar.NewReader(f)
 	for {
 		h, err := tr.Next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return found, nil
 		}
 		if err != nil {
@@ -213,7 +213,7 @@ func (a *archive) open(name string) (io.ReadCloser, int64, error) {
 	tr := tar.NewReader(f)
 	for {
 		h, err := tr.Next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			f.Close()
 			return nil, 0, fmt.Errorf("%s: %w", name, errNotFound)
 		}

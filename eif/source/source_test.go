@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
 	"github.com/nitropod/nitropod/eif"
 	"github.com/nitropod/nitropod/eif/build"
 	"github.com/nitropod/nitropod/internal/testimage"
@@ -27,9 +28,15 @@ import (
 func buildMeasurements(t *testing.T, img v1.Image) eif.Measurements {
 	t.Helper()
 	d := t.TempDir()
-	os.WriteFile(filepath.Join(d, "bzImage"), []byte("kernel"), 0o644)
-	os.WriteFile(filepath.Join(d, "cmdline"), []byte("console=ttyS0"), 0o644)
-	os.WriteFile(filepath.Join(d, "init"), []byte("init"), 0o755)
+	if err := os.WriteFile(filepath.Join(d, "bzImage"), []byte("kernel"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(d, "cmdline"), []byte("console=ttyS0"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(d, "init"), []byte("init"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	f, err := os.Create(filepath.Join(d, "out.eif"))
 	if err != nil {
 		t.Fatal(err)
@@ -101,8 +108,11 @@ func TestLayoutSelection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lp.AppendImage(a, layout.WithAnnotations(map[string]string{refNameAnnotation: "a"}))
-	lp.AppendImage(b, layout.WithAnnotations(map[string]string{refNameAnnotation: "b"}))
+	for n, img := range map[string]v1.Image{"a": a, "b": b} {
+		if err := lp.AppendImage(img, layout.WithAnnotations(map[string]string{refNameAnnotation: n})); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if _, err := FromLayout(dir, Options{}); err == nil || !strings.Contains(err.Error(), "ref name") {
 		t.Errorf("ambiguous layout: err = %v", err)
 	}
@@ -144,7 +154,9 @@ func must[T any](v T, err error) T {
 
 func TestFromTarballErrors(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "x.tar")
-	os.WriteFile(p, testimage.LayerTar(t, testimage.Reg("hello", 0o644, "x")), 0o644)
+	if err := os.WriteFile(p, testimage.LayerTar(t, testimage.Reg("hello", 0o644, "x")), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := FromTarball(p, Options{}); err == nil || !strings.Contains(err.Error(), "neither") {
 		t.Errorf("err = %v", err)
 	}

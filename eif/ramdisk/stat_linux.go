@@ -1,5 +1,3 @@
-//go:build linux || darwin || freebsd
-
 package ramdisk
 
 import (
@@ -21,12 +19,12 @@ func statOf(fi fs.FileInfo) (statT, bool) {
 	if !ok {
 		return statT{}, false
 	}
-	rdev := uint64(st.Rdev)
+	rdev := st.Rdev
 	return statT{
 		uid: st.Uid, gid: st.Gid, nlink: uint32(st.Nlink),
-		dev: uint64(st.Dev), ino: uint64(st.Ino),
+		dev: st.Dev, ino: st.Ino,
 		rdevMajor: unix.Major(rdev), rdevMin: unix.Minor(rdev),
-		mode: uint32(st.Mode),
+		mode: st.Mode,
 	}, true
 }
 
