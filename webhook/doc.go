@@ -29,7 +29,10 @@
 //   - Init containers, sidecars included, are not enclaves: they run through
 //     runc in the Pod sandbox, unchanged, and the Pod gets a warning saying so.
 //     A Pod with more app containers than Config.MaxEnclaves (the enclave
-//     slots of a node) is refused, since it could never be scheduled.
+//     slots of a node) is refused, since it could never be scheduled. App
+//     containers that another webhook injects (service-mesh sidecars) are app
+//     containers too, and are converted or refused on reinvocation: keep
+//     managed Pods out of such injection, or inject init-container sidecars.
 //   - spec.runtimeClassName becomes Config.RuntimeClassName; a Pod that names
 //     another RuntimeClass is refused.
 //   - The Secret volume of anjuna-license is mounted read-only at
