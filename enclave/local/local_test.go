@@ -1,6 +1,9 @@
 package local
 
 import (
+	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -94,6 +97,34 @@ func TestParsePodErrors(t *testing.T) {
 			_, err := ParsePod([]byte(tc.manifest))
 			if err == nil || !strings.Contains(err.Error(), tc.err) {
 				t.Errorf("ParsePod = %v, want an error containing %q", err, tc.err)
+			}
+		})
+	}
+}
+
+func TestPrepareEIFErrors(t *testing.T) {
+	dir := t.TempDir()
+	initBin := filepath.Join(dir, "nitropod-init")
+	os.WriteFile(initBin, []byte("x"), 0o755)
+	noKernel := filepath.Join(dir, "blobs")
+	os.MkdirAll(noKernel, 0o755)
+	os.WriteFile(filepath.Join(noKernel, "cmdline"), []byte("console=ttyS0"), 0o644)
+	for _, tc := range []struct {
+		name string
+		opts Options
+		want string
+	}{
+		{"no image", Options{}, "give exactly one image"},
+		{"two images", Options{Ref: "a", EIF: "b"}, "give exactly one image"},
+		{"missing eif", Options{EIF: filepath.Join(dir, "none.eif")}, "no such file"},
+		{"no init", Options{OCILayout: dir, Blobs: noKernel}, "no nitropod-init binary"},
+		{"missing init", Options{OCILayout: dir, Blobs: noKernel, Init: filepath.Join(dir, "nope")}, "make build, or pass --init"},
+		{"missing kernel", Options{OCILayout: dir, Blobs: noKernel, Init: initBin}, "no kernel file bzImage"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := PrepareEIF(context.Background(), tc.opts, nil)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("got %v, want an error containing %q", err, tc.want)
 			}
 		})
 	}
