@@ -208,7 +208,7 @@ func readHugepages(sysfs string, counts map[int]map[int]int) error {
 		return err
 	}
 	if len(nodes) == 0 {
-		nodes = map[int]string{0: filepath.Join(sysfs, "kernel", "mm")}
+		nodes = map[int]string{0: filepath.Join(sysfs, filepath.Dir(globalHugepagesDir))}
 	}
 	for n, dir := range nodes {
 		sizes, err := filepath.Glob(filepath.Join(dir, "hugepages", "hugepages-*kB"))

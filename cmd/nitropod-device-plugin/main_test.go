@@ -46,10 +46,22 @@ func TestBinaryFakeNodeAndSIGTERM(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
+	var (
+		exited  bool
+		exitErr error
+	)
+	wait := func(d time.Duration) bool {
+		select {
+		case exitErr = <-done:
+			exited = true
+		case <-time.After(d):
+		}
+		return exited
+	}
 	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
+		if !exited {
 			_ = cmd.Process.Kill()
-			<-done
+			wait(10 * time.Second)
 		}
 	})
 
@@ -88,13 +100,11 @@ func TestBinaryFakeNodeAndSIGTERM(t *testing.T) {
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("exit after SIGTERM: %v\n%s", err, logs.String())
-		}
-	case <-time.After(10 * time.Second):
+	if !wait(10 * time.Second) {
 		t.Fatalf("still running 10s after SIGTERM\n%s", logs.String())
+	}
+	if exitErr != nil {
+		t.Errorf("exit after SIGTERM: %v\n%s", exitErr, logs.String())
 	}
 	left, _ := filepath.Glob(filepath.Join(plugins, "*.sock"))
 	if len(left) != 0 {
