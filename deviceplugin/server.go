@@ -59,14 +59,16 @@ func (s *state) set(inv Inventory, adv Advertisement) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.inv = inv
-	api := map[string][]*pluginapi.Device{}
 	same := s.adv.BlockMiB == adv.BlockMiB && s.adv.Problem == adv.Problem
 	for _, r := range Resources {
-		api[r] = toAPI(adv.Devices(r))
 		same = same && devicesEqual(s.adv.Devices(r), adv.Devices(r))
 	}
 	if same && s.byID != nil {
 		return false
+	}
+	api := map[string][]*pluginapi.Device{}
+	for _, r := range Resources {
+		api[r] = toAPI(adv.Devices(r))
 	}
 	s.adv, s.api, s.pool = adv, api, nil
 	s.byID = map[string]Device{}
@@ -86,6 +88,11 @@ func (s *state) set(inv Inventory, adv Advertisement) bool {
 	} else {
 		for n := range s.memFree {
 			s.memFree[n] = min(s.memFree[n], free[n])
+		}
+		for n, f := range free {
+			if _, ok := s.memFree[n]; !ok {
+				s.memFree[n] = f
+			}
 		}
 	}
 	close(s.changed)
