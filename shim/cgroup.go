@@ -28,14 +28,26 @@ func checkCgroupsPath(p string) error {
 	return nil
 }
 
-// createCgroup creates the cgroup with the limits and moves pid into it.
+// launcherResources keeps the limits that apply to the launcher: cpu,
+// memory and pids. The spec's device rules are for a container's own /dev
+// and would stop the launcher and QEMU from opening /dev/null or /dev/kvm.
+func launcherResources(res *specs.LinuxResources) *specs.LinuxResources {
+	out := &specs.LinuxResources{}
+	if res != nil {
+		out.CPU = res.CPU
+		out.Memory = res.Memory
+		out.Pids = res.Pids
+	}
+	return out
+}
+
+// createCgroup creates the cgroup with the launcher limits and moves pid
+// into it.
 func createCgroup(path string, res *specs.LinuxResources, pid int) error {
 	if err := checkCgroupsPath(path); err != nil {
 		return err
 	}
-	if res == nil {
-		res = &specs.LinuxResources{}
-	}
+	res = launcherResources(res)
 	if cgroups.Mode() == cgroups.Unified {
 		m, err := cgroupsv2.NewManager("/sys/fs/cgroup", path, cgroupsv2.ToResources(res))
 		if err != nil {
@@ -60,6 +72,7 @@ func updateCgroup(path string, res *specs.LinuxResources) error {
 	if res == nil {
 		return nil
 	}
+	res = launcherResources(res)
 	if cgroups.Mode() == cgroups.Unified {
 		m, err := cgroupsv2.Load(path)
 		if err != nil {

@@ -1,6 +1,7 @@
 package shim_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -26,15 +27,24 @@ const (
 	podSubnet = "10.251.77.0/24"
 )
 
+// crictl runs in containerd's network namespace, where the CRI streaming
+// server (exec, logs -f) listens.
 type crictl struct {
-	bin, sock string
+	bin, sock, netns string
 }
 
 func (c crictl) run(ctx context.Context, args ...string) (string, error) {
 	full := append([]string{"--runtime-endpoint", "unix://" + c.sock, "--image-endpoint", "unix://" + c.sock, "--timeout", "4m"}, args...)
-	out, err := exec.CommandContext(ctx, c.bin, full...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + c.netns, c.bin}, full...)...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		return string(out), fmt.Errorf("crictl %s: %w: %s", strings.Join(args, " "), err, out)
+		return string(out) + stderr.String(), fmt.Errorf("crictl %s: %w: %s%s", strings.Join(args, " "), err, out, stderr.String())
+	}
+	if args[0] == "logs" {
+		// crictl logs copies the container's stderr to its own stderr.
+		return strings.TrimSpace(string(out) + stderr.String()), nil
 	}
 	return strings.TrimSpace(string(out)), nil
 }
@@ -81,7 +91,7 @@ func TestCRIPodWithEnclave(t *testing.T) {
 		PodAnnotations: []string{"nitro.k8s.anjuna.io/*", "nitropod.io/*"},
 		CNIConfDir:     cniConf,
 	}})
-	cc.sock = e.ctrd.Socket
+	cc.sock, cc.netns = e.ctrd.Socket, e.ctrd.NetNSPath
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 
@@ -105,7 +115,7 @@ func TestCRIPodWithEnclave(t *testing.T) {
 	ctrCfg := writeJSON(t, filepath.Join(dir, "ctr.json"), map[string]any{
 		"metadata": map[string]any{"name": "app"},
 		"image":    map[string]any{"image": busyboxRef},
-		"command":  []string{"sh", "-c", "echo hello-from-cri; mkdir -p /www; echo pong > /www/index.html; exec httpd -f -p 8080 -h /www"},
+		"command":  []string{"sh", "-c", "echo hello-from-cri; mkdir -p /www; echo pong > /www/index.html; ls -la /www; exec httpd -f -v -p 8080 -h /www"},
 		"log_path": "app.log",
 		"linux":    map[string]any{},
 	})
@@ -143,23 +153,14 @@ func TestCRIPodWithEnclave(t *testing.T) {
 
 	// The port answers on the Pod IP (from the node's network namespace).
 	var body string
-	deadline := time.Now().Add(4 * time.Minute)
+	deadline := time.Now().Add(40 * time.Second)
 	for {
-		err = e.ctrd.InNetNS(func() error {
-			cl := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-			resp, err := cl.Get("http://" + net.JoinHostPort(ip, "8080") + "/index.html")
-			if err != nil {
-				return err
-			}
-			defer resp.Body.Close()
-			b, err := io.ReadAll(resp.Body)
-			body = string(b)
-			return err
-		})
+		body, err = getInNetNS(e.ctrd, net.JoinHostPort(ip, "8080"), "/index.html")
 		if err == nil && strings.Contains(body, "pong") {
 			break
 		}
-		if time.Now().After(deadline) {
+		state, _ := cc.run(ctx, "inspect", "-o", "go-template", "--template", "{{.status.state}}", ctrID)
+		if time.Now().After(deadline) || state == "CONTAINER_EXITED" {
 			logs, _ := cc.run(ctx, "logs", ctrID)
 			t.Fatalf("GET %s:8080: %v (body %q); container log:\n%s", ip, err, body, logs)
 		}
@@ -200,4 +201,31 @@ func TestCRIPodWithEnclave(t *testing.T) {
 			t.Errorf("after stop/remove: %s", strings.Join(left, "\n"))
 		}
 	}
+}
+
+// getInNetNS sends one HTTP GET to addr from containerd's network namespace.
+// The connection is dialled on the namespace's thread itself (net/http
+// would dial from another thread, outside the namespace).
+func getInNetNS(c *ctrtest.Containerd, addr, path string) (string, error) {
+	var conn net.Conn
+	err := c.InNetNS(func() error {
+		var err error
+		conn, err = net.DialTimeout("tcp", addr, 3*time.Second)
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := fmt.Fprintf(conn, "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path, addr); err != nil {
+		return "", err
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.Status + ": " + string(b), err
 }

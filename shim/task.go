@@ -247,6 +247,14 @@ func (t *enclaveTask) handleExit(s *service, status int, at time.Time) {
 	if t.cgroupsPath != "" {
 		_ = killCgroup(t.cgroupsPath)
 	}
+	if status != 0 {
+		if b, err := os.ReadFile(filepath.Join(t.bundle, launcher.LogFile)); err == nil {
+			if len(b) > 65536 {
+				b = b[len(b)-65536:]
+			}
+			log.G(s.ctx).WithFields(log.Fields{"id": t.id, "exit_status": status, "launcher_log": string(b)}).Warn("enclave container exited")
+		}
+	}
 }
 
 func (t *enclaveTask) kill(ctx context.Context, sig uint32) error {

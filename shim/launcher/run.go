@@ -161,6 +161,9 @@ func Run(ctx context.Context, spec Spec, start io.Reader, ready io.WriteCloser, 
 	st, err := sess.Wait()
 	if err != nil {
 		logger.Printf("enclave ended: %v", err)
+		if rio.Stderr != nil {
+			fmt.Fprintf(rio.Stderr, "nitropod: %v\n", err)
+		}
 	}
 	logger.Printf("app exited: code %d signal %d", st.Code, st.Signal)
 	return st.Code
@@ -205,8 +208,10 @@ func openStdio(ctx context.Context, spec Spec) (enclave.RunIO, func(), error) {
 
 // inNetNS runs fn on an OS thread that has joined the network namespace at
 // path, so the sockets fn creates (the forwarded ports' listeners) live in
-// the Pod's namespace. The thread is never returned to the Go scheduler: it
-// exits with the goroutine.
+// the Pod's namespace. The thread is never returned to the Go scheduler, and
+// it is kept alive for the launcher's lifetime: a child started from it
+// (QEMU) has a parent-death signal, which Linux delivers when the forking
+// *thread* exits.
 func inNetNS(path string, fn func() error) error {
 	if path == "" {
 		return fn()
@@ -225,6 +230,7 @@ func inNetNS(path string, fn func() error) error {
 			return
 		}
 		errc <- fn()
+		select {} // park: keep this thread (QEMU's parent) alive
 	}()
 	return <-errc
 }
