@@ -5,9 +5,10 @@ import (
 	"fmt"
 	"strings"
 
-	nitropod "github.com/nitropod/nitropod"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+
+	nitropod "github.com/nitropod/nitropod"
 )
 
 const (

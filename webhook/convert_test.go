@@ -9,10 +9,11 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-	nitropod "github.com/nitropod/nitropod"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"sigs.k8s.io/yaml"
+
+	nitropod "github.com/nitropod/nitropod"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden *.out.yaml files from the current output")

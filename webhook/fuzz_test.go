@@ -3,6 +3,7 @@ package webhook
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -11,9 +12,10 @@ import (
 	"strconv"
 	"testing"
 
-	nitropod "github.com/nitropod/nitropod"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
+
+	nitropod "github.com/nitropod/nitropod"
 )
 
 // goldenSeeds returns the golden inputs as JSON (and, with -update, writes
@@ -56,8 +58,8 @@ func FuzzConvert(f *testing.F) {
 		for _, cfg := range []Config{{}, {LicenseOptional: true, DefaultCPU: ptr(mustQ("2")), DefaultMemory: ptr(mustQ("1Gi"))}} {
 			out, _, err := Convert(&pod, cfg)
 			if err != nil {
-				d, ok := err.(*DeniedError)
-				if !ok || len(d.Violations) == 0 {
+				var d *DeniedError
+				if !errors.As(err, &d) || len(d.Violations) == 0 {
 					t.Fatalf("error without a denial message: %#v", err)
 				}
 				for _, v := range d.Violations {

@@ -14,11 +14,12 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
+
 	nitropod "github.com/nitropod/nitropod"
 	"github.com/nitropod/nitropod/internal/kubetest"
 	"github.com/nitropod/nitropod/internal/testenv"
-	corev1 "k8s.io/api/core/v1"
-	"sigs.k8s.io/yaml"
 )
 
 const (

@@ -97,7 +97,7 @@ func BenchmarkWebhookLoad(b *testing.B) {
 		servers[kind] = startBenchServer(b, kind, body)
 	}
 	for _, kind := range kinds { // warm-up: connections, TLS sessions, caches
-		fire(rate, time.Second, servers[kind].send)
+		_, _, _ = fire(rate, time.Second, servers[kind].send)
 	}
 	var roundRatios []float64
 	for i := 0; i < b.N*rounds; i++ {

@@ -109,7 +109,9 @@ func Run(ctx context.Context, opts Options, log logrus.FieldLogger) error {
 		shutdownCtx, stop := context.WithTimeout(context.Background(), 10*time.Second)
 		err = srv.Shutdown(shutdownCtx)
 		stop()
-		<-serveErr
+		if serr := <-serveErr; err == nil && !errors.Is(serr, http.ErrServerClosed) {
+			err = serr
+		}
 	}
 	cancel()
 	<-watchDone

@@ -12,11 +12,12 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nitropod/nitropod/webhook"
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"sigs.k8s.io/yaml"
+
+	"github.com/nitropod/nitropod/webhook"
 )
 
 func main() {
