@@ -1,7 +1,7 @@
 // Package cluster brings up a real one-node Kubernetes cluster on this
 // machine for nitropod's end-to-end tests and demo: etcd, kube-apiserver,
 // kube-scheduler, and a node in its own network namespace running Debian's
-// containerd (with the nitro runtime configured from deploy/'s drop-in) and
+// containerd (with the nitro runtime configured from deploy/'s runtime lines) and
 // kubelet, a CNI bridge for Pods, and a real OCI registry that containerd
 // uses as its mirror for docker.io and registry.k8s.io.
 //
@@ -46,7 +46,7 @@ type Options struct {
 	// Subnet is the second octet of 10.X.0.0/16 used for the node link
 	// (10.X.0.0/30) and the Pod bridge (10.X.1.0/24). Default 213.
 	Subnet int
-	// ContainerdDropIn is the nitro runtime drop-in of deploy/ (its
+	// ContainerdDropIn is deploy/'s nitro runtime lines (containerd-nitro.toml; its
 	// runtime_path and ConfigPath are rewritten to ShimPath and ShimConfig).
 	ContainerdDropIn string
 	// ShimPath is the containerd-shim-nitro-v1 binary; empty leaves the
@@ -690,7 +690,7 @@ const PauseImage = "registry.k8s.io/pause:3.10"
 
 // startContainerd runs Debian's containerd in the node's network namespace
 // with a private root, state and socket, CRI pulling through the registry
-// mirror, a CNI bridge, and the nitro runtime imported from deploy/'s drop-in.
+// mirror, a CNI bridge, and the nitro runtime lines of deploy/.
 func (c *Cluster) startContainerd(ctx context.Context) error {
 	bin, err := c.bin("containerd")
 	if err != nil {
@@ -698,17 +698,11 @@ func (c *Cluster) startContainerd(ctx context.Context) error {
 	}
 	d := filepath.Join(c.opts.Dir, "containerd")
 	c.ContainerdSock = filepath.Join(d, "containerd.sock")
-	imports := ""
+	nitro := ""
 	if c.opts.ShimPath != "" {
-		dropIn, err := RenderDropIn(c.opts.ContainerdDropIn, c.opts.ShimPath, c.opts.ShimConfig)
-		if err != nil {
+		if nitro, err = RenderDropIn(c.opts.ContainerdDropIn, c.opts.ShimPath, c.opts.ShimConfig); err != nil {
 			return err
 		}
-		p := filepath.Join(d, "conf.d", "nitropod.toml")
-		if err := writeFile(p, dropIn, 0o644); err != nil {
-			return err
-		}
-		imports = fmt.Sprintf("imports = [%q]\n", p)
 	}
 	cni := fmt.Sprintf(`{
   "cniVersion": "0.4.0",
@@ -728,7 +722,7 @@ func (c *Cluster) startContainerd(ctx context.Context) error {
 	cfg := fmt.Sprintf(`version = 2
 root = %q
 state = %q
-%s
+
 [grpc]
   address = %q
 [ttrpc]
@@ -753,8 +747,11 @@ state = %q
     endpoint = [%q]
   [plugins."io.containerd.grpc.v1.cri".registry.mirrors."registry.k8s.io"]
     endpoint = [%q]
-`, filepath.Join(d, "root"), filepath.Join(d, "state"), imports, c.ContainerdSock, c.ContainerdSock+".ttrpc",
-		filepath.Join(d, "opt"), PauseImage, filepath.Join(c.opts.Dir, "cni", "net.d"), mirror, mirror)
+
+# BEGIN nitropod
+%s# END nitropod
+`, filepath.Join(d, "root"), filepath.Join(d, "state"), c.ContainerdSock, c.ContainerdSock+".ttrpc",
+		filepath.Join(d, "opt"), PauseImage, filepath.Join(c.opts.Dir, "cni", "net.d"), mirror, mirror, nitro)
 	cfgPath := filepath.Join(d, "config.toml")
 	if err := writeFile(cfgPath, cfg, 0o644); err != nil {
 		return err
@@ -778,8 +775,10 @@ state = %q
 	})
 }
 
-// RenderDropIn reads deploy/'s containerd drop-in and points its shim path
-// and shim config at this machine's files; nothing else changes.
+// RenderDropIn reads deploy/'s containerd runtime lines
+// (containerd-nitro.toml, which the node installer writes into containerd's
+// config) and points the shim path and shim config at this machine's files;
+// nothing else changes.
 func RenderDropIn(path, shim, shimConfig string) (string, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {

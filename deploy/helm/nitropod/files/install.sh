@@ -1,7 +1,8 @@
 #!/bin/sh
 # nitropod node installer: runs in a privileged init container with the host's
 # root at $HOST. Copies the shim, init and CLI, writes the shim config and the
-# blob set, adds the containerd drop-in and restarts containerd only when
+# blob set, adds the nitro runtime to containerd's config and restarts
+# containerd only when
 # something changed. Idempotent; exits non-zero (and the Pod retries) on error.
 set -eu
 HOST=${HOST:-/host}
@@ -27,21 +28,22 @@ if [ -d /opt/nitropod/blobs ] && [ "${INSTALL_BLOBS:-false}" = true ]; then
     install_file "$f" "/var/lib/nitropod/blobs/$(basename "$f")" 0644
   done
 fi
-install_file "$CFG/containerd-nitro.toml" /etc/containerd/conf.d/nitropod.toml 0644
-
-# containerd reads drop-ins only if its main config imports them.
+# The runtime goes into containerd's main config between markers (see
+# containerd-nitro.toml for why not an imported drop-in).
 main=$HOST/etc/containerd/config.toml
-if [ ! -f "$main" ]; then
-  printf 'version = 2\nimports = ["/etc/containerd/conf.d/*.toml"]\n' >"$main"
-  changed=1
-elif ! grep -q 'conf.d/\*.toml' "$main"; then
-  if grep -q '^imports' "$main"; then
-    echo "containerd config $main has an imports line without /etc/containerd/conf.d/*.toml; add it by hand" >&2
-    exit 1
-  fi
+mkdir -p "$(dirname "$main")"
+[ -f "$main" ] || printf 'version = 2\n' >"$main"
+if ! grep -q '^version = 2' "$main"; then
+  echo "$main is not a containerd config version 2 file; add the lines of containerd-nitro.toml by hand" >&2
+  exit 1
+fi
+want=$( { echo "# BEGIN nitropod"; cat "$CFG/containerd-nitro.toml"; echo "# END nitropod"; } )
+have=$(sed -n '/^# BEGIN nitropod$/,/^# END nitropod$/p' "$main")
+if [ "$want" != "$have" ]; then
   cp "$main" "$main.nitropod-backup"
-  { printf 'imports = ["/etc/containerd/conf.d/*.toml"]\n'; cat "$main.nitropod-backup"; } >"$main.tmp"
+  { sed '/^# BEGIN nitropod$/,/^# END nitropod$/d' "$main.nitropod-backup"; echo "$want"; } >"$main.tmp"
   mv -f "$main.tmp" "$main"
+  echo "updated the nitro runtime in /etc/containerd/config.toml"
   changed=1
 fi
 
