@@ -1,0 +1,229 @@
+package shim_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	nitropod "github.com/nitropod/nitropod"
+)
+
+// taskPid is the task's pid from `ctr task ls` (the launcher).
+func (e *env) taskPid(t *testing.T, ctx context.Context, id string) (int, string) {
+	t.Helper()
+	out, err := e.ctrd.Ctr(ctx, ns, "task", "ls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		if len(f) >= 3 && f[0] == id {
+			pid, _ := strconv.Atoi(f[1])
+			return pid, f[2]
+		}
+	}
+	return 0, ""
+}
+
+func (e *env) runDetached(t *testing.T, ctx context.Context, extra []string, id string, args ...string) {
+	t.Helper()
+	full := append([]string{"run", "-d", "--runtime", nitropod.RuntimeType}, extra...)
+	full = append(full, busyboxRef, id)
+	full = append(full, args...)
+	if out, err := e.ctrd.CtrCmd(ctx, ns, full...).CombinedOutput(); err != nil {
+		t.Fatalf("ctr run -d %s: %v: %s", id, err, out)
+	}
+}
+
+func (e *env) waitStatus(t *testing.T, ctx context.Context, id, want string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		_, st := e.taskPid(t, ctx, id)
+		if st == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("task %s status %q, want %q after %v", id, st, want, timeout)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func (e *env) remove(ctx context.Context, id string) {
+	_, _ = e.ctrd.Ctr(ctx, ns, "task", "rm", "-f", id)
+	_, _ = e.ctrd.Ctr(ctx, ns, "container", "rm", id)
+}
+
+func ppid(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndex(s, ")")+2:])
+	p, _ := strconv.Atoi(f[1])
+	return p
+}
+
+// TestConcurrentContainersBuildOnce starts three containers of one new
+// image at once: the EIF is built once, the other two are cache hits.
+func TestConcurrentContainersBuildOnce(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	e.importImage(t, ctx, ns, busybox2Ref, busyboxImage(t, "concurrent"))
+	ids := []string{"conc1", "conc2", "conc3"}
+	var wg sync.WaitGroup
+	errs := make([]error, len(ids))
+	outs := make([][]byte, len(ids))
+	for i, id := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			outs[i], errs[i] = e.run(ctx, nil, busybox2Ref, id, "cat", "/etc/variant").CombinedOutput()
+		}()
+	}
+	wg.Wait()
+	builds, hits := 0, 0
+	for i, id := range ids {
+		if errs[i] != nil || !strings.Contains(string(outs[i]), "concurrent") {
+			t.Errorf("%s: %v: %s", id, errs[i], outs[i])
+		}
+		hit, build, _ := e.createInfo(t, id)
+		if build {
+			builds++
+		}
+		if hit {
+			hits++
+		}
+	}
+	if builds != 1 || hits != 2 {
+		t.Errorf("three concurrent containers of one image: %d builds, %d cache hits; want 1 and 2", builds, hits)
+	}
+	ents, _ := filepath.Glob(filepath.Join(e.cacheDir, "*.eif"))
+	if len(ents) != 1 {
+		t.Errorf("cache holds %d EIFs, want 1: %v", len(ents), ents)
+	}
+}
+
+// TestShimKilled kills the shim with SIGKILL while its container runs:
+// containerd's cleanup (the shim's `delete`) must leave no launcher, QEMU,
+// mount or cgroup behind.
+func TestShimKilled(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	e.importImage(t, ctx, ns, busyboxRef, busyboxImage(t, ""))
+	e.runDetached(t, ctx, nil, "crash1", "sh", "-c", "while true; do sleep 1; done")
+	defer e.remove(ctx, "crash1")
+	e.waitStatus(t, ctx, "crash1", "RUNNING", time.Minute)
+	pid, _ := e.taskPid(t, ctx, "crash1")
+	// Wait until QEMU runs (the launcher has booted the enclave).
+	deadline := time.Now().Add(3 * time.Minute)
+	for len(leftovers(e)) < 2 && time.Now().Before(deadline) {
+		time.Sleep(500 * time.Millisecond)
+	}
+	if n := len(leftovers(e)); n < 2 {
+		t.Fatalf("expected a launcher and QEMU running, found %d: %v", n, leftovers(e))
+	}
+	t.Logf("running: %v", leftovers(e))
+	shimPid := ppid(pid)
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", shimPid))
+	if !strings.Contains(string(b), nitropod.ShimBinary) {
+		t.Fatalf("parent of launcher %d is %d (%q), not the shim", pid, shimPid, b)
+	}
+	if err := syscall.Kill(shimPid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(time.Minute)
+	for {
+		left := leftovers(e)
+		_, st := e.taskPid(t, ctx, "crash1")
+		if len(left) == 0 && st != "RUNNING" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after kill -9 of the shim: task status %q, left: %v", st, left)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	for _, c := range []string{"memory", "cpu", "pids"} {
+		if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", c, ns, "crash1")); err == nil {
+			t.Errorf("cgroup %s/%s/crash1 left behind", c, ns)
+		}
+	}
+}
+
+// TestContainerdRestart restarts containerd while an enclave container
+// runs: the container keeps running and containerd reconnects to its shim.
+func TestContainerdRestart(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	e.importImage(t, ctx, ns, busyboxRef, busyboxImage(t, ""))
+	e.runDetached(t, ctx, nil, "restart1", "sh", "-c", "while true; do sleep 1; done")
+	defer e.remove(ctx, "restart1")
+	e.waitStatus(t, ctx, "restart1", "RUNNING", time.Minute)
+	pid, _ := e.taskPid(t, ctx, "restart1")
+	e.ctrd.Restart()
+	e.waitStatus(t, ctx, "restart1", "RUNNING", 30*time.Second)
+	if pid2, _ := e.taskPid(t, ctx, "restart1"); pid2 != pid {
+		t.Errorf("task pid after restart %d, want %d", pid2, pid)
+	}
+	if err := syscall.Kill(pid, 0); err != nil {
+		t.Errorf("launcher %d gone after containerd restart: %v", pid, err)
+	}
+	// containerd talks to the shim again: kill and delete work.
+	if out, err := e.ctrd.Ctr(ctx, ns, "task", "kill", "-s", "SIGKILL", "restart1"); err != nil {
+		t.Fatalf("kill after restart: %v: %s", err, out)
+	}
+	e.waitStatus(t, ctx, "restart1", "STOPPED", time.Minute)
+	if out, err := e.ctrd.Ctr(ctx, ns, "task", "rm", "restart1"); err != nil {
+		t.Fatalf("task rm after restart: %v: %s", err, out)
+	}
+}
+
+// TestLauncherLimits runs a container with cpu and memory limits: the
+// launcher's cgroup carries them.
+func TestLauncherLimits(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	e.importImage(t, ctx, ns, busyboxRef, busyboxImage(t, ""))
+	e.runDetached(t, ctx, []string{"--memory-limit", "1073741824", "--cpus", "1.5"}, "limits1", "sh", "-c", "while true; do sleep 1; done")
+	defer e.remove(ctx, "limits1")
+	e.waitStatus(t, ctx, "limits1", "RUNNING", time.Minute)
+	pid, _ := e.taskPid(t, ctx, "limits1")
+	read := func(p string) string {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Error(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	mem := filepath.Join("/sys/fs/cgroup/memory", ns, "limits1")
+	cpu := filepath.Join("/sys/fs/cgroup/cpu", ns, "limits1")
+	got := map[string]string{
+		"memory.limit_in_bytes": read(filepath.Join(mem, "memory.limit_in_bytes")),
+		"cpu.cfs_quota_us":      read(filepath.Join(cpu, "cpu.cfs_quota_us")),
+	}
+	want := map[string]string{"memory.limit_in_bytes": "1073741824", "cpu.cfs_quota_us": "150000"}
+	for k := range want {
+		if got[k] != want[k] {
+			t.Errorf("%s = %s, want %s", k, got[k], want[k])
+		}
+	}
+	for _, dir := range []string{mem, cpu} {
+		if procs := read(filepath.Join(dir, "cgroup.procs")); !strings.Contains("\n"+procs+"\n", "\n"+strconv.Itoa(pid)+"\n") {
+			t.Errorf("launcher %d not in %s/cgroup.procs (%q)", pid, dir, procs)
+		}
+	}
+}
