@@ -294,6 +294,10 @@ func mountAll() error {
 			return fmt.Errorf("mounting %s on %s: %w", m.fstype, m.dst, err)
 		}
 	}
+	// cgroups, as AWS's init mounts them; best effort (a kernel may lack v2).
+	if err := os.MkdirAll("/sys/fs/cgroup", 0o755); err == nil {
+		unix.Mount("cgroup2", "/sys/fs/cgroup", "cgroup2", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "")
+	}
 	for name, target := range map[string]string{
 		"/dev/fd": "/proc/self/fd", "/dev/stdin": "/proc/self/fd/0",
 		"/dev/stdout": "/proc/self/fd/1", "/dev/stderr": "/proc/self/fd/2",

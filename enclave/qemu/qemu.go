@@ -165,6 +165,16 @@ func (b *Backend) Boot(ctx context.Context, req enclave.Request) (_ enclave.Encl
 	}
 	b.trace(TraceValidated)
 	sock := filepath.Join(dir, "agent.sock")
+	if len(sock) >= maxSocketPath {
+		// A unix socket path is limited to 108 bytes: use a short private
+		// directory for the socket alone.
+		sdir, err := os.MkdirTemp("", "nitropod-")
+		if err != nil {
+			return nil, fmt.Errorf("creating agent socket directory: %w", err)
+		}
+		e.sockDir = sdir
+		sock = filepath.Join(sdir, "agent.sock")
+	}
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("listening for the agent channel: %w", err)
@@ -294,11 +304,15 @@ func writeFile(path string, r io.Reader) error {
 	return f.Close()
 }
 
+// maxSocketPath is the longest unix socket path (sun_path is 108 bytes).
+const maxSocketPath = 108
+
 type qemuEnclave struct {
-	dir    string
-	cmd    *exec.Cmd
-	cid    uint32
-	stderr *tailBuffer
+	dir     string
+	sockDir string // set when the socket could not live in dir
+	cmd     *exec.Cmd
+	cid     uint32
+	stderr  *tailBuffer
 
 	conn   *net.UnixConn
 	dialed atomic.Bool
@@ -345,6 +359,9 @@ func (e *qemuEnclave) Terminate(ctx context.Context) error {
 		}
 		if rerr := os.RemoveAll(e.dir); rerr != nil && err == nil {
 			err = fmt.Errorf("removing enclave work directory: %w", rerr)
+		}
+		if e.sockDir != "" {
+			os.RemoveAll(e.sockDir)
 		}
 	})
 	return err

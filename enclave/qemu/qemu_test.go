@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -281,9 +282,19 @@ func TestBootErrors(t *testing.T) {
 	}
 }
 
-// Terminate stops a running app's enclave at once and removes everything.
+// Terminate stops a running app's enclave at once and removes everything;
+// a work directory too long for a unix socket path works.
 func TestTerminate(t *testing.T) {
-	b, _ := backend(t)
+	testenv.Integration(t)
+	dir := filepath.Join(t.TempDir(), strings.Repeat("long-directory-name-", 5))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b, err := qemu.New(qemu.Config{Binary: testenv.Binary(t, qemu.DefaultBinary), WorkDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { checkClean(t, dir) })
 	path := buildEIF(t, busybox(t, testimage.Cmd("sh", "-c", "echo up; sleep 600")), false)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
