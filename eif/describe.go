@@ -2,18 +2,25 @@ package eif
 
 import (
 	"bytes"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strings"
 )
 
-// Description is what `nitro-cli describe-eif` prints for an EIF.
+// Description is what `nitro-cli describe-eif` prints for an EIF, in its
+// field order (aws-nitro-enclaves-cli EifDescribeInfo).
 type Description struct {
 	EifVersion   uint16       `json:"EifVersion"`
 	Measurements Measurements `json:"Measurements"`
 	IsSigned     bool         `json:"IsSigned"`
-	CheckCRC     bool         `json:"CheckCRC"`
-	// CheckSignature is present for signed images.
+	// SigningCertificate describes the signer of a signed image.
+	SigningCertificate *CertificateInfo `json:"SigningCertificate,omitempty"`
+	CheckCRC           bool             `json:"CheckCRC"`
+	// SignatureCheck (nitro-cli's name) and CheckSignature (the same value
+	// under the name nitropod's issue uses) are present for signed images.
+	SignatureCheck *bool  `json:"SignatureCheck,omitempty"`
 	CheckSignature *bool  `json:"CheckSignature,omitempty"`
 	ImageName      string `json:"ImageName,omitempty"`
 	ImageVersion   string `json:"ImageVersion,omitempty"`
@@ -32,7 +39,10 @@ func Describe(f *File, rep *Report) (*Description, error) {
 	}
 	if rep.Signed {
 		ok := rep.SignatureOK
-		d.CheckSignature = &ok
+		d.SignatureCheck, d.CheckSignature = &ok, &ok
+		if rep.Signature != nil && rep.Signature.Certificate != nil {
+			d.SigningCertificate = certificateInfo(rep.Signature.Certificate)
+		}
 	}
 	if md := rep.Metadata; md != nil {
 		d.ImageName, d.ImageVersion = md.ImageName, md.ImageVersion
@@ -102,4 +112,54 @@ func MarshalIndent(v any) ([]byte, error) {
 		return nil, err
 	}
 	return b.Bytes(), nil
+}
+
+// CertificateInfo describes a signing certificate as nitro-cli does
+// (aws-nitro-enclaves-image-format SignCertificateInfo, OpenSSL's names and
+// time format).
+type CertificateInfo struct {
+	IssuerName map[string]string `json:"IssuerName"`
+	Algorithm  string            `json:"Algorithm"`
+	NotBefore  string            `json:"NotBefore"`
+	NotAfter   string            `json:"NotAfter"`
+	// Signature is the certificate's signature as "XX:XX:…".
+	Signature string `json:"Signature"`
+}
+
+// OpenSSL's long names of the usual distinguished-name attributes.
+var attributeNames = map[string]string{
+	"2.5.4.3": "commonName", "2.5.4.4": "surname", "2.5.4.5": "serialNumber", "2.5.4.6": "countryName",
+	"2.5.4.7": "localityName", "2.5.4.8": "stateOrProvinceName", "2.5.4.9": "streetAddress",
+	"2.5.4.10": "organizationName", "2.5.4.11": "organizationalUnitName", "2.5.4.42": "givenName",
+	"1.2.840.113549.1.9.1": "emailAddress", "0.9.2342.19200300.100.1.25": "domainComponent",
+}
+
+func certificateInfo(c *x509.Certificate) *CertificateInfo {
+	info := &CertificateInfo{IssuerName: map[string]string{}}
+	for _, atv := range c.Issuer.Names {
+		name, ok := attributeNames[atv.Type.String()]
+		if !ok {
+			name = atv.Type.String()
+		}
+		info.IssuerName[name] = fmt.Sprint(atv.Value)
+	}
+	switch c.SignatureAlgorithm {
+	case x509.ECDSAWithSHA256:
+		info.Algorithm = "ecdsa-with-SHA256"
+	case x509.ECDSAWithSHA384:
+		info.Algorithm = "ecdsa-with-SHA384"
+	case x509.ECDSAWithSHA512:
+		info.Algorithm = "ecdsa-with-SHA512"
+	default:
+		info.Algorithm = c.SignatureAlgorithm.String()
+	}
+	const openSSLTime = "Jan _2 15:04:05 2006 GMT"
+	info.NotBefore = c.NotBefore.UTC().Format(openSSLTime)
+	info.NotAfter = c.NotAfter.UTC().Format(openSSLTime)
+	hexes := make([]string, len(c.Signature))
+	for i, b := range c.Signature {
+		hexes[i] = fmt.Sprintf("%02X", b)
+	}
+	info.Signature = strings.Join(hexes, ":")
+	return info
 }

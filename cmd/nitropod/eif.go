@@ -268,7 +268,7 @@ func newEIFPCRCommand() *cobra.Command {
 			if _, err := io.Copy(h, f); err != nil {
 				return fmt.Errorf("reading %s: %w", input, err)
 			}
-			return printJSON(cmd.OutOrStdout(), map[string]string{"HashInput": hex.EncodeToString(eif.PCR(h.Sum(nil)))})
+			return printJSON(cmd.OutOrStdout(), map[string]string{"PCR": hex.EncodeToString(eif.PCR(h.Sum(nil)))})
 		},
 	}
 	cmd.Flags().StringVar(&input, "input", "", "file to measure")

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"hash/crc32"
 	"math/big"
 	"os"
@@ -126,9 +127,14 @@ func TestEIFDescribe(t *testing.T) {
 		t.Fatal(err)
 	}
 	md, _ := desc["Metadata"].(map[string]any)
-	if desc["EifVersion"] != 4.0 || desc["IsSigned"] != true || desc["CheckCRC"] != true || desc["CheckSignature"] != true ||
+	if desc["EifVersion"] != 4.0 || desc["IsSigned"] != true || desc["CheckCRC"] != true || desc["CheckSignature"] != true || desc["SignatureCheck"] != true ||
 		desc["ImageName"] != "app" || desc["ImageVersion"] != "2" || md["BuildTime"] != "2023-11-14T22:13:20Z" || md["owner"] != "me" {
 		t.Errorf("describe output:\n%s", out)
+	}
+	sc, _ := desc["SigningCertificate"].(map[string]any)
+	issuer, _ := sc["IssuerName"].(map[string]any)
+	if issuer["commonName"] != "cli" || sc["Algorithm"] != "ecdsa-with-SHA384" || !strings.HasSuffix(fmt.Sprint(sc["NotAfter"]), " GMT") {
+		t.Errorf("SigningCertificate = %v", sc)
 	}
 	var dm struct{ Measurements eif.Measurements }
 	if err := json.Unmarshal([]byte(out), &dm); err != nil {
@@ -145,7 +151,7 @@ func TestEIFDescribe(t *testing.T) {
 	}
 	// pcr --input of a file is the PCR of its content.
 	out, err = runEIFCLI(t, "eif", "pcr", "--input", filepath.Join(d, "r1"))
-	if err != nil || !bytes.Contains([]byte(out), []byte(eif.PCRHex([]byte("R1")))) {
+	if err != nil || !strings.Contains(out, `"PCR": "`+eif.PCRHex([]byte("R1"))+`"`) {
 		t.Errorf("pcr --input: %v\n%s", err, out)
 	}
 
@@ -175,7 +181,7 @@ func TestEIFDescribe(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, err = runEIFCLI(t, "eif", "describe", tampered)
-	if !errors.Is(err, eif.ErrSignature) || !strings.Contains(out, `"CheckSignature": false`) || !strings.Contains(out, `"CheckCRC": true`) {
+	if !errors.Is(err, eif.ErrSignature) || !strings.Contains(out, `"SignatureCheck": false`) || !strings.Contains(out, `"CheckCRC": true`) {
 		t.Errorf("describe of a tampered signed EIF: err = %v\n%s", err, out)
 	}
 
