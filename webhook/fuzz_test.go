@@ -14,6 +14,7 @@ import (
 
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 
 	nitropod "github.com/nitropod/nitropod"
 )
@@ -147,6 +148,71 @@ func FuzzParseEnclaves(f *testing.F) {
 		again, err := ParseEnclaves(marshalEnclaves(m))
 		if err != nil || len(again) != len(m) {
 			t.Fatalf("re-parse: %v", err)
+		}
+	})
+}
+
+// FuzzConvertFields builds Pods from random values in the places the rules
+// look at (quantities, annotations, env, mounts, runtime class, container
+// count), which reaches deeper than mutating JSON bytes. The same
+// properties as FuzzConvert hold.
+func FuzzConvertFields(f *testing.F) {
+	f.Add("2", "2048Mi", "", "", "", "yes", "", uint8(1), true, "", "")
+	f.Add("3", "32Mi", "750m", "4Gi", "s3://b-1/k", "no", "nitro", uint8(2), false, "1", "64Mi")
+	f.Add("2500m", "1G", "x", "-1", "s3://B/", "", "runc", uint8(5), true, "4", "3Gi")
+	f.Fuzz(func(t *testing.T, cpu, mem, lcpu, lmem, loc, debug, rc string, n uint8, license bool, reqCPU, reqMem string) {
+		pod := basePod()
+		c := &pod.Spec.Containers[0]
+		c.Resources.Limits = corev1.ResourceList{}
+		c.Resources.Requests = corev1.ResourceList{}
+		for _, q := range []struct {
+			list corev1.ResourceList
+			name corev1.ResourceName
+			v    string
+		}{{c.Resources.Limits, corev1.ResourceCPU, cpu}, {c.Resources.Limits, corev1.ResourceMemory, mem},
+			{c.Resources.Requests, corev1.ResourceCPU, reqCPU}, {c.Resources.Requests, corev1.ResourceMemory, reqMem}} {
+			if v, err := resource.ParseQuantity(q.v); err == nil {
+				q.list[q.name] = v
+			}
+		}
+		pod.Annotations = map[string]string{}
+		for k, v := range map[string]string{nitropod.LauncherCPUAnnotation: lcpu, nitropod.LauncherMemoryAnnotation: lmem, nitropod.ImageLocationAnnotation: loc} {
+			if v != "" {
+				pod.Annotations[k] = v
+			}
+		}
+		if debug != "" {
+			c.Env = []corev1.EnvVar{{Name: nitropod.DebugModeEnv, Value: debug}}
+		}
+		if rc != "" {
+			pod.Spec.RuntimeClassName = &rc
+		}
+		if !license {
+			pod.Spec.Volumes, c.VolumeMounts = nil, nil
+		}
+		for i := 1; i < int(n%8); i++ {
+			extra := c.DeepCopy()
+			extra.Name = "c" + strconv.Itoa(i)
+			pod.Spec.Containers = append(pod.Spec.Containers, *extra)
+		}
+		out, _, err := Convert(pod, Config{})
+		if err != nil {
+			var d *DeniedError
+			if !errors.As(err, &d) || len(d.Violations) == 0 {
+				t.Fatalf("error without a denial message: %#v", err)
+			}
+			return
+		}
+		again, _, err := Convert(out, Config{})
+		if err != nil {
+			t.Fatalf("converted pod denied on the second pass: %v", err)
+		}
+		if a, b := podJSON(t, out), podJSON(t, again); a != b {
+			t.Fatalf("not idempotent:\nonce:  %s\ntwice: %s", a, b)
+		}
+		enclaves, err := ParseEnclaves(out.Annotations[nitropod.EnclavesAnnotation])
+		if err != nil || len(enclaves) != len(out.Spec.Containers) {
+			t.Fatalf("enclaves annotation %q: %v", out.Annotations[nitropod.EnclavesAnnotation], err)
 		}
 	})
 }
