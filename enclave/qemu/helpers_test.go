@@ -2,6 +2,8 @@ package qemu_test
 
 import (
 	"bytes"
+	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +15,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/nitropod/nitropod/eif/build"
+	"github.com/nitropod/nitropod/enclave"
+	"github.com/nitropod/nitropod/enclave/qemu"
 	"github.com/nitropod/nitropod/internal/testenv"
 	"github.com/nitropod/nitropod/internal/testimage"
 )
@@ -24,7 +28,14 @@ var (
 	initErr  error
 )
 
+// ownerEnv makes the test binary act as an enclave's owner process (see
+// TestOwnerDies): it boots the EIF named by the variable and waits.
+const ownerEnv = "NITROPOD_TEST_QEMU_OWNER"
+
 func TestMain(m *testing.M) {
+	if eifPath := os.Getenv(ownerEnv); eifPath != "" {
+		os.Exit(actAsOwner(eifPath))
+	}
 	code := m.Run()
 	if initDir != "" {
 		os.RemoveAll(initDir)
@@ -122,4 +133,23 @@ func checkClean(t *testing.T, workDir string) {
 	for _, e := range ents {
 		t.Errorf("left in the work directory: %s", e.Name())
 	}
+}
+
+// actAsOwner boots eifPath with the QEMU backend (binary and work directory
+// from the environment), prints "booted" and waits to be killed.
+func actAsOwner(eifPath string) int {
+	b, err := qemu.New(qemu.Config{Binary: os.Getenv("QEMU_BINARY"), WorkDir: os.Getenv("QEMU_WORKDIR")})
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if _, err := b.Boot(ctx, enclave.Request{EIFPath: eifPath, CPUs: 1, MemoryMiB: 256}); err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	fmt.Println("booted")
+	time.Sleep(5 * time.Minute)
+	return 0
 }

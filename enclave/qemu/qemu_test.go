@@ -1,6 +1,7 @@
 package qemu_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -11,6 +12,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -313,5 +315,40 @@ func TestTerminate(t *testing.T) {
 	case <-s.Enclave().Done():
 	default:
 		t.Error("enclave still running after Terminate")
+	}
+}
+
+// QEMU dies with the process that booted it, even when that process is
+// killed outright.
+func TestOwnerDies(t *testing.T) {
+	testenv.Integration(t)
+	bin := testenv.Binary(t, qemu.DefaultBinary)
+	dir := t.TempDir()
+	path := buildEIF(t, busybox(t, testimage.Cmd("sleep", "600")), false)
+	owner := exec.Command(os.Args[0], "-test.run", "^$")
+	owner.Env = append(os.Environ(), ownerEnv+"="+path, "QEMU_BINARY="+bin, "QEMU_WORKDIR="+dir)
+	stdout, err := owner.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := owner.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { owner.Process.Kill(); owner.Wait() })
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || line != "booted\n" {
+		t.Fatalf("owner: %q, %v", line, err)
+	}
+	if len(qemuProcesses(dir)) != 1 {
+		t.Fatalf("want one qemu process for %s, have %v", dir, qemuProcesses(dir))
+	}
+	owner.Process.Kill()
+	owner.Wait()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(qemuProcesses(dir)) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("qemu outlived its owner: %v", qemuProcesses(dir))
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
