@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"hash"
+	"sync"
 	"sync/atomic"
 )
 
@@ -74,7 +75,7 @@ type measurer struct {
 	pcr0, pcr1, pcr2 *hashWorker
 	ramdisks         int
 	cur              []*hashWorker // digests the current section's data goes to
-	free             chan *chunk
+	tokens           chan struct{} // one per chunk in use: bounds memory
 	finished         bool
 }
 
@@ -88,11 +89,15 @@ type chunk struct {
 	refs atomic.Int32
 }
 
+// chunks are shared by all measurers (a Verify per call would otherwise
+// allocate its chunks anew); each measurer holds at most chunkCount.
+var chunks = sync.Pool{New: func() any { return &chunk{b: make([]byte, 0, chunkSize)} }}
+
 type hashWorker struct {
 	h    hash.Hash
 	in   chan *chunk
 	done chan struct{}
-	free chan<- *chunk
+	m    *measurer
 }
 
 func (w *hashWorker) run() {
@@ -100,18 +105,15 @@ func (w *hashWorker) run() {
 	for c := range w.in {
 		w.h.Write(c.b)
 		if c.refs.Add(-1) == 0 {
-			w.free <- c
+			w.m.release(c)
 		}
 	}
 }
 
 func newMeasurer() *measurer {
-	m := &measurer{free: make(chan *chunk, chunkCount)}
-	for i := 0; i < chunkCount; i++ {
-		m.free <- &chunk{b: make([]byte, 0, chunkSize)}
-	}
+	m := &measurer{tokens: make(chan struct{}, chunkCount)}
 	start := func() *hashWorker {
-		w := &hashWorker{h: sha512.New384(), in: make(chan *chunk, chunkCount), done: make(chan struct{}), free: m.free}
+		w := &hashWorker{h: sha512.New384(), in: make(chan *chunk, chunkCount), done: make(chan struct{}), m: m}
 		go w.run()
 		return w
 	}
@@ -139,16 +141,23 @@ func (m *measurer) begin(t SectionType) {
 // get returns an empty chunk from the pool (blocking while the digests
 // catch up: this bounds memory).
 func (m *measurer) get() *chunk {
-	c := <-m.free
+	m.tokens <- struct{}{}
+	c := chunks.Get().(*chunk)
 	c.b = c.b[:0]
 	return c
+}
+
+// release returns a chunk nobody uses any more.
+func (m *measurer) release(c *chunk) {
+	chunks.Put(c)
+	<-m.tokens
 }
 
 // submit hands c to the current section's digests; it returns to the pool
 // when they are done with it.
 func (m *measurer) submit(c *chunk) {
 	if len(m.cur) == 0 || len(c.b) == 0 {
-		m.free <- c
+		m.release(c)
 		return
 	}
 	c.refs.Store(int32(len(m.cur)))
