@@ -210,9 +210,26 @@ func (s *Session) copyOut(r io.ReadCloser, w io.Writer) {
 	s.ioWG.Add(1)
 	go func() {
 		defer s.ioWG.Done()
-		io.CopyBuffer(w, r, make([]byte, agent.CopyBufferSize))
+		// Keep reading after w fails (a closed pipe): an app blocked on a
+		// full stream would never exit.
+		io.CopyBuffer(&draining{w: w}, r, make([]byte, agent.CopyBufferSize))
 		r.Close()
 	}()
+}
+
+// draining writes to w until a write fails, then discards.
+type draining struct {
+	w      io.Writer
+	failed bool
+}
+
+func (d *draining) Write(p []byte) (int, error) {
+	if !d.failed {
+		if _, err := d.w.Write(p); err != nil {
+			d.failed = true
+		}
+	}
+	return len(p), nil
 }
 
 // watch waits for the app's exit or the enclave's end.

@@ -281,3 +281,24 @@ func TestPublishForwards(t *testing.T) {
 		t.Error("published port still open after the app exited")
 	}
 }
+
+type failingWriter struct{}
+
+func (failingWriter) Write(p []byte) (int, error) { return 0, errors.New("broken pipe") }
+
+// An app keeps running to its end when the host's stdout breaks.
+func TestRunStdoutBroken(t *testing.T) {
+	b := newFake(app(func(g *agent.Guest, st agent.GuestStdio) (int, int) {
+		chunk := make([]byte, 1<<20)
+		for range 32 { // far more than the stream window
+			if _, err := st.Stdout.Write(chunk); err != nil {
+				return 1, 0
+			}
+		}
+		return 0, 0
+	}))
+	st, err := enclave.Run(ctx(t), b, req, enclave.RunIO{Stdout: failingWriter{}})
+	if err != nil || st.Code != 0 {
+		t.Errorf("got %+v, %v; want the app to finish with 0", st, err)
+	}
+}
