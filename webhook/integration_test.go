@@ -42,6 +42,11 @@ func TestIntegrationKubeAPIServer(t *testing.T) {
 	must(t)(c.Create(ctx, "/apis/node.k8s.io/v1/runtimeclasses", map[string]any{
 		"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
 		"metadata": map[string]any{"name": nitropod.RuntimeClassName}, "handler": nitropod.RuntimeClassName,
+		// kube-apiserver applies these in its RuntimeClass plugin, which
+		// runs before webhooks; it is run again after the webhook set
+		// runtimeClassName (checked below).
+		"overhead":   map[string]any{"podFixed": map[string]any{"memory": "64Mi"}},
+		"scheduling": map[string]any{"nodeSelector": map[string]any{"nitropod.io/enclave-node": "true"}},
 	}))
 	createNamespace(t, ctx, c, itOwnNamespace)
 
@@ -143,6 +148,9 @@ func TestIntegrationKubeAPIServer(t *testing.T) {
 				t.Errorf("%s: warnings reaching the client (-want +got):\n%s", tc.name, diff)
 			}
 			compareStored(t, tc.name, want, &stored)
+			if got := stored.Spec.Overhead.Memory().String(); got != "64Mi" || stored.Spec.NodeSelector["nitropod.io/enclave-node"] != "true" {
+				t.Errorf("%s: RuntimeClass overhead (%s) or scheduling (%v) not applied", tc.name, got, stored.Spec.NodeSelector)
+			}
 			again, _, err := Convert(&stored, Config{})
 			if err != nil {
 				t.Fatalf("%s: Convert of the stored Pod: %v", tc.name, err)
