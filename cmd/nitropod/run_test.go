@@ -105,6 +105,15 @@ func TestRunCLI(t *testing.T) {
 			}
 		}
 	}
+	// --eif boots a prebuilt EIF (here the cached one) as it is.
+	for f := range first {
+		cmd := e.command("--eif", f)
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		if code := exitCode(t, cmd.Run()); code != 7 || out.String() != "hello\n" {
+			t.Errorf("--eif: exit %d stdout %q stderr %q; want 7 and %q", code, out.String(), errb.String(), "hello\n")
+		}
+	}
 }
 
 // Ctrl-C (SIGINT to nitropod) reaches the app as SIGTERM; the app traps it
