@@ -104,6 +104,7 @@ func run() error {
 		Bin:              bin,
 		ContainerdDropIn: filepath.Join(root, "deploy", "helm", "nitropod", "files", "containerd-nitro.toml"),
 		ShimPath:         shim,
+		ExtraPath:        filepath.Dir(shim),
 		ShimConfig:       shimCfg,
 		Log:              logf,
 	})

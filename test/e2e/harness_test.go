@@ -27,6 +27,8 @@ type env struct {
 	t      *testing.T
 	c      *cluster.Cluster
 	runDir string
+	// applied is when applyTimed applied its Pod.
+	applied time.Time
 }
 
 func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }

@@ -17,6 +17,9 @@ func clusterOptions(t *testing.T, nitro bool) cluster.Options {
 	if nitro {
 		o.ContainerdDropIn = filepath.Join(testenv.RepoRoot(), "deploy", "helm", "nitropod", "files", "containerd-nitro.toml")
 		o.ShimPath = testenv.Binary(t, "containerd-shim-nitro-v1")
+		// containerd 1.6 ignores runtime_path and finds shims on its PATH
+		// (the node installer links the shim into /usr/local/bin).
+		o.ExtraPath = filepath.Dir(o.ShimPath)
 	}
 	return o
 }

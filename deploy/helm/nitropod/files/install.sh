@@ -22,6 +22,12 @@ install_file() { # src dst mode
 for b in containerd-shim-nitro-v1 nitropod-launcher nitropod-init nitropod; do
   install_file "$SRC/$b" "/opt/nitropod/bin/$b" 0755
 done
+# containerd 1.6 ignores runtime_path and looks shims up on its PATH.
+if [ "$(readlink "$HOST/usr/local/bin/containerd-shim-nitro-v1" 2>/dev/null)" != /opt/nitropod/bin/containerd-shim-nitro-v1 ]; then
+  mkdir -p "$HOST/usr/local/bin"
+  ln -sfn /opt/nitropod/bin/containerd-shim-nitro-v1 "$HOST/usr/local/bin/containerd-shim-nitro-v1"
+  changed=1
+fi
 install_file "$CFG/shim.toml" /etc/nitropod/shim.toml 0644
 if [ -d /opt/nitropod/blobs ] && [ "${INSTALL_BLOBS:-false}" = true ]; then
   for f in /opt/nitropod/blobs/*; do
