@@ -382,6 +382,22 @@ func TestMetadataJSON(t *testing.T) {
 	}
 }
 
+func TestFormatBuildTime(t *testing.T) {
+	for _, tc := range []struct {
+		t    time.Time
+		want string
+	}{
+		{time.Unix(1700000000, 0), "2023-11-14T22:13:20+00:00"},
+		{time.Unix(1700000000, 5_000_000), "2023-11-14T22:13:20.005+00:00"},
+		{time.Unix(1700000000, 5_000), "2023-11-14T22:13:20.000005+00:00"},
+		{time.Unix(1700000000, 7).In(time.FixedZone("x", 3600)), "2023-11-14T22:13:20.000000007+00:00"},
+	} {
+		if got := FormatBuildTime(tc.t); got != tc.want {
+			t.Errorf("FormatBuildTime(%v) = %q, want %q", tc.t, got, tc.want)
+		}
+	}
+}
+
 func TestCertificatePCR(t *testing.T) {
 	certPEM, keyPEM := testSigner(t, elliptic.P384())
 	got, err := CertificatePCR(certPEM)

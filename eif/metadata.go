@@ -33,8 +33,24 @@ type BuildMetadata struct {
 	KernelVersion    string `json:"KernelVersion"`
 }
 
-// FormatBuildTime formats t as the metadata's BuildTime.
-func FormatBuildTime(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+// FormatBuildTime formats t as the metadata's BuildTime, as AWS's builder
+// does (chrono's to_rfc3339: UTC as +00:00, fractional seconds in groups of
+// three digits, none for whole seconds).
+func FormatBuildTime(t time.Time) string {
+	t = t.UTC()
+	ns := t.Nanosecond()
+	layout := "2006-01-02T15:04:05"
+	switch {
+	case ns == 0:
+	case ns%1_000_000 == 0:
+		layout += ".000"
+	case ns%1_000 == 0:
+		layout += ".000000"
+	default:
+		layout += ".000000000"
+	}
+	return t.Format(layout) + "+00:00"
+}
 
 // MarshalJSON writes the compact JSON of the metadata section.
 func (m *Metadata) MarshalJSON() ([]byte, error) {

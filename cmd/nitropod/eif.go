@@ -159,11 +159,12 @@ SOURCE_DATE_EPOCH fixes the metadata build time.`,
 			if err != nil {
 				return fmt.Errorf("--kernel: %w", err)
 			}
+			osName, kernelVersion := (&build.BlobSet{Kernel: kernel}).OSAndKernel()
 			img := eif.Image{Kernel: k, Cmdline: cmdline, Metadata: &eif.Metadata{
 				ImageName: mf.name, ImageVersion: mf.version,
 				Build: eif.BuildMetadata{
 					BuildTime: eif.FormatBuildTime(bt), BuildTool: build.Tool, BuildToolVersion: version(),
-					OperatingSystem: "linux", KernelVersion: build.KernelVersion(kernel),
+					OperatingSystem: osName, KernelVersion: kernelVersion,
 				},
 				CustomMetadata: custom,
 			}}

@@ -128,7 +128,7 @@ func TestEIFDescribe(t *testing.T) {
 	}
 	md, _ := desc["Metadata"].(map[string]any)
 	if desc["EifVersion"] != 4.0 || desc["IsSigned"] != true || desc["CheckCRC"] != true || desc["CheckSignature"] != true || desc["SignatureCheck"] != true ||
-		desc["ImageName"] != "app" || desc["ImageVersion"] != "2" || md["BuildTime"] != "2023-11-14T22:13:20Z" || md["owner"] != "me" {
+		desc["ImageName"] != "app" || desc["ImageVersion"] != "2" || md["BuildTime"] != "2023-11-14T22:13:20+00:00" || md["owner"] != "me" {
 		t.Errorf("describe output:\n%s", out)
 	}
 	sc, _ := desc["SigningCertificate"].(map[string]any)

@@ -140,7 +140,7 @@ type customer func(w io.Writer) error
 
 // write assembles the EIF: kernel, cmdline, metadata, bootstrap ramdisk,
 // customer ramdisk, signature.
-func write(out io.WriteSeeker, opts Options, dockerInfo json.RawMessage, osName string, cust customer) (eif.Measurements, error) {
+func write(out io.WriteSeeker, opts Options, dockerInfo json.RawMessage, cust customer) (eif.Measurements, error) {
 	if opts.Blobs == "" || opts.Init == "" {
 		return eif.Measurements{}, errors.New("building eif: a blob set directory and an init binary are required")
 	}
@@ -161,6 +161,7 @@ func write(out io.WriteSeeker, opts Options, dockerInfo json.RawMessage, osName 
 			return eif.Measurements{}, err
 		}
 	}
+	osName, kernelVersion := blobs.OSAndKernel()
 	tv := opts.ToolVersion
 	if tv == "" {
 		tv = "dev"
@@ -169,7 +170,7 @@ func write(out io.WriteSeeker, opts Options, dockerInfo json.RawMessage, osName 
 		ImageName: opts.Name, ImageVersion: opts.Version,
 		Build: eif.BuildMetadata{
 			BuildTime: eif.FormatBuildTime(bt), BuildTool: Tool, BuildToolVersion: tv,
-			OperatingSystem: osName, KernelVersion: KernelVersion(blobs.Kernel),
+			OperatingSystem: osName, KernelVersion: kernelVersion,
 		},
 		DockerInfo: dockerInfo, CustomMetadata: opts.CustomMetadata,
 	}
@@ -226,13 +227,36 @@ func write(out io.WriteSeeker, opts Options, dockerInfo json.RawMessage, osName 
 // container's mounted rootfs) and the process to run, writing it to out and
 // returning its measurements.
 func FromRootfs(out io.WriteSeeker, rootfs string, proc ramdisk.Process, opts Options) (eif.Measurements, error) {
-	m, err := write(out, opts, nil, "linux", func(w io.Writer) error {
+	m, err := write(out, opts, nil, func(w io.Writer) error {
 		return ramdisk.WriteDir(w, rootfs, proc)
 	})
 	if err != nil {
 		return m, fmt.Errorf("building eif from %s: %w", rootfs, err)
 	}
 	return m, nil
+}
+
+// OSAndKernel returns the metadata's OperatingSystem and KernelVersion as
+// AWS's builder derives them from the kernel config next to the kernel
+// (bzImage.config, third line "# Linux/x86 4.14.177-… Kernel Configuration"
+// → "Linux", "4.14.177"); without it, "Linux" and the bzImage's version.
+func (b *BlobSet) OSAndKernel() (osName, kernel string) {
+	osName, kernel = "Linux", KernelVersion(b.Kernel)
+	cfg, err := os.ReadFile(b.Kernel + ".config")
+	if err != nil {
+		return osName, kernel
+	}
+	lines := strings.SplitN(string(cfg), "\n", 4)
+	if len(lines) < 3 {
+		return osName, kernel
+	}
+	words := strings.FieldsFunc(lines[2], func(r rune) bool { return r == ' ' || r == '/' || r == '-' })
+	// FieldsFunc drops empty words; AWS's split keeps them, but the line
+	// starts with "# " so the words line up: "#", OS, arch, version.
+	if len(words) > 3 {
+		osName, kernel = words[1], words[3]
+	}
+	return osName, kernel
 }
 
 // KernelVersion reads the version string of an x86 bzImage (boot protocol

@@ -157,7 +157,7 @@ func TestFromImage(t *testing.T) {
 	if got := string(secs[eif.SectionCmdline][0]); got != "console=ttyS0 quiet" {
 		t.Errorf("cmdline %q", got)
 	}
-	if rep.Metadata == nil || rep.Metadata.ImageName != "web" || rep.Metadata.Build.BuildTime != "2023-11-14T22:13:20Z" || string(rep.Metadata.CustomMetadata) != `{"team":"x"}` {
+	if rep.Metadata == nil || rep.Metadata.ImageName != "web" || rep.Metadata.Build.BuildTime != "2023-11-14T22:13:20+00:00" || string(rep.Metadata.CustomMetadata) != `{"team":"x"}` {
 		t.Errorf("metadata %+v", rep.Metadata)
 	}
 	if len(secs[eif.SectionRamdisk]) != 2 {
@@ -343,5 +343,24 @@ func TestProcessFromSpec(t *testing.T) {
 	}
 	if _, err := ProcessFromSpec(&specs.Spec{}); err == nil {
 		t.Error("a spec without process was accepted")
+	}
+}
+
+func TestOSAndKernel(t *testing.T) {
+	d := t.TempDir()
+	k := filepath.Join(d, "bzImage")
+	if err := os.WriteFile(k, []byte("not a kernel"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b := &BlobSet{Kernel: k}
+	if o, v := b.OSAndKernel(); o != "Linux" || v != "" {
+		t.Errorf("without config: %q %q", o, v)
+	}
+	cfg := "#\n# Automatically generated file; DO NOT EDIT.\n# Linux/x86 4.14.177-139.254.amzn2.x86_64 Kernel Configuration\n#\n"
+	if err := os.WriteFile(k+".config", []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if o, v := b.OSAndKernel(); o != "Linux" || v != "4.14.177" {
+		t.Errorf("with AWS's config: %q %q, want Linux 4.14.177", o, v)
 	}
 }

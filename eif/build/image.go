@@ -63,11 +63,7 @@ func FromImage(out io.WriteSeeker, img v1.Image, ov Overrides, opts Options) (ei
 	if err != nil {
 		return eif.Measurements{}, fmt.Errorf("building eif: %w", err)
 	}
-	osName := cfg.OS
-	if osName == "" {
-		osName = "linux"
-	}
-	return write(out, opts, info, osName, func(w io.Writer) error { return fs.Write(w, proc) })
+	return write(out, opts, info, func(w io.Writer) error { return fs.Write(w, proc) })
 }
 
 // dockerInfo is the metadata's DockerInfo: the image's identity and config,
