@@ -156,7 +156,7 @@ func (h *Handler) Review(req *admissionv1.AdmissionRequest) (*admissionv1.Admiss
 	if !Managed(&pod) {
 		return resp, ResultSkipped
 	}
-	ops, err := PodPatch(req.Object.Raw, &pod, out)
+	ops, err := podPatch(req.Object.Raw, &pod, out) // pod is not used afterwards
 	if err != nil {
 		fail(http.StatusBadRequest, metav1.StatusReasonBadRequest, fmt.Sprintf("computing patch: %v", err))
 		return resp, ResultError

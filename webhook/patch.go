@@ -134,6 +134,11 @@ func escapePointer(s string) string {
 // which is cheap; if anything else differs it falls back to CreatePatch over
 // the whole documents, so the patch is always complete.
 func PodPatch(raw []byte, orig, out *corev1.Pod) ([]PatchOp, error) {
+	return podPatch(raw, orig.DeepCopy(), out)
+}
+
+// podPatch is PodPatch that may modify orig (the handler's own copy).
+func podPatch(raw []byte, orig, out *corev1.Pod) ([]PatchOp, error) {
 	var ops []PatchOp
 	set := func(path string, present bool, v any) error {
 		if !present {
@@ -141,7 +146,7 @@ func PodPatch(raw []byte, orig, out *corev1.Pod) ([]PatchOp, error) {
 		}
 		return op(&ops, "add", path, v) // add replaces an existing member
 	}
-	check := orig.DeepCopy()
+	check := orig // members are compared before they are overwritten
 	if !equality.Semantic.DeepEqual(orig.Annotations, out.Annotations) {
 		if len(orig.Annotations) == 0 {
 			if err := set("/metadata/annotations", len(out.Annotations) > 0, out.Annotations); err != nil {
@@ -194,9 +199,10 @@ func PodPatch(raw []byte, orig, out *corev1.Pod) ([]PatchOp, error) {
 			}
 		}
 	}
-	// reflect.DeepEqual is much cheaper than Semantic here and exact: check
-	// holds deep copies of orig's other members and out's patched ones. A
-	// false "different" only costs the full diff.
+	// reflect.DeepEqual is much cheaper than Semantic here and exact: out's
+	// other members are deep copies of orig's (Convert copies its input)
+	// and check now holds out's patched ones. A false "different" only
+	// costs the full diff.
 	if reflect.DeepEqual(check, out) {
 		return ops, nil
 	}
