@@ -142,22 +142,27 @@ func loadModule(path string) error {
 }
 
 // openChannel finds the transport, sends the heartbeat and returns the
-// channel: the named virtio-serial port in emulation, vsock on Nitro.
+// channel: the named virtio-serial port in emulation, vsock on Nitro. The
+// port appears shortly after virtio_console loads; a Nitro enclave has
+// /dev/vsock and no such port (it may have other virtio ports).
 func openChannel() (io.ReadWriteCloser, error) {
 	const portsDir = "/sys/class/virtio-ports"
-	if _, err := os.Stat(portsDir); err == nil {
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			if dev := findPort(portsDir, agent.PortName); dev != "" {
-				return openPort(dev)
-			}
-			if time.Now().After(deadline) {
-				return nil, fmt.Errorf("virtio-serial port %q did not appear under %s", agent.PortName, portsDir)
-			}
-			time.Sleep(20 * time.Millisecond)
+	start := time.Now()
+	for {
+		if dev := findPort(portsDir, agent.PortName); dev != "" {
+			return openPort(dev)
 		}
+		_, noPorts := os.Stat(portsDir)
+		_, noVsock := os.Stat("/dev/vsock")
+		waited := time.Since(start)
+		switch {
+		case noVsock == nil && (noPorts != nil || waited > time.Second):
+			return openVsock()
+		case waited > 10*time.Second:
+			return nil, fmt.Errorf("neither the virtio-serial port %q (under %s) nor /dev/vsock appeared", agent.PortName, portsDir)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	return openVsock()
 }
 
 func findPort(dir, name string) string {
