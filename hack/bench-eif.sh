@@ -11,6 +11,10 @@ cd "$(dirname "$0")/.."
 SIZES=("$@")
 ((${#SIZES[@]})) || SIZES=(256 1024)
 
+for tool in /usr/bin/time bc python3 tar sha384sum; do
+	command -v "$tool" >/dev/null || { echo "bench-eif: $tool is missing (apt-get install time bc python3)" >&2; exit 1; }
+done
+
 work=$(mktemp -d "${TMPDIR:-/tmp}/bench-eif.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
