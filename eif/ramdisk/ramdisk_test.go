@@ -521,3 +521,63 @@ func TestLayersHardLinksAcrossLayers(t *testing.T) {
 		}
 	}
 }
+
+// TestGNUCpioContained extracts the ramdisk of layers that try to escape
+// (absolute names, "..", a symlink to /etc with a file under it in a later
+// layer, links pointing out) with GNU cpio: everything must land inside the
+// extraction directory and nothing may be written through a link.
+func TestGNUCpioContained(t *testing.T) {
+	testenv.Integration(t)
+	testenv.RequireRoot(t)
+	cpioBin := testenv.Binary(t, "cpio")
+	canary := fmt.Sprintf("nitropod-escape-%d", time.Now().UnixNano())
+	rd := layersRamdisk(t, [][]byte{
+		tarLayer(t, []file{
+			{Name: "etc", Mode: sym | 0o777, Data: "/etc"},
+			{Name: "up", Mode: sym | 0o777, Data: "../../../../.."},
+			{Name: "/abs/" + canary, Mode: reg | 0o644, Data: "abs"},
+		}),
+		tarLayer(t, []file{
+			{Name: "etc/" + canary, Mode: reg | 0o644, Data: "through the symlink?"},
+			{Name: "x/../up2/" + canary, Mode: reg | 0o644, Data: "dotdot inside"},
+			{Name: "hard", Link: "/abs/" + canary},
+		}),
+	})
+	outer := t.TempDir()
+	dest := filepath.Join(outer, "x")
+	if err := os.Mkdir(dest, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(cpioBin, "-idm", "--quiet")
+	cmd.Dir = dest
+	cmd.Stdin = bytes.NewReader(rd)
+	if o, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("cpio -idm: %v\n%s", err, o)
+	}
+	if _, err := os.Lstat(filepath.Join("/etc", canary)); err == nil {
+		os.Remove(filepath.Join("/etc", canary))
+		t.Fatal("a file was written to /etc")
+	}
+	entries, _ := os.ReadDir(outer)
+	if len(entries) != 1 {
+		t.Errorf("extraction wrote beside its directory: %v", entries)
+	}
+	root := filepath.Join(dest, RootfsDir)
+	for p, want := range map[string]string{
+		"etc/" + canary:  "through the symlink?", // etc became a directory in the upper layer
+		"abs/" + canary:  "abs",
+		"up2/" + canary:  "dotdot inside",
+		"hard":           "abs",
+	} {
+		b, err := os.ReadFile(filepath.Join(root, p))
+		if err != nil || string(b) != want {
+			t.Errorf("%s: %q, %v; want %q", p, b, err, want)
+		}
+		if fi, err := os.Lstat(filepath.Join(root, filepath.Dir(p))); err != nil || !fi.IsDir() {
+			t.Errorf("%s: parent is not a real directory", p)
+		}
+	}
+	if l, err := os.Readlink(filepath.Join(root, "up")); err != nil || l != "../../../../.." {
+		t.Errorf("up: %q, %v", l, err)
+	}
+}
