@@ -564,10 +564,10 @@ func TestGNUCpioContained(t *testing.T) {
 	}
 	root := filepath.Join(dest, RootfsDir)
 	for p, want := range map[string]string{
-		"etc/" + canary:  "through the symlink?", // etc became a directory in the upper layer
-		"abs/" + canary:  "abs",
-		"up2/" + canary:  "dotdot inside",
-		"hard":           "abs",
+		"etc/" + canary: "through the symlink?", // etc became a directory in the upper layer
+		"abs/" + canary: "abs",
+		"up2/" + canary: "dotdot inside",
+		"hard":          "abs",
 	} {
 		b, err := os.ReadFile(filepath.Join(root, p))
 		if err != nil || string(b) != want {
