@@ -95,7 +95,7 @@ func Start(ctx context.Context, b Backend, req Request, rio RunIO) (_ *Session, 
 	s := &Session{done: make(chan struct{})}
 	defer func() {
 		if err != nil {
-			s.shutdown(context.Background())
+			_ = s.shutdown(context.Background())
 		}
 	}()
 	for _, p := range rio.Publish {
@@ -133,7 +133,7 @@ func Start(ctx context.Context, b Backend, req Request, rio RunIO) (_ *Session, 
 		st.Stdin.Close()
 	} else {
 		go func() {
-			io.CopyBuffer(st.Stdin, rio.Stdin, make([]byte, agent.CopyBufferSize))
+			_, _ = io.CopyBuffer(st.Stdin, rio.Stdin, make([]byte, agent.CopyBufferSize))
 			st.Stdin.Close()
 		}()
 	}
@@ -147,7 +147,7 @@ func Start(ctx context.Context, b Backend, req Request, rio RunIO) (_ *Session, 
 	switch m.Type {
 	case agent.MsgStarted:
 	case agent.MsgError:
-		cl.Bye()
+		_ = cl.Bye()
 		return nil, &agent.InitError{Stage: m.Stage, Msg: m.Error}
 	case agent.MsgExit:
 		// Started is always sent first; an exit here is a protocol error.
@@ -159,7 +159,7 @@ func Start(ctx context.Context, b Backend, req Request, rio RunIO) (_ *Session, 
 		s.fwdWG.Add(1)
 		go func() {
 			defer s.fwdWG.Done()
-			cl.ServeForward(l, rio.Publish[i].EnclavePort)
+			_ = cl.ServeForward(l, rio.Publish[i].EnclavePort)
 		}()
 	}
 	progress(StageStarted)
@@ -212,7 +212,7 @@ func (s *Session) copyOut(r io.ReadCloser, w io.Writer) {
 		defer s.ioWG.Done()
 		// Keep reading after w fails (a closed pipe): an app blocked on a
 		// full stream would never exit.
-		io.CopyBuffer(&draining{w: w}, r, make([]byte, agent.CopyBufferSize))
+		_, _ = io.CopyBuffer(&draining{w: w}, r, make([]byte, agent.CopyBufferSize))
 		r.Close()
 	}()
 }
@@ -275,7 +275,7 @@ func (s *Session) watch() {
 		case <-drained:
 		case <-time.After(30 * time.Second):
 		}
-		s.cl.Bye()
+		_ = s.cl.Bye()
 		select {
 		case <-s.enc.Done(): // init powers off after bye
 		case <-time.After(5 * time.Second):
@@ -283,7 +283,7 @@ func (s *Session) watch() {
 	default:
 		s.status, s.err = terminated, &agent.InitError{Stage: r.m.Stage, Msg: r.m.Error}
 	}
-	s.shutdown(context.Background())
+	_ = s.shutdown(context.Background())
 }
 
 // shutdown terminates the enclave and releases listeners; idempotent.
@@ -366,11 +366,11 @@ func Run(ctx context.Context, b Backend, req Request, rio RunIO) (ExitStatus, er
 		case <-s.done:
 			return s.Wait()
 		case <-ctx.Done():
-			s.Terminate(context.Background())
+			_ = s.Terminate(context.Background())
 			st, _ := s.Wait()
 			return st, ctx.Err()
 		case <-graceC:
-			s.Terminate(context.Background())
+			_ = s.Terminate(context.Background())
 			return s.Wait()
 		case sig := <-rio.Signals:
 			ss, ok := sig.(syscall.Signal)
@@ -379,13 +379,13 @@ func Run(ctx context.Context, b Backend, req Request, rio RunIO) (ExitStatus, er
 			}
 			switch {
 			case ss == syscall.SIGKILL, stopping && (ss == syscall.SIGTERM || ss == syscall.SIGINT):
-				s.Terminate(context.Background())
+				_ = s.Terminate(context.Background())
 				return s.Wait()
 			case ss == syscall.SIGTERM || ss == syscall.SIGINT:
 				stopping = true
 				graceC = time.After(grace)
 			}
-			s.Signal(ss)
+			_ = s.Signal(ss)
 		}
 	}
 }

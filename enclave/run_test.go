@@ -84,11 +84,11 @@ func app(body func(g *agent.Guest, st agent.GuestStdio) (code, sig int)) func(g 
 		if err != nil {
 			return
 		}
-		g.Started(1)
+		_ = g.Started(1)
 		code, sig := body(g, st)
 		st.Stdout.Close()
 		st.Stderr.Close()
-		g.Exit(ctx, code, sig)
+		_ = g.Exit(ctx, code, sig)
 	}
 }
 
@@ -101,8 +101,8 @@ func ctx(t *testing.T) context.Context {
 func TestRunStatusAndStdio(t *testing.T) {
 	b := newFake(app(func(g *agent.Guest, st agent.GuestStdio) (int, int) {
 		in, _ := io.ReadAll(st.Stdin)
-		st.Stdout.Write([]byte("out:" + string(in)))
-		st.Stderr.Write([]byte("err"))
+		_, _ = st.Stdout.Write([]byte("out:" + string(in)))
+		_, _ = st.Stderr.Write([]byte("err"))
 		return 7, 0
 	}))
 	var out, errb bytes.Buffer
@@ -191,8 +191,8 @@ func TestRunEnclaveDies(t *testing.T) {
 		if err != nil {
 			return
 		}
-		g.Started(1)
-		st.Stdout.Write([]byte("partial"))
+		_ = g.Started(1)
+		_, _ = st.Stdout.Write([]byte("partial"))
 		// and the enclave stops without an exit status
 	})
 	var out bytes.Buffer
@@ -204,7 +204,7 @@ func TestRunEnclaveDies(t *testing.T) {
 
 func TestRunInitFails(t *testing.T) {
 	b := newFake(func(g *agent.Guest) {
-		g.Fail(context.Background(), "switching root", errors.New("no /rootfs"))
+		_ = g.Fail(context.Background(), "switching root", errors.New("no /rootfs"))
 	})
 	_, err := enclave.Run(ctx(t), b, req, enclave.RunIO{})
 	var ie *agent.InitError
@@ -249,7 +249,7 @@ func TestPublishForwards(t *testing.T) {
 			if err != nil {
 				return
 			}
-			go func() { io.Copy(c, c); c.Close() }()
+			go func() { _, _ = io.Copy(c, c); c.Close() }()
 		}
 	}()
 	port := uint16(inner.Addr().(*net.TCPAddr).Port)
@@ -266,8 +266,8 @@ func TestPublishForwards(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.Write([]byte("ping"))
-	c.(*net.TCPConn).CloseWrite()
+	_, _ = c.Write([]byte("ping"))
+	_ = c.(*net.TCPConn).CloseWrite()
 	got, _ := io.ReadAll(c)
 	c.Close()
 	if string(got) != "ping" {

@@ -132,7 +132,7 @@ func TestRunCLIInterrupt(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill() })
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	r := bufio.NewReader(stdout)
 	line, err := r.ReadString('\n')
 	if err != nil || line != "ready\n" {
@@ -196,7 +196,7 @@ spec:
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill() })
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	url := "http://127.0.0.1:" + strconv.Itoa(port) + "/index.html"
 	deadline := time.Now().Add(3 * time.Minute)
 	var body []byte

@@ -87,7 +87,7 @@ func TestReadFrameRejects(t *testing.T) {
 
 func FuzzReadFrame(f *testing.F) {
 	var b bytes.Buffer
-	WriteFrame(&b, Message{Type: MsgExit, Code: 3, Signal: 9})
+	_ = WriteFrame(&b, Message{Type: MsgExit, Code: 3, Signal: 9})
 	f.Add(b.Bytes())
 	f.Add([]byte("\x00\x00\x00\x02{}"))
 	f.Add([]byte("\xff\xff\xff\xff"))
@@ -122,8 +122,8 @@ func TestRunLifecycle(t *testing.T) {
 			return
 		}
 		in, _ := io.ReadAll(st.Stdin)
-		st.Stdout.Write(bytes.ToUpper(in))
-		st.Stderr.Write([]byte("err\n"))
+		_, _ = st.Stdout.Write(bytes.ToUpper(in))
+		_, _ = st.Stderr.Write([]byte("err\n"))
 		sig := <-g.Signals()
 		st.Stdout.Close()
 		st.Stderr.Close()
@@ -144,7 +144,7 @@ func TestRunLifecycle(t *testing.T) {
 	if d := cmp.Diff(Message{Type: MsgStarted, PID: 42}, m); d != "" {
 		t.Fatalf("started (-want +got):\n%s", d)
 	}
-	st.Stdin.Write([]byte("hello\n"))
+	_, _ = st.Stdin.Write([]byte("hello\n"))
 	st.Stdin.Close()
 	var out, errb []byte
 	var wg sync.WaitGroup
@@ -175,7 +175,9 @@ func TestRunLifecycle(t *testing.T) {
 
 func TestFailBeforeStart(t *testing.T) {
 	c, g := pair(t)
-	go g.Fail(context.Background(), "switching root", errors.New("/rootfs: no such file or directory"))
+	go func() {
+		_ = g.Fail(context.Background(), "switching root", errors.New("/rootfs: no such file or directory"))
+	}()
 	m, err := c.Recv()
 	if err != nil {
 		t.Fatal(err)
@@ -205,7 +207,7 @@ func TestVersionMismatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.Send(Message{Type: MsgHello, Version: Version + 1})
+	_ = c.Send(Message{Type: MsgHello, Version: Version + 1})
 	m, err := c.Recv()
 	if err != nil {
 		t.Fatal(err)
@@ -233,7 +235,7 @@ func TestForward(t *testing.T) {
 				defer conn.Close()
 				b, _ := io.ReadAll(conn) // until the client's half-close
 				sum := sha256.Sum256(b)
-				conn.Write(sum[:])
+				_, _ = conn.Write(sum[:])
 			}()
 		}
 	}()
@@ -262,8 +264,8 @@ func TestForward(t *testing.T) {
 				return
 			}
 			defer conn.Close()
-			conn.Write(payload)
-			conn.(*net.TCPConn).CloseWrite()
+			_, _ = conn.Write(payload)
+			_ = conn.(*net.TCPConn).CloseWrite()
 			got, err := io.ReadAll(conn)
 			if err != nil {
 				errs <- err
@@ -294,7 +296,7 @@ func TestForwardRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_ = s.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if b, err := io.ReadAll(s); err != nil || len(b) != 0 {
 		t.Errorf("stream to a closed port: %q, %v; want EOF", b, err)
 	}
@@ -345,8 +347,8 @@ func TestCoalescerSocket(t *testing.T) {
 	c := &coalescer{ReadWriteCloser: h}
 	data := []byte{0, yamuxTypeData, 0, 0, 0, 0, 0, 1, 0, 0, 0, 3}
 	go func() {
-		c.Write(data)
-		c.Write([]byte("abc"))
+		_, _ = c.Write(data)
+		_, _ = c.Write([]byte("abc"))
 		h.Close()
 	}()
 	got, err := io.ReadAll(e)

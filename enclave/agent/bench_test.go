@@ -13,7 +13,7 @@ import (
 // socketpair returns the two ends of a unix stream socketpair as net.Conns.
 func socketpair(b *testing.B) (net.Conn, net.Conn) {
 	b.Helper()
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM, 0)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -46,8 +46,8 @@ func BenchmarkRawSocketpair(b *testing.B) {
 	b.SetBytes(benchChunk)
 	b.ResetTimer()
 	go func() {
-		io.CopyBuffer(w, io.LimitReader(zeros{}, int64(b.N)*benchChunk), make([]byte, CopyBufferSize))
-		w.(*net.UnixConn).CloseWrite()
+		_, _ = io.CopyBuffer(w, io.LimitReader(zeros{}, int64(b.N)*benchChunk), make([]byte, CopyBufferSize))
+		_ = w.(*net.UnixConn).CloseWrite()
 	}()
 	if n, err := io.CopyBuffer(io.Discard, r, make([]byte, CopyBufferSize)); err != nil || n != int64(b.N)*benchChunk {
 		b.Fatalf("copied %d, %v", n, err)
@@ -83,7 +83,7 @@ func BenchmarkChannelSocketpair(b *testing.B) {
 	b.SetBytes(benchChunk)
 	b.ResetTimer()
 	go func() {
-		io.CopyBuffer(gs.Stdout, io.LimitReader(zeros{}, int64(b.N)*benchChunk), make([]byte, CopyBufferSize))
+		_, _ = io.CopyBuffer(gs.Stdout, io.LimitReader(zeros{}, int64(b.N)*benchChunk), make([]byte, CopyBufferSize))
 		gs.Stdout.Close()
 	}()
 	if n, err := io.CopyBuffer(io.Discard, st.Stdout, make([]byte, CopyBufferSize)); err != nil || n != int64(b.N)*benchChunk {

@@ -20,18 +20,17 @@ type Guest struct {
 	sess *yamux.Session
 	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 
-	mu       sync.Mutex
-	ctrl     *yamux.Stream
-	ctrlCh   chan struct{} // closed when ctrl is set and hello answered
-	stdio    [3]*yamux.Stream
-	stdioCh  chan struct{} // closed when all three stdio streams arrived
-	startCh  chan struct{} // closed on start
-	byeCh    chan struct{} // closed on bye
-	signals  chan int
-	closed   chan struct{}
-	once     map[string]*sync.Once
-	wmu      sync.Mutex
-	errHello error // set when the host spoke another version
+	mu      sync.Mutex
+	ctrl    *yamux.Stream
+	ctrlCh  chan struct{} // closed when ctrl is set and hello answered
+	stdio   [3]*yamux.Stream
+	stdioCh chan struct{} // closed when all three stdio streams arrived
+	startCh chan struct{} // closed on start
+	byeCh   chan struct{} // closed on bye
+	signals chan int
+	closed  chan struct{}
+	once    map[string]*sync.Once
+	wmu     sync.Mutex
 }
 
 // GuestConfig configures NewGuest.
@@ -81,12 +80,12 @@ func (g *Guest) accept() {
 
 func (g *Guest) handle(s *yamux.Stream) {
 	var h Header
-	s.SetReadDeadline(time.Now().Add(time.Minute))
+	_ = s.SetReadDeadline(time.Now().Add(time.Minute))
 	if err := ReadFrame(s, &h); err != nil {
 		s.Close()
 		return
 	}
-	s.SetReadDeadline(time.Time{})
+	_ = s.SetReadDeadline(time.Time{})
 	switch h.Kind {
 	case KindControl:
 		g.control(s)
@@ -135,11 +134,11 @@ func (g *Guest) control(s *yamux.Stream) {
 		switch m.Type {
 		case MsgHello:
 			if m.Version != Version {
-				g.send(Message{Type: MsgError, Stage: "connecting",
+				_ = g.send(Message{Type: MsgError, Stage: "connecting",
 					Error: fmt.Sprintf("enclave init speaks agent protocol %d, the host %d: rebuild the EIF with this nitropod", Version, m.Version)})
 				continue
 			}
-			g.send(Message{Type: MsgHello, Version: Version})
+			_ = g.send(Message{Type: MsgHello, Version: Version})
 			g.once["ctrl"].Do(func() { close(g.ctrlCh) })
 		case MsgStart:
 			g.once["start"].Do(func() { close(g.startCh) })

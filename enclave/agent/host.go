@@ -209,7 +209,7 @@ func Splice(a, b net.Conn) {
 			return
 		}
 		if cw, ok := dst.(closeWriter); ok {
-			cw.CloseWrite()
+			_ = cw.CloseWrite()
 		} else if _, ok := dst.(*yamux.Stream); ok {
 			dst.Close() // yamux Close is a half-close (FIN)
 		}

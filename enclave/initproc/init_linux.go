@@ -87,7 +87,7 @@ func (i *initState) fail(err error) {
 	if i.guest != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		i.guest.Fail(ctx, st, err)
+		_ = i.guest.Fail(ctx, st, err)
 	}
 }
 
@@ -98,15 +98,15 @@ func (i *initState) boot() error {
 		{"proc", "/proc", "proc"},
 		{"sysfs", "/sys", "sysfs"},
 	} {
-		os.MkdirAll(m.dst, 0o755)
+		_ = os.MkdirAll(m.dst, 0o755)
 		if err := unix.Mount(m.src, m.dst, m.fstype, unix.MS_NOSUID|unix.MS_NOEXEC, ""); err != nil && !errors.Is(err, unix.EBUSY) {
 			return stage("mounting "+m.dst, err)
 		}
 	}
 	if c, err := os.OpenFile("/dev/console", os.O_WRONLY, 0); err == nil {
 		i.console = c
-		unix.Dup2(int(c.Fd()), 1)
-		unix.Dup2(int(c.Fd()), 2)
+		_ = unix.Dup2(int(c.Fd()), 1)
+		_ = unix.Dup2(int(c.Fd()), 2)
 	}
 	mods, err := Modules("/" + ramdisk.ModulesDir)
 	if err != nil {
@@ -248,7 +248,7 @@ func (i *initState) setup() (*ramdisk.Process, error) {
 	if err := unix.Sethostname([]byte(host)); err != nil {
 		return nil, stage("setting the hostname", err)
 	}
-	os.MkdirAll("/etc", 0o755)
+	_ = os.MkdirAll("/etc", 0o755)
 	if err := os.WriteFile("/etc/hosts", []byte(Hosts(host)), 0o644); err != nil {
 		return nil, stage("writing /etc/hosts", err)
 	}
@@ -260,7 +260,7 @@ func switchRoot(root string) error {
 		return fmt.Errorf("the image filesystem is missing: %w", err)
 	}
 	for _, m := range []string{"/proc", "/sys", "/dev"} {
-		unix.Unmount(m, unix.MNT_DETACH)
+		_ = unix.Unmount(m, unix.MNT_DETACH)
 	}
 	if err := unix.Mount(root, root, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 		return fmt.Errorf("bind-mounting %s: %w", root, err)
@@ -301,17 +301,17 @@ func mountAll() error {
 	}
 	// cgroups, as AWS's init mounts them; best effort (a kernel may lack v2).
 	if err := os.MkdirAll("/sys/fs/cgroup", 0o755); err == nil {
-		unix.Mount("cgroup2", "/sys/fs/cgroup", "cgroup2", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "")
+		_ = unix.Mount("cgroup2", "/sys/fs/cgroup", "cgroup2", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "")
 	}
 	for name, target := range map[string]string{
 		"/dev/fd": "/proc/self/fd", "/dev/stdin": "/proc/self/fd/0",
 		"/dev/stdout": "/proc/self/fd/1", "/dev/stderr": "/proc/self/fd/2",
 	} {
-		os.Symlink(target, name)
+		_ = os.Symlink(target, name)
 	}
 	// The devpts instance's ptmx, so that ptys opened in the app work.
 	os.Remove("/dev/ptmx")
-	os.Symlink("pts/ptmx", "/dev/ptmx")
+	_ = os.Symlink("pts/ptmx", "/dev/ptmx")
 	return nil
 }
 
@@ -363,7 +363,7 @@ func (i *initState) runApp(proc *ramdisk.Process) error {
 		}
 		pipes[n] = [2]*os.File{r, w}
 		// Large pipes make large channel frames (see agent.CopyBufferSize).
-		unix.FcntlInt(w.Fd(), unix.F_SETPIPE_SZ, 1<<20)
+		_, _ = unix.FcntlInt(w.Fd(), unix.F_SETPIPE_SZ, 1<<20)
 	}
 	childFiles := []uintptr{pipes[0][0].Fd(), pipes[1][1].Fd(), pipes[2][1].Fd()}
 
@@ -383,10 +383,10 @@ func (i *initState) runApp(proc *ramdisk.Process) error {
 	if err != nil {
 		return stage("starting the app", fmt.Errorf("executing %s: %w", path, err))
 	}
-	i.guest.Started(pid)
+	_ = i.guest.Started(pid)
 
 	go func() {
-		io.CopyBuffer(pipes[0][1], st.Stdin, make([]byte, agent.CopyBufferSize))
+		_, _ = io.CopyBuffer(pipes[0][1], st.Stdin, make([]byte, agent.CopyBufferSize))
 		pipes[0][1].Close()
 		st.Stdin.Close()
 	}()
@@ -395,12 +395,12 @@ func (i *initState) runApp(proc *ramdisk.Process) error {
 		outWG.Add(1)
 		go func() {
 			defer outWG.Done()
-			io.CopyBuffer(w, pipes[n+1][0], make([]byte, agent.CopyBufferSize))
+			_, _ = io.CopyBuffer(w, pipes[n+1][0], make([]byte, agent.CopyBufferSize))
 		}()
 	}
 	go func() {
 		for sig := range i.guest.Signals() {
-			unix.Kill(pid, unix.Signal(sig))
+			_ = unix.Kill(pid, unix.Signal(sig))
 		}
 	}()
 
@@ -458,13 +458,13 @@ func reap(pid int, sigchld <-chan os.Signal) syscall.WaitStatus {
 }
 
 func (i *initState) powerOff() {
-	unix.Kill(-1, unix.SIGKILL)
+	_ = unix.Kill(-1, unix.SIGKILL)
 	unix.Sync()
 	if i.guest != nil {
 		i.guest.Close()
 	}
 	for {
-		unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+		_ = unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
 		time.Sleep(time.Second)
 	}
 }

@@ -29,7 +29,7 @@ func TestLookPath(t *testing.T) {
 	writeFile(t, filepath.Join(root, "usr/bin/app"), 0o755)
 	writeFile(t, filepath.Join(root, "usr/bin/data"), 0o644)
 	writeFile(t, filepath.Join(root, "srv/run.sh"), 0o755)
-	os.MkdirAll(filepath.Join(root, "usr/bin/dir"), 0o755)
+	_ = os.MkdirAll(filepath.Join(root, "usr/bin/dir"), 0o755)
 
 	for _, tc := range []struct {
 		name, argv0, path, cwd, want, err string
@@ -90,7 +90,7 @@ func TestEnv(t *testing.T) {
 func TestReadProcess(t *testing.T) {
 	dir := t.TempDir()
 	good := filepath.Join(dir, "good.json")
-	os.WriteFile(good, []byte(`{"args":["sh","-c","true"],"env":["A=1"],"cwd":"/srv","uid":33,"gid":33,"additionalGids":[4]}`), 0o644)
+	_ = os.WriteFile(good, []byte(`{"args":["sh","-c","true"],"env":["A=1"],"cwd":"/srv","uid":33,"gid":33,"additionalGids":[4]}`), 0o644)
 	p, err := ReadProcess(good)
 	if err != nil {
 		t.Fatal(err)
@@ -101,7 +101,7 @@ func TestReadProcess(t *testing.T) {
 	}
 	for name, content := range map[string]string{"empty args": `{"args":[]}`, "bad json": `{`} {
 		f := filepath.Join(dir, name)
-		os.WriteFile(f, []byte(content), 0o644)
+		_ = os.WriteFile(f, []byte(content), 0o644)
 		if _, err := ReadProcess(f); err == nil {
 			t.Errorf("%s: ReadProcess succeeded", name)
 		}
@@ -114,7 +114,7 @@ func TestReadProcess(t *testing.T) {
 func TestModules(t *testing.T) {
 	dir := t.TempDir()
 	for _, n := range []string{"02-virtio.ko", "00-virtio_ring.ko", "01-b.ko", "README"} {
-		os.WriteFile(filepath.Join(dir, n), nil, 0o644)
+		_ = os.WriteFile(filepath.Join(dir, n), nil, 0o644)
 	}
 	got, err := Modules(dir)
 	if err != nil {

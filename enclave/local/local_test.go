@@ -105,10 +105,10 @@ func TestParsePodErrors(t *testing.T) {
 func TestPrepareEIFErrors(t *testing.T) {
 	dir := t.TempDir()
 	initBin := filepath.Join(dir, "nitropod-init")
-	os.WriteFile(initBin, []byte("x"), 0o755)
+	_ = os.WriteFile(initBin, []byte("x"), 0o755)
 	noKernel := filepath.Join(dir, "blobs")
-	os.MkdirAll(noKernel, 0o755)
-	os.WriteFile(filepath.Join(noKernel, "cmdline"), []byte("console=ttyS0"), 0o644)
+	_ = os.MkdirAll(noKernel, 0o755)
+	_ = os.WriteFile(filepath.Join(noKernel, "cmdline"), []byte("console=ttyS0"), 0o644)
 	for _, tc := range []struct {
 		name string
 		opts Options

@@ -155,7 +155,7 @@ func (b *Backend) Boot(ctx context.Context, req enclave.Request) (_ enclave.Encl
 	e := &qemuEnclave{dir: dir, done: make(chan struct{})}
 	defer func() {
 		if err != nil {
-			e.Terminate(context.Background())
+			_ = e.Terminate(context.Background())
 		}
 	}()
 	kernel := filepath.Join(dir, "kernel")
@@ -221,7 +221,7 @@ func (b *Backend) Boot(ctx context.Context, req enclave.Request) (_ enclave.Encl
 	}
 	e.conn = conn
 	hb := make([]byte, 1)
-	stopRead := context.AfterFunc(bctx, func() { conn.SetReadDeadline(time.Now()) })
+	stopRead := context.AfterFunc(bctx, func() { _ = conn.SetReadDeadline(time.Now()) })
 	_, err = io.ReadFull(conn, hb)
 	stopRead()
 	if err != nil {
@@ -231,7 +231,7 @@ func (b *Backend) Boot(ctx context.Context, req enclave.Request) (_ enclave.Encl
 		return nil, fmt.Errorf("enclave init sent heartbeat byte %#x, want %#x", hb[0], agent.HeartbeatByte)
 	}
 	b.trace(TraceHeartbeat)
-	conn.SetReadDeadline(time.Time{})
+	_ = conn.SetReadDeadline(time.Time{})
 	if _, err := conn.Write(hb); err != nil {
 		return nil, e.bootErr(bctx, "answering the heartbeat", err)
 	}
@@ -382,9 +382,9 @@ func (e *qemuEnclave) bootErr(ctx context.Context, what string, err error) error
 	case <-e.done:
 		msg := strings.TrimSpace(e.stderr.String())
 		if msg != "" {
-			return fmt.Errorf("%s: qemu exited (%v): %s", what, e.waitErr, msg)
+			return fmt.Errorf("%s: qemu exited (%w): %s", what, e.waitErr, msg)
 		}
-		return fmt.Errorf("%s: the enclave stopped during boot (%v); boot it in debug mode to see its console", what, e.waitErr)
+		return fmt.Errorf("%s: the enclave stopped during boot (%w); boot it in debug mode to see its console", what, e.waitErr)
 	default:
 	}
 	if ctx.Err() != nil {

@@ -9,6 +9,6 @@ func sysProcAttr() *syscall.SysProcAttr {
 }
 
 func killGroup(pid int) {
-	syscall.Kill(-pid, syscall.SIGKILL)
-	syscall.Kill(pid, syscall.SIGKILL)
+	_ = syscall.Kill(-pid, syscall.SIGKILL)
+	_ = syscall.Kill(pid, syscall.SIGKILL)
 }

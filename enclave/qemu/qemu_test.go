@@ -138,7 +138,7 @@ func TestPortForwarding(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Terminate(context.Background())
+	defer func() { _ = s.Terminate(context.Background()) }()
 	url := "http://" + s.Published()[0].String() + "/file.txt"
 	get := func() error {
 		resp, err := http.Get(url)
@@ -279,7 +279,7 @@ func TestBootErrors(t *testing.T) {
 			}
 		})
 	}
-	if want := int64(4*fi.Size()+(1<<20)-1) >> 20; qemu.CheckMemory(int(want), fi.Size()) != nil || qemu.CheckMemory(int(want)-1, fi.Size()) == nil {
+	if want := (4*fi.Size() + (1 << 20) - 1) >> 20; qemu.CheckMemory(int(want), fi.Size()) != nil || qemu.CheckMemory(int(want)-1, fi.Size()) == nil {
 		t.Errorf("CheckMemory does not put the limit at 4× the EIF size (%d MiB)", want)
 	}
 }
@@ -334,7 +334,7 @@ func TestOwnerDies(t *testing.T) {
 	if err := owner.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { owner.Process.Kill(); owner.Wait() })
+	t.Cleanup(func() { _ = owner.Process.Kill(); _ = owner.Wait() })
 	line, err := bufio.NewReader(stdout).ReadString('\n')
 	if err != nil || line != "booted\n" {
 		t.Fatalf("owner: %q, %v", line, err)
@@ -342,8 +342,8 @@ func TestOwnerDies(t *testing.T) {
 	if len(qemuProcesses(dir)) != 1 {
 		t.Fatalf("want one qemu process for %s, have %v", dir, qemuProcesses(dir))
 	}
-	owner.Process.Kill()
-	owner.Wait()
+	_ = owner.Process.Kill()
+	_ = owner.Wait()
 	deadline := time.Now().Add(10 * time.Second)
 	for len(qemuProcesses(dir)) != 0 {
 		if time.Now().After(deadline) {
