@@ -198,6 +198,9 @@ func (l *Layers) dir(p string, layer int) (*node, error) {
 			child = &node{name: c, parent: n, mode: cpio.TypeDir | 0o755, children: map[string]*node{}, layer: layer}
 			n.children[c] = child
 		}
+		// The directory is part of this layer too: an opaque marker later in
+		// the layer hides only what lower layers put in it.
+		child.layer = max(child.layer, layer)
 		n = child
 	}
 	return n, nil

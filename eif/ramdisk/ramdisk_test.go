@@ -496,6 +496,25 @@ func snapshot(t *testing.T, root string) []string {
 	return out
 }
 
+// TestLayersOpaqueAfterEntries: a layer may list entries of a directory
+// before its opaque marker; they survive, the lower layers' do not.
+func TestLayersOpaqueAfterEntries(t *testing.T) {
+	rd := layersRamdisk(t, [][]byte{
+		tarLayer(t, []file{{Name: "d/sub/old", Mode: reg | 0o644, Data: "old"}, {Name: "d/old2", Mode: reg | 0o644, Data: "old2"}}),
+		tarLayer(t, []file{{Name: "d/sub/new", Mode: reg | 0o644, Data: "new"}, {Name: "d/.wh..wh..opq", Mode: reg}}),
+	})
+	got, _ := readTree(t, rd)
+	var names []string
+	for _, f := range got {
+		if f.Name == "d" || strings.HasPrefix(f.Name, "d/") {
+			names = append(names, f.Name)
+		}
+	}
+	if d := cmp.Diff([]string{"d", "d/sub", "d/sub/new"}, names); d != "" {
+		t.Errorf("d (-want +got):\n%s", d)
+	}
+}
+
 // TestLayersHardLinksAcrossLayers: a link to a lower layer's file shares its
 // inode; a link whose target is later replaced keeps the old content, as on
 // overlayfs.
