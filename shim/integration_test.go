@@ -45,7 +45,7 @@ var buildOnce struct {
 
 // buildBinaries builds the shim, the launcher and nitropod-init (static)
 // once per test binary.
-func buildBinaries(t *testing.T) string {
+func buildBinaries(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "nitroshim-bin")
@@ -76,12 +76,12 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func newEnv(t *testing.T, cri *ctrtest.CRIOptions) *env {
+func newEnv(t testing.TB, cri *ctrtest.CRIOptions) *env {
 	t.Helper()
 	return newEnvOpts(t, ctrtest.Options{CRI: cri})
 }
 
-func newEnvOpts(t *testing.T, opts ctrtest.Options) *env {
+func newEnvOpts(t testing.TB, opts ctrtest.Options) *env {
 	t.Helper()
 	cri := opts.CRI
 	testenv.Integration(t)
@@ -119,7 +119,7 @@ accel = "tcg"
 	return e
 }
 
-func busyboxImage(t *testing.T, extra string) v1.Image {
+func busyboxImage(t testing.TB, extra string) v1.Image {
 	t.Helper()
 	bb := testenv.Binary(t, "busybox")
 	img, err := images.Busybox(bb, t.TempDir())
@@ -143,7 +143,7 @@ func busyboxImage(t *testing.T, extra string) v1.Image {
 	return img
 }
 
-func (e *env) importImage(t *testing.T, ctx context.Context, namespace, ref string, img v1.Image) {
+func (e *env) importImage(t testing.TB, ctx context.Context, namespace, ref string, img v1.Image) {
 	t.Helper()
 	if err := e.ctrd.Import(ctx, namespace, ref, img); err != nil {
 		t.Fatal(err)
@@ -183,7 +183,7 @@ func (e *env) shimLog(id string) []string {
 
 var durRe = regexp.MustCompile(`create_duration=([0-9.]+[a-zµ]+)`)
 
-func (e *env) createInfo(t *testing.T, id string) (hit bool, build bool, create time.Duration) {
+func (e *env) createInfo(t testing.TB, id string) (hit bool, build bool, create time.Duration) {
 	t.Helper()
 	for _, l := range e.shimLog(id) {
 		if strings.Contains(l, "cache_hit=true") {
@@ -296,7 +296,7 @@ func waitLine(t *testing.T, lines <-chan string, want string, timeout time.Durat
 
 // assertNothingLeft checks that no launcher or QEMU process and no rootfs
 // mount of this containerd is left.
-func assertNothingLeft(t *testing.T, e *env) {
+func assertNothingLeft(t testing.TB, e *env) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	var left []string

@@ -16,7 +16,7 @@ import (
 )
 
 // taskPid is the task's pid from `ctr task ls` (the launcher).
-func (e *env) taskPid(t *testing.T, ctx context.Context, id string) (int, string) {
+func (e *env) taskPid(t testing.TB, ctx context.Context, id string) (int, string) {
 	t.Helper()
 	out, err := e.ctrd.Ctr(ctx, ns, "task", "ls")
 	if err != nil {
@@ -32,7 +32,7 @@ func (e *env) taskPid(t *testing.T, ctx context.Context, id string) (int, string
 	return 0, ""
 }
 
-func (e *env) runDetached(t *testing.T, ctx context.Context, extra []string, id string, args ...string) {
+func (e *env) runDetached(t testing.TB, ctx context.Context, extra []string, id string, args ...string) {
 	t.Helper()
 	full := append([]string{"run", "-d", "--runtime", nitropod.RuntimeType}, extra...)
 	full = append(full, busyboxRef, id)
@@ -42,7 +42,7 @@ func (e *env) runDetached(t *testing.T, ctx context.Context, extra []string, id 
 	}
 }
 
-func (e *env) waitStatus(t *testing.T, ctx context.Context, id, want string, timeout time.Duration) {
+func (e *env) waitStatus(t testing.TB, ctx context.Context, id, want string, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {

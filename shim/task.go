@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"syscall"
@@ -136,7 +138,7 @@ func (s *service) createEnclave(ctx context.Context, r *taskAPI.CreateTaskReques
 	cmd.Dir = r.Bundle
 	cmd.ExtraFiles = []*os.File{startR, readyW}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "GOMAXPROCS=2"}
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "GOMAXPROCS=1", "GOGC=50"}
 
 	t := &enclaveTask{
 		id: r.ID, bundle: r.Bundle, cgroupsPath: cgroupsPath, backend: cfg.Backend,
@@ -198,6 +200,13 @@ func (s *service) createEnclave(ctx context.Context, r *taskAPI.CreateTaskReques
 		return nil, ctx.Err()
 	}
 	logger.WithFields(log.Fields{"launcher_pid": t.pid, "create_duration": time.Since(t0).String()}).Info("enclave container created")
+	// Building or verifying the EIF went through large buffers: return
+	// them to the OS, the shim lives as long as the Pod.
+	go func() {
+		// Two collections: sync.Pool buffers (eif's) survive the first.
+		runtime.GC()
+		debug.FreeOSMemory()
+	}()
 	return t, nil
 }
 
