@@ -274,9 +274,9 @@ func (e *env) checkNginxEnclave(name string) {
 	if !e.applied.IsZero() {
 		t.Logf("BENCH e2e: kubectl apply -> first page from the enclave, %s: %.1fs", name, time.Since(e.applied).Seconds())
 	}
-	if n := e.enclaveProcesses(); n < 1 {
-		out, _ := exec.Command("sh", "-c", "ps -eo pid,args | grep -E 'qemu|nitropod-launcher' | grep -v grep").Output()
-		t.Errorf("no emulated enclave (qemu with %s on its command line) runs for %s; processes:\n%s", e.runDir, name, out)
+	if _, qemu := enclaveProcesses(p.Status.ContainerStatuses[0].ContainerID); !qemu {
+		out, _ := exec.Command("sh", "-c", "ps -eo pid,ppid,args | grep -E 'qemu|nitropod-launcher' | grep -v grep").Output()
+		t.Errorf("no emulated enclave (QEMU below the launcher of %s) runs for %s; processes:\n%s", p.Status.ContainerStatuses[0].ContainerID, name, out)
 	}
 	if !strings.Contains(body, "Welcome to nginx!") {
 		t.Errorf("GET / = %q; want nginx's welcome page", body)
@@ -302,25 +302,77 @@ func (e *env) waitLogs(name, want string, timeout time.Duration) {
 // deleteEnclavePod deletes a Pod and checks that its enclave ended.
 func (e *env) deleteEnclavePod(name string) {
 	e.t.Helper()
+	var ids []string
+	if p, err := e.pod(name); err == nil {
+		for _, s := range p.Status.ContainerStatuses {
+			ids = append(ids, s.ContainerID)
+		}
+	}
 	e.mustKubectl("", "delete", "pod", name, "--wait=false")
 	e.waitGone(name, 3*time.Minute)
-	deadline := time.Now().Add(60 * time.Second)
-	for e.enclaveProcesses() > 0 {
-		if time.Now().After(deadline) {
-			e.t.Errorf("an emulated enclave still runs 60s after %s was deleted", name)
-			return
+	deadline := time.Now().Add(30 * time.Second)
+	for _, id := range ids {
+		for {
+			pids, _ := enclaveProcesses(id)
+			if len(pids) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				e.t.Errorf("enclave processes %v of %s still run 30s after the Pod was deleted", pids, name)
+				break
+			}
+			time.Sleep(500 * time.Millisecond)
 		}
-		time.Sleep(time.Second)
 	}
 }
 
-// enclaveProcesses counts QEMU processes of this cluster's enclaves (their
-// command lines name the shim's run directory).
-func (e *env) enclaveProcesses() int {
-	out, _ := exec.Command("pgrep", "-c", "-f", "qemu-system-x86_64.*"+e.runDir).Output()
-	var n int
-	fmt.Sscan(strings.TrimSpace(string(out)), &n)
-	return n
+// enclaveProcesses lists the processes of a container's emulated enclave:
+// the launcher (its command line names the container's bundle, which holds
+// the container ID) and the QEMU processes below it. qemu reports whether
+// at least one QEMU is among them.
+func enclaveProcesses(containerID string) (pids []int, qemu bool) {
+	containerID = strings.TrimPrefix(containerID, "containerd://")
+	if containerID == "" {
+		return nil, false
+	}
+	entries, _ := os.ReadDir("/proc")
+	parent := map[int]int{}
+	cmd := map[int]string{}
+	for _, en := range entries {
+		var pid int
+		if _, err := fmt.Sscan(en.Name(), &pid); err != nil {
+			continue
+		}
+		c, err := os.ReadFile(filepath.Join("/proc", en.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		cmd[pid] = strings.ReplaceAll(string(c), "\x00", " ")
+		st, _ := os.ReadFile(filepath.Join("/proc", en.Name(), "stat"))
+		if i := strings.LastIndexByte(string(st), ')'); i > 0 {
+			var state string
+			var ppid int
+			fmt.Sscan(string(st[i+1:]), &state, &ppid)
+			parent[pid] = ppid
+		}
+	}
+	in := func(pid int) bool {
+		for p := pid; p > 1; p = parent[p] {
+			if strings.Contains(cmd[p], containerID) && !strings.Contains(cmd[p], "containerd-shim") {
+				return true
+			}
+		}
+		return false
+	}
+	for pid, c := range cmd {
+		if in(pid) {
+			pids = append(pids, pid)
+			if strings.Contains(c, "qemu-system") {
+				qemu = true
+			}
+		}
+	}
+	return pids, qemu
 }
 
 func (e *env) allocatable(resource string) string {
