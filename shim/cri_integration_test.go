@@ -19,6 +19,8 @@ import (
 	"github.com/nitropod/nitropod/internal/ctrtest"
 	"github.com/nitropod/nitropod/internal/testenv"
 	"github.com/nitropod/nitropod/test/images"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
 const (
@@ -183,6 +185,61 @@ func TestCRIPodWithEnclave(t *testing.T) {
 	if out, err := cc.run(ctx, "exec", ctrID, "true"); err == nil || !strings.Contains(out, "not supported for enclave containers") {
 		t.Errorf("crictl exec: err=%v out=%q, want 'not supported for enclave containers'", err, out)
 	}
+	// A Pod the webhook did not annotate: the image's EXPOSEd port is
+	// forwarded.
+	exposeImg := busyboxImageConfig(t, v1.Config{
+		Cmd:          []string{"sh"},
+		Env:          []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"},
+		ExposedPorts: map[string]struct{}{"8081/tcp": {}},
+	})
+	const exposeRef = "docker.io/library/busybox-expose:latest"
+	e.importImage(t, ctx, criNS, exposeRef, exposeImg)
+	pod2Cfg := writeJSON(t, filepath.Join(dir, "pod2.json"), map[string]any{
+		"metadata":      map[string]any{"name": "plain-pod", "namespace": "default", "uid": "plain-pod-uid", "attempt": 0},
+		"log_directory": logDir + "2",
+		"linux":         map[string]any{},
+	})
+	ctr2Cfg := writeJSON(t, filepath.Join(dir, "ctr2.json"), map[string]any{
+		"metadata": map[string]any{"name": "web"},
+		"image":    map[string]any{"image": exposeRef},
+		"command":  []string{"sh", "-c", "mkdir -p /www; echo exposed > /www/index.html; exec httpd -f -p 8081 -h /www"},
+		"log_path": "web.log",
+		"linux":    map[string]any{},
+	})
+	pod2, err := cc.run(ctx, "runp", "--runtime", nitropod.RuntimeClassName, pod2Cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctr2, err := cc.run(ctx, "create", pod2, ctr2Cfg, pod2Cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cc.run(ctx, "start", ctr2); err != nil {
+		t.Fatal(err)
+	}
+	ip2, err := cc.run(ctx, "inspectp", "-o", "go-template", "--template", "{{.status.network.ip}}", pod2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(3 * time.Minute)
+	for {
+		body, err = getInNetNS(e.ctrd, net.JoinHostPort(ip2, "8081"), "/index.html")
+		if err == nil && strings.Contains(body, "exposed") {
+			break
+		}
+		state, _ := cc.run(ctx, "inspect", "-o", "go-template", "--template", "{{.status.state}}", ctr2)
+		if time.Now().After(deadline) || state == "CONTAINER_EXITED" {
+			logs, _ := cc.run(ctx, "logs", ctr2)
+			t.Fatalf("GET %s:8081 (EXPOSEd by the image): %v (body %q); log:\n%s", ip2, err, body, logs)
+		}
+		time.Sleep(time.Second)
+	}
+	for _, args := range [][]string{{"stop", "--timeout", "5", ctr2}, {"rm", ctr2}, {"stopp", pod2}, {"rmp", pod2}} {
+		if _, err := cc.run(ctx, args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+
 	if _, err := cc.run(ctx, "stop", "--timeout", "5", ctrID); err != nil {
 		t.Fatal(err)
 	}

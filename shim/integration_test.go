@@ -143,6 +143,20 @@ func busyboxImage(t testing.TB, extra string) v1.Image {
 	return img
 }
 
+// busyboxImageConfig is the busybox rootfs with the given image config.
+func busyboxImageConfig(t testing.TB, cfg v1.Config) v1.Image {
+	t.Helper()
+	dir := t.TempDir()
+	if err := images.BusyboxRootfs(testenv.Binary(t, "busybox"), dir); err != nil {
+		t.Fatal(err)
+	}
+	img, err := images.FromDir(dir, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
 func (e *env) importImage(t testing.TB, ctx context.Context, namespace, ref string, img v1.Image) {
 	t.Helper()
 	if err := e.ctrd.Import(ctx, namespace, ref, img); err != nil {

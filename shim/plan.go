@@ -29,6 +29,9 @@ type Plan struct {
 	// Ports are the TCP ports the launcher listens on in the Pod's network
 	// namespace and forwards into the enclave.
 	Ports []uint16
+	// PortsFromImage is set when the webhook recorded no ports for the
+	// container: the image's EXPOSEd TCP ports are forwarded instead.
+	PortsFromImage bool
 	// ImageLocation is the s3:// URL of a prebuilt EIF, or "".
 	ImageLocation string
 	// Process is what runs inside the enclave (measured into the EIF).
@@ -124,6 +127,7 @@ func PlanContainer(spec *specs.Spec, cfg Config) (Plan, error) {
 		}
 		p.MemoryMiB = n
 	}
+	p.PortsFromImage = entry == nil || entry.Ports == nil
 	p.Ports = uniquePorts(p.Ports)
 	proc.Ports = p.Ports
 	p.Process = proc

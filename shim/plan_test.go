@@ -52,7 +52,7 @@ func TestPlanContainer(t *testing.T) {
 		{
 			name: "direct use (ctr run): config defaults",
 			spec: testSpec(nil, "PATH=/bin"),
-			want: Plan{Enclave: true, CPUs: 2, MemoryMiB: 512, Process: ramdisk.Process{
+			want: Plan{Enclave: true, CPUs: 2, MemoryMiB: 512, PortsFromImage: true, Process: ramdisk.Process{
 				Args: []string{"sh", "-c", "echo hi"}, Env: []string{"PATH=/bin"}, Cwd: "/work", UID: 1000, GID: 1000,
 				AdditionalGIDs: []uint32{10}, Hostname: "pod-a",
 			}},
@@ -77,7 +77,7 @@ func TestPlanContainer(t *testing.T) {
 		{
 			name: "debug only with the exact value",
 			spec: testSpec(nil, nitropod.DebugModeEnv+"=true"),
-			want: Plan{Enclave: true, CPUs: 2, MemoryMiB: 512, Process: ramdisk.Process{
+			want: Plan{Enclave: true, CPUs: 2, MemoryMiB: 512, PortsFromImage: true, Process: ramdisk.Process{
 				Args: []string{"sh", "-c", "echo hi"}, Env: []string{nitropod.DebugModeEnv + "=true"}, Cwd: "/work", UID: 1000, GID: 1000,
 				AdditionalGIDs: []uint32{10}, Hostname: "pod-a",
 			}},
@@ -85,7 +85,7 @@ func TestPlanContainer(t *testing.T) {
 		{
 			name: "imageLocation is passed on",
 			spec: testSpec(map[string]string{nitropod.ImageLocationAnnotation: "s3://b/k.eif"}),
-			want: Plan{Enclave: true, CPUs: 2, MemoryMiB: 512, ImageLocation: "s3://b/k.eif", Process: ramdisk.Process{
+			want: Plan{Enclave: true, CPUs: 2, MemoryMiB: 512, PortsFromImage: true, ImageLocation: "s3://b/k.eif", Process: ramdisk.Process{
 				Args: []string{"sh", "-c", "echo hi"}, Cwd: "/work", UID: 1000, GID: 1000,
 				AdditionalGIDs: []uint32{10}, Hostname: "pod-a",
 			}},
@@ -195,4 +195,11 @@ func FuzzParseConfig(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_, _ = ParseConfig(b, DefaultConfig())
 	})
+}
+
+func TestExposedTCPPorts(t *testing.T) {
+	got := ExposedTCPPorts(map[string]struct{}{"80/tcp": {}, "8080": {}, "53/udp": {}, "x/tcp": {}, "0/tcp": {}, "70000/tcp": {}})
+	if diff := cmp.Diff([]uint16{80, 8080}, got); diff != "" {
+		t.Errorf("ports (-want +got):\n%s", diff)
+	}
 }

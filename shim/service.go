@@ -28,6 +28,7 @@ import (
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	nitropod "github.com/nitropod/nitropod"
 	"github.com/nitropod/nitropod/eifcache"
 )
 
@@ -45,7 +46,7 @@ func init() {
 			if err != nil {
 				return nil, err
 			}
-			return NewTaskService(ic.Context, pp.(shim.Publisher), ss.(shutdown.Service))
+			return NewTaskService(ic.Context, ic.Address, pp.(shim.Publisher), ss.(shutdown.Service))
 		},
 	})
 }
@@ -56,10 +57,11 @@ var empty = &ptypes.Empty{}
 // every other container (the pause container, containers the webhook left
 // out) by containerd's own runc task service, which it wraps.
 type service struct {
-	ctx    context.Context
-	runc   taskAPI.TaskService
-	sd     shutdown.Service
-	events chan interface{}
+	ctx     context.Context
+	address string
+	runc    taskAPI.TaskService
+	sd      shutdown.Service
+	events  chan interface{}
 
 	mu     sync.Mutex
 	tasks  map[string]*enclaveTask // by container id
@@ -68,7 +70,8 @@ type service struct {
 }
 
 // NewTaskService wraps runc's task service with enclave containers.
-func NewTaskService(ctx context.Context, publisher shim.Publisher, sd shutdown.Service) (taskAPI.TaskService, error) {
+// address is containerd's gRPC socket (for image configs).
+func NewTaskService(ctx context.Context, address string, publisher shim.Publisher, sd shutdown.Service) (taskAPI.TaskService, error) {
 	// Subscribe before anything can start a launcher.
 	exits := reaper.Default.Subscribe()
 	rs, err := runctask.NewTaskService(ctx, publisher, sd)
@@ -76,13 +79,14 @@ func NewTaskService(ctx context.Context, publisher shim.Publisher, sd shutdown.S
 		return nil, err
 	}
 	s := &service{
-		ctx:    ctx,
-		runc:   rs,
-		sd:     sd,
-		events: make(chan interface{}, 128),
-		tasks:  map[string]*enclaveTask{},
-		byPid:  map[int]*enclaveTask{},
-		caches: map[string]*eifcache.Cache{},
+		ctx:     ctx,
+		address: address,
+		runc:    rs,
+		sd:      sd,
+		events:  make(chan interface{}, 128),
+		tasks:   map[string]*enclaveTask{},
+		byPid:   map[int]*enclaveTask{},
+		caches:  map[string]*eifcache.Cache{},
 	}
 	go s.forward(ctx, publisher)
 	go s.processExits(exits)
@@ -189,6 +193,15 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	if !plan.Enclave {
 		r.Options = runcOptions(r.Options)
 		return s.runc.Create(ctx, r)
+	}
+	if plan.PortsFromImage && spec.Annotations[nitropod.CRIImageName] != "" && s.address != "" {
+		ns, _ := namespaces.Namespace(ctx)
+		ports, err := imageExposedPorts(ctx, s.address, ns, spec.Annotations[nitropod.CRIImageName])
+		if err != nil {
+			log.G(ctx).WithError(err).WithField("id", r.ID).Warn("reading the image's exposed ports; forwarding none")
+		} else {
+			plan.Ports, plan.Process.Ports = ports, ports
+		}
 	}
 	s.mu.Lock()
 	if _, ok := s.tasks[r.ID]; ok {
