@@ -12,9 +12,9 @@
 # an up-to-date OUTDIR does nothing.
 set -euo pipefail
 
-PKG=linux-image-6.1.0-56-amd64
-VERSION=6.1.192-2
-SHA256=a86e2049672f52354c4536a089203b6c82639420424d31c91cf31a181fd4d8f1
+PKG=${NITROPOD_EMU_KERNEL_PKG:-linux-image-6.1.0-56-amd64}
+VERSION=${NITROPOD_EMU_KERNEL_VERSION:-6.1.192-2}
+SHA256=${NITROPOD_EMU_KERNEL_SHA256:-a86e2049672f52354c4536a089203b6c82639420424d31c91cf31a181fd4d8f1}
 CMDLINE="console=ttyS0 panic=-1 reboot=t tsc_early_khz=2600000 quiet"
 # The modules to ship; their load order comes from their depends= fields.
 MODULES=(virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_mmio virtio_console)
@@ -37,7 +37,18 @@ if [[ ! -f $DEB ]] || ! verify "$DEB"; then
 	tmpd=$(mktemp -d "$CACHE/download.XXXXXX")
 	chmod 755 "$tmpd" # apt's _apt user writes here
 	trap 'rm -rf "$tmpd"' EXIT
-	(cd "$tmpd" && apt-get download "$PKG=$VERSION")
+	if ! (cd "$tmpd" && apt-get download "$PKG=$VERSION"); then
+		dep=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/ *Depends: //p' | head -n1)
+		{
+			echo "emu-kernel: cannot download the pinned $PKG=$VERSION (run apt-get update; Debian may have replaced it)."
+			if [[ -n $dep ]]; then
+				echo "emu-kernel: linux-image-amd64 now depends on $dep:"
+				apt-cache show "$dep" | grep -E '^(Package|Version|SHA256):' | head -n3
+				echo "emu-kernel: update PKG, VERSION and SHA256 at the top of $0 (or set NITROPOD_EMU_KERNEL_PKG/_VERSION/_SHA256)."
+			fi
+		} >&2
+		exit 1
+	fi
 	f=$(ls "$tmpd"/*.deb)
 	if ! verify "$f"; then
 		echo "emu-kernel: $f does not match the pinned sha256 $SHA256" >&2
