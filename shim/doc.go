@@ -1,0 +1,49 @@
+// Package shim is containerd-shim-nitro-v1, nitropod's containerd shim v2
+// (runtime type io.containerd.nitro.v1), built on containerd 1.7's
+// runtime/v2/shim: a shim.Manager (NewManager) and a TTRPC task plugin
+// registered by this package's init.
+//
+// # One shim per Pod
+//
+// `start` derives the shim socket from the io.kubernetes.cri.sandbox-id
+// annotation (else the container id), so every container of a Pod reaches
+// the same shim, and prints the plain ttrpc address, which containerd 1.6,
+// 1.7 and 2.x all accept. Every task RPC is routed by container id.
+// Shutdown is ignored while the shim still has containers.
+//
+// # Two kinds of container
+//
+// PlanContainer decides from the OCI spec. The pause container, and app
+// containers that the webhook left out of the nitropod.io/enclaves
+// annotation, go to containerd's own runc task service, which this
+// service wraps. Every other container runs as an enclave:
+//
+//   - Create reads config.json, checks the licence (package license), gets
+//     the EIF from the node cache (package eifcache) — filled from S3 for
+//     nitro.k8s.anjuna.io/imageLocation (package eif/s3), else built from the
+//     rootfs (mounted only for the build) and the process spec (package
+//     eif/build) — and starts nitropod-launcher (package shim/launcher) in
+//     the container's cgroup, created with the container's cpu/memory/pids
+//     limits, which are the launcher limits.
+//   - Start publishes TaskStart, then lets the launcher boot the enclave in
+//     the Pod's network namespace, so TaskStart precedes any TaskExit.
+//   - The launcher is the task's init process: its exit (the app's exit
+//     status) is the TaskExit; Wait works before Start.
+//   - Kill: SIGKILL terminates the enclave (every process of the cgroup,
+//     and the Nitro enclave by id); any other signal goes to the launcher,
+//     which forwards it to the app.
+//   - Delete frees the launcher, the cgroup, any mount and the cache
+//     reference. Stats returns the cgroup's metrics; Update changes the
+//     launcher limits; Exec, Pause, Resume and Checkpoint are refused as
+//     not supported for enclave containers.
+//
+// `delete` (containerd cleaning up after a shim it lost) reads the state
+// file the shim wrote into the bundle and kills the launcher, QEMU and the
+// enclave, removes the cgroup and unmounts the rootfs.
+//
+// # Configuration
+//
+// /etc/nitropod/shim.toml (Config), or the path in the runtime options'
+// ConfigPath (CRI: [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nitro.options]),
+// or $NITROPOD_SHIM_CONFIG.
+package shim
