@@ -274,6 +274,9 @@ func (t *enclaveTask) kill(ctx context.Context, sig uint32) error {
 	}
 	if syscall.Signal(sig) != unix.SIGKILL {
 		if err := unix.Kill(t.pid, syscall.Signal(sig)); err != nil {
+			if errors.Is(err, unix.ESRCH) {
+				return fmt.Errorf("process already finished: %w", errdefs.ErrNotFound)
+			}
 			return fmt.Errorf("signalling launcher: %w", err)
 		}
 		return nil
