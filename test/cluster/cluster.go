@@ -239,6 +239,11 @@ func (c *Cluster) Close() {
 	}
 	c.cleanup = nil
 	UnmountUnder(c.opts.Dir)
+	if c.DevicePluginDir != "" {
+		// kubelet's files in the machine-wide device-plugin directory.
+		_ = os.Remove(filepath.Join(c.DevicePluginDir, "kubelet_internal_checkpoint"))
+		_ = os.Remove(pluginapi.KubeletSocket)
+	}
 }
 
 // UnmountUnder detaches every mount at or below dir (kubelet bind-mounts its

@@ -8,11 +8,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/nitropod/nitropod"
 	"github.com/nitropod/nitropod/internal/testenv"
@@ -63,6 +66,7 @@ func startNitroCluster(t *testing.T) *env {
 	}
 	t.Logf("nitropod installed in %.1fs", time.Since(start).Seconds())
 	e.runDir = runDir
+	e.dir = dir
 	return e
 }
 
@@ -82,6 +86,16 @@ func TestEnclavePods(t *testing.T) {
 
 	t.Run("unlabelled Pod runs as an ordinary container", func(t *testing.T) {
 		e.sub(t).plainNginx()
+	})
+
+	t.Run("deploy/manifests validate against the API server", func(t *testing.T) {
+		e := e.sub(t)
+		out := e.mustKubectl("", "apply", "--dry-run=server", "-f", filepath.Join(testenv.RepoRoot(), "deploy", "manifests", "nitropod.yaml"))
+		for _, want := range []string{"deployment.apps/nitropod-webhook", "daemonset.apps/nitropod-device-plugin", "daemonset.apps/nitropod-node-installer", "runtimeclass.node.k8s.io/nitro", "poddisruptionbudget.policy/nitropod-webhook"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("kubectl apply --dry-run=server of deploy/manifests/nitropod.yaml does not list %s:\n%s", want, out)
+			}
+		}
 	})
 
 	t.Run("odd CPUs are refused by the webhook", func(t *testing.T) {
@@ -159,10 +173,11 @@ func TestEnclavePods(t *testing.T) {
 		if code := st.LastTerminationState.Terminated.ExitCode; code != 3 {
 			t.Errorf("last exit code = %d; want 3", code)
 		}
-		get := e.mustKubectl("", "get", "pod", "crash-pod")
-		t.Logf("kubectl get pod crash-pod:\n%s", get)
-		if !strings.Contains(get, "crash-pod") || st.RestartCount < 1 {
-			t.Errorf("kubectl get pod shows no restarts:\n%s", get)
+		get := e.mustKubectl("", "get", "pod", "crash-pod", "--no-headers")
+		t.Logf("kubectl get pod crash-pod: %s", strings.TrimSpace(get))
+		// NAME READY STATUS RESTARTS [(AGO)] AGE
+		if f := strings.Fields(get); len(f) < 4 || f[3] == "0" {
+			t.Errorf("kubectl get pod shows no restarts: %q", get)
 		}
 		desc := e.mustKubectl("", "describe", "pod", "crash-pod")
 		if !strings.Contains(desc, "Exit Code:    3") {
@@ -187,6 +202,10 @@ func TestEnclavePods(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		devBefore := checkpointDevices(t, string(before.UID))
+		if len(devBefore[nitropod.ResourceEnclaveCPU]) != 2 {
+			t.Fatalf("kubelet's device checkpoint for nginx-pod = %v; want 2 %s devices", devBefore, nitropod.ResourceEnclaveCPU)
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		if err := e.c.RestartKubelet(ctx); err != nil {
@@ -205,8 +224,11 @@ func TestEnclavePods(t *testing.T) {
 			}
 			time.Sleep(time.Second)
 		}
-		if !strings.Contains(readFile(t, e.c.DevicePlugin.Log), "regist") {
-			t.Logf("device plugin log does not mention registration")
+		if log := readFile(t, e.c.DevicePlugin.Log); !strings.Contains(log, "registering again") {
+			t.Errorf("device plugin log does not show a re-registration after the kubelet restart:\n%s", log)
+		}
+		if devAfter := checkpointDevices(t, string(before.UID)); !cmp.Equal(devAfter, devBefore) {
+			t.Errorf("nginx-pod's devices after kubelet restart = %v; before %v: want them kept", devAfter, devBefore)
 		}
 		after := e.waitPod("nginx-pod", time.Minute, "Ready after kubelet restart", ready)
 		if b, a := before.Status.ContainerStatuses[0], after.Status.ContainerStatuses[0]; a.RestartCount != b.RestartCount || a.ContainerID != b.ContainerID {
@@ -273,6 +295,11 @@ func (e *env) checkNginxEnclave(name string) {
 	}
 	if !e.applied.IsZero() {
 		t.Logf("BENCH e2e: kubectl apply -> first page from the enclave, %s: %.1fs", name, time.Since(e.applied).Seconds())
+	}
+	// The shim logs how it got the EIF (built or cache hit) and how long
+	// that took.
+	if lines := grepLines(readFile(t, filepath.Join(e.dir, "logs", "containerd.log")), "enclave image ready"); len(lines) > 0 {
+		t.Logf("BENCH e2e: shim: %s", lines[len(lines)-1])
 	}
 	if _, qemu := enclaveProcesses(p.Status.ContainerStatuses[0].ContainerID); !qemu {
 		out, _ := exec.Command("sh", "-c", "ps -eo pid,ppid,args | grep -E 'qemu|nitropod-launcher' | grep -v grep").Output()
@@ -434,4 +461,45 @@ spec:
   - name: anjuna-license
     secret: {secretName: anjuna-license}
 `, name, strings.Join(q, ", "), cpus)
+}
+
+// checkpointDevices reads kubelet's device-manager checkpoint: the device
+// IDs per resource that kubelet allocated to the Pod.
+func checkpointDevices(t *testing.T, podUID string) map[string][]string {
+	t.Helper()
+	var cp struct {
+		Data struct {
+			PodDeviceEntries []struct {
+				PodUID       string
+				ResourceName string
+				DeviceIDs    map[string][]string
+			}
+		}
+	}
+	if err := jsonUnmarshal(readFile(t, filepath.Join(pluginapi.DevicePluginPath, "kubelet_internal_checkpoint")), &cp); err != nil {
+		t.Fatalf("reading kubelet's device checkpoint: %v", err)
+	}
+	out := map[string][]string{}
+	for _, en := range cp.Data.PodDeviceEntries {
+		if en.PodUID != podUID {
+			continue
+		}
+		for _, ids := range en.DeviceIDs {
+			out[en.ResourceName] = append(out[en.ResourceName], ids...)
+		}
+	}
+	for _, ids := range out {
+		sort.Strings(ids)
+	}
+	return out
+}
+
+func grepLines(text, substr string) []string {
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return out
 }

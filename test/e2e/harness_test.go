@@ -27,6 +27,7 @@ type env struct {
 	t      *testing.T
 	c      *cluster.Cluster
 	runDir string
+	dir    string
 	// applied is when applyTimed applied its Pod.
 	applied time.Time
 }
