@@ -35,8 +35,9 @@ func PreferCPUs(cpus map[int]CPU, available, mustInclude []int, size int, freeBl
 		avail[c] = true
 	}
 	// Group the available CPUs into whole free cores.
+	// Visit CPUs in order so that errors name the same CPU every time.
 	byCore := map[int]*core{}
-	for c := range avail {
+	for _, c := range slices.Sorted(maps.Keys(avail)) {
 		cpu, ok := cpus[c]
 		if !ok {
 			return nil, fmt.Errorf("cpu %d is not in the enclave cpu pool", c)
