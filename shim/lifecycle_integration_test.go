@@ -57,6 +57,24 @@ func (e *env) waitStatus(t testing.TB, ctx context.Context, id, want string, tim
 	}
 }
 
+// waitAppStarted waits until the launcher reports the app running in the
+// enclave.
+func (e *env) waitAppStarted(t testing.TB, id string, timeout time.Duration) {
+	t.Helper()
+	p := filepath.Join(e.ctrd.State, "io.containerd.runtime.v2.task", ns, id, "nitropod-launcher.log")
+	deadline := time.Now().Add(timeout)
+	for {
+		b, _ := os.ReadFile(p)
+		if strings.Contains(string(b), "app started in enclave") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: app not started in the enclave within %v; launcher log:\n%s", id, timeout, b)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 func (e *env) remove(ctx context.Context, id string) {
 	_, _ = e.ctrd.Ctr(ctx, ns, "task", "rm", "-f", id)
 	_, _ = e.ctrd.Ctr(ctx, ns, "container", "rm", id)
@@ -126,11 +144,7 @@ func TestShimKilled(t *testing.T) {
 	defer e.remove(ctx, "crash1")
 	e.waitStatus(t, ctx, "crash1", "RUNNING", time.Minute)
 	pid, _ := e.taskPid(t, ctx, "crash1")
-	// Wait until QEMU runs (the launcher has booted the enclave).
-	deadline := time.Now().Add(3 * time.Minute)
-	for len(leftovers(e)) < 2 && time.Now().Before(deadline) {
-		time.Sleep(500 * time.Millisecond)
-	}
+	e.waitAppStarted(t, "crash1", 3*time.Minute)
 	if n := len(leftovers(e)); n < 2 {
 		t.Fatalf("expected a launcher and QEMU running, found %d: %v", n, leftovers(e))
 	}
@@ -143,7 +157,7 @@ func TestShimKilled(t *testing.T) {
 	if err := syscall.Kill(shimPid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	deadline = time.Now().Add(time.Minute)
+	deadline := time.Now().Add(time.Minute)
 	for {
 		left := leftovers(e)
 		_, st := e.taskPid(t, ctx, "crash1")
@@ -173,6 +187,7 @@ func TestContainerdRestart(t *testing.T) {
 	defer e.remove(ctx, "restart1")
 	e.waitStatus(t, ctx, "restart1", "RUNNING", time.Minute)
 	pid, _ := e.taskPid(t, ctx, "restart1")
+	e.waitAppStarted(t, "restart1", 3*time.Minute)
 	e.ctrd.Restart()
 	e.waitStatus(t, ctx, "restart1", "RUNNING", 30*time.Second)
 	if pid2, _ := e.taskPid(t, ctx, "restart1"); pid2 != pid {
@@ -180,6 +195,13 @@ func TestContainerdRestart(t *testing.T) {
 	}
 	if err := syscall.Kill(pid, 0); err != nil {
 		t.Errorf("launcher %d gone after containerd restart: %v", pid, err)
+	}
+	if n := len(leftovers(e)); n != 2 {
+		t.Errorf("after containerd restart want the launcher and QEMU running, found %v", leftovers(e))
+	}
+	lb, _ := os.ReadFile(filepath.Join(e.ctrd.State, "io.containerd.runtime.v2.task", ns, "restart1", "nitropod-launcher.log"))
+	if strings.Contains(string(lb), "app exited") {
+		t.Errorf("the app exited across the containerd restart:\n%s", lb)
 	}
 	// containerd talks to the shim again: kill and delete work.
 	if out, err := e.ctrd.Ctr(ctx, ns, "task", "kill", "-s", "SIGKILL", "restart1"); err != nil {
