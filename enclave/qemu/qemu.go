@@ -54,6 +54,10 @@ type Config struct {
 	BootTimeout time.Duration
 	// ExtraArgs are appended to QEMU's command line.
 	ExtraArgs []string
+	// KernelCache holds uncompressed kernels for faster boots (see
+	// kernel.go); "" is $XDG_CACHE_HOME/nitropod/kernels (or
+	// ~/.cache/nitropod/kernels), "-" boots the EIF's bzImage as it is.
+	KernelCache string
 	// Trace, when set, is called at the steps of Boot (TraceValidated,
 	// TraceStarted, TraceHeartbeat), for measurements.
 	Trace func(step string)
@@ -96,6 +100,14 @@ func New(cfg Config) (*Backend, error) {
 	}
 	if cfg.WorkDir == "" {
 		cfg.WorkDir = os.TempDir()
+	}
+	if cfg.KernelCache == "" {
+		cfg.KernelCache = "-"
+		if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
+			cfg.KernelCache = filepath.Join(d, "nitropod", "kernels")
+		} else if h, err := os.UserHomeDir(); err == nil {
+			cfg.KernelCache = filepath.Join(h, ".cache", "nitropod", "kernels")
+		}
 	}
 	if cfg.BootTimeout == 0 {
 		cfg.BootTimeout = 3 * time.Minute
@@ -163,6 +175,13 @@ func (b *Backend) Boot(ctx context.Context, req enclave.Request) (_ enclave.Encl
 	if err := extract(ef, kernel, initrd); err != nil {
 		return nil, err
 	}
+	bootKernel := kernel
+	if b.cfg.KernelCache != "-" {
+		// Best effort: a kernel that cannot be unpacked boots as it is.
+		if k, err := directKernel(b.cfg.KernelCache, kernel); err == nil {
+			bootKernel = k
+		}
+	}
 	b.trace(TraceValidated)
 	sock := filepath.Join(dir, "agent.sock")
 	if len(sock) >= maxSocketPath {
@@ -181,7 +200,7 @@ func (b *Backend) Boot(ctx context.Context, req enclave.Request) (_ enclave.Encl
 	}
 	defer l.Close()
 
-	args := b.args(req, kernel, initrd, rep.Cmdline, sock)
+	args := b.args(req, bootKernel, initrd, rep.Cmdline, sock)
 	cmd := exec.Command(bin, args...)
 	cmd.SysProcAttr = sysProcAttr()
 	cmd.Stdin = nil

@@ -285,14 +285,16 @@ func TestBootErrors(t *testing.T) {
 }
 
 // Terminate stops a running app's enclave at once and removes everything;
-// a work directory too long for a unix socket path works.
+// a work directory too long for a unix socket path works; the EIF's bzImage
+// boots without the unpacked-kernel cache.
 func TestTerminate(t *testing.T) {
 	testenv.Integration(t)
 	dir := filepath.Join(t.TempDir(), strings.Repeat("long-directory-name-", 5))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	b, err := qemu.New(qemu.Config{Binary: testenv.Binary(t, qemu.DefaultBinary), WorkDir: dir})
+	// KernelCache "-": this test also covers booting the bzImage as it is.
+	b, err := qemu.New(qemu.Config{Binary: testenv.Binary(t, qemu.DefaultBinary), WorkDir: dir, KernelCache: "-"})
 	if err != nil {
 		t.Fatal(err)
 	}
