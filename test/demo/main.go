@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -143,7 +144,12 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	logf("Pod %s Ready in %.0fs, Pod IP %s", name, time.Since(applied).Seconds(), ip)
+	logf("Pod %s Ready in %.0fs, Pod IP %s; waiting for the enclave to answer on port 80", name, time.Since(applied).Seconds(), ip)
+	title, err := waitPage(ctx, "http://"+net.JoinHostPort(ip, "80")+"/")
+	if err != nil {
+		return err
+	}
+	logf("%s answered %q %.0fs after kubectl apply", name, title, time.Since(applied).Seconds())
 
 	l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", *port))
 	if err != nil {
@@ -190,6 +196,37 @@ func waitReady(ctx context.Context, c *cluster.Cluster, name string) (string, er
 			desc, _ := c.Kubectl(context.Background(), "", "describe", "pod", name)
 			return "", fmt.Errorf("pod %s not Ready: %w\n%s", name, ctx.Err(), desc)
 		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// waitPage polls url until it answers 200 and returns the page's <title>.
+func waitPage(ctx context.Context, url string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	client := &http.Client{Timeout: 5 * time.Second}
+	for {
+		resp, err := client.Get(url)
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				title := string(body)
+				if i := strings.Index(title, "<title>"); i >= 0 {
+					title = title[i+len("<title>"):]
+					if j := strings.Index(title, "</title>"); j >= 0 {
+						title = title[:j]
+					}
+				} else if len(title) > 60 {
+					title = title[:60]
+				}
+				return title, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("%s did not answer: %w (last error %v)", url, ctx.Err(), err)
+		case <-time.After(time.Second):
 		}
 	}
 }
