@@ -175,6 +175,19 @@ func TestCRIPodWithEnclave(t *testing.T) {
 	if !strings.Contains(logs, "hello-from-cri") {
 		t.Errorf("crictl logs = %q, want hello-from-cri", logs)
 	}
+	// One shim serves the Pod (sandbox and app container).
+	if n := shimProcesses(e); n != 1 {
+		t.Errorf("%d shim processes for one Pod, want 1", n)
+	}
+	// UpdateContainerResources changes the launcher limits.
+	if _, err := cc.run(ctx, "update", "--cpu-quota", "50000", "--cpu-period", "100000", ctrID); err != nil {
+		t.Errorf("crictl update: %v", err)
+	} else {
+		q, _ := os.ReadFile(filepath.Join("/sys/fs/cgroup/cpu", criNS, ctrID, "cpu.cfs_quota_us"))
+		if strings.TrimSpace(string(q)) != "50000" {
+			t.Errorf("cpu.cfs_quota_us after update = %q, want 50000", q)
+		}
+	}
 	// Stats must not error (CRI converts the cgroup metrics).
 	if out, err := cc.run(ctx, "stats", "-o", "json", ctrID); err != nil {
 		t.Errorf("crictl stats: %v", err)
@@ -285,4 +298,22 @@ func getInNetNS(c *ctrtest.Containerd, addr, path string) (string, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return resp.Status + ": " + string(b), err
+}
+
+// shimProcesses counts the running shim servers of this containerd.
+func shimProcesses(e *env) int {
+	n := 0
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if strings.HasSuffix(args[0], nitropod.ShimBinary) && strings.Contains(string(b), e.ctrd.Socket) &&
+			!strings.Contains(string(b), "\x00start") && !strings.Contains(string(b), "\x00delete") {
+			n++
+		}
+	}
+	return n
 }

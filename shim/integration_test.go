@@ -218,6 +218,20 @@ func TestCtrRunEnclave(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	e.importImage(t, ctx, ns, busyboxRef, busyboxImage(t, ""))
+	// Record containerd's task events to check their order.
+	events := e.ctrd.CtrCmd(ctx, "", "events")
+	var evOut strings.Builder
+	var evMu sync.Mutex
+	events.Stdout = writerFunc(func(p []byte) (int, error) {
+		evMu.Lock()
+		defer evMu.Unlock()
+		return evOut.Write(p)
+	})
+	if err := events.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = events.Process.Kill(); _ = events.Wait() }()
+	time.Sleep(300 * time.Millisecond)
 
 	t.Run("output and exit code", func(t *testing.T) {
 		cmd := e.run(ctx, nil, busyboxRef, "out1", "sh", "-c", "echo hello from the enclave; echo to stderr >&2; exit 3")
@@ -233,6 +247,48 @@ func TestCtrRunEnclave(t *testing.T) {
 		hit, build, _ := e.createInfo(t, "out1")
 		if hit || !build {
 			t.Errorf("first container: cache hit=%v build=%v, want a build", hit, build)
+		}
+		// Task events in containerd's documented order, with the app's status.
+		var topics []string
+		exitStatus := ""
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			evMu.Lock()
+			lines := strings.Split(evOut.String(), "\n")
+			evMu.Unlock()
+			topics = nil
+			for _, l := range lines {
+				// "DATE TIME +0000 UTC NAMESPACE TOPIC JSON"
+				topic := ""
+				for _, f := range strings.Fields(l) {
+					if strings.HasPrefix(f, "/tasks/") {
+						topic = f
+						break
+					}
+				}
+				if topic == "" || !strings.Contains(l, `"out1"`) {
+					continue
+				}
+				topics = append(topics, topic)
+				if topic == "/tasks/exit" {
+					if m := regexp.MustCompile(`"exit_status":(\d+)`).FindStringSubmatch(l); m != nil {
+						exitStatus = m[1]
+					}
+				}
+			}
+			if len(topics) >= 4 {
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		want := []string{"/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"}
+		if strings.Join(topics, " ") != strings.Join(want, " ") {
+			evMu.Lock()
+			t.Errorf("task events for out1: %v, want %v; events:\n%s", topics, want, evOut.String())
+			evMu.Unlock()
+		}
+		if exitStatus != "3" {
+			t.Errorf("TaskExit exit_status %q, want 3", exitStatus)
 		}
 	})
 
@@ -287,6 +343,10 @@ func TestCtrRunEnclave(t *testing.T) {
 		t.Errorf("ctr task ls after the runs: %q (%v), want none", out, err)
 	}
 }
+
+type writerFunc func(p []byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
 func waitLine(t *testing.T, lines <-chan string, want string, timeout time.Duration) {
 	t.Helper()
