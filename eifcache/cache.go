@@ -56,6 +56,9 @@ type Entry struct {
 	Path string
 	// Hit is true when the file was already in the cache (no fill ran).
 	Hit bool
+	// Replaced is set when a cached file failed verification and was
+	// filled again; it says why.
+	Replaced string
 
 	once sync.Once
 	f    *os.File
@@ -142,11 +145,13 @@ func (c *Cache) Get(ctx context.Context, key string, fill func(ctx context.Conte
 	}
 
 	path := filepath.Join(c.dir, key+entrySuffix)
+	replaced := ""
 	if e, err := c.openEntry(path); err == nil {
 		e.Hit = true
 		return e, nil
 	} else if !errors.Is(err, os.ErrNotExist) {
 		// Corrupt or unreadable: rebuild.
+		replaced = err.Error()
 		_ = os.Remove(path)
 	}
 
@@ -159,6 +164,7 @@ func (c *Cache) Get(ctx context.Context, key string, fill func(ctx context.Conte
 		return nil, fmt.Errorf("checking the eif just written: %w", err)
 	}
 	c.evict(path)
+	e.Replaced = replaced
 	return e, nil
 }
 

@@ -196,8 +196,8 @@ func TestCorruptEntryIsRefilled(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e2.Release()
-	if e2.Hit || calls.Load() != 1 {
-		t.Errorf("corrupt entry: hit=%v fills=%d, want a refill", e2.Hit, calls.Load())
+	if e2.Hit || calls.Load() != 1 || !strings.Contains(e2.Replaced, "crc mismatch") {
+		t.Errorf("corrupt entry: hit=%v fills=%d replaced=%q, want a refill after a crc mismatch", e2.Hit, calls.Load(), e2.Replaced)
 	}
 	if err := VerifyCRC(e2.Path); err != nil {
 		t.Errorf("refilled entry does not verify: %v", err)

@@ -80,7 +80,11 @@ func (s *service) createEnclave(ctx context.Context, r *taskAPI.CreateTaskReques
 			entry.Release()
 		}
 	}()
-	logger.WithFields(log.Fields{"eif": entry.Path, "cache_hit": entry.Hit, "duration": time.Since(t0).String()}).Info("enclave image ready")
+	fields := log.Fields{"eif": entry.Path, "cache_hit": entry.Hit, "duration": time.Since(t0).String()}
+	if entry.Replaced != "" {
+		fields["replaced_corrupt"] = entry.Replaced
+	}
+	logger.WithFields(fields).Info("enclave image ready")
 
 	launcherPath, err := findLauncher(cfg)
 	if err != nil {
