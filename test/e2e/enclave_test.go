@@ -194,6 +194,13 @@ func TestEnclavePods(t *testing.T) {
 		e := e.sub(t)
 		e.applyTimed(nginxPod, "nginx-pod", "EIF cache hit")
 		e.checkNginxEnclave("nginx-pod")
+		// Same Pod, same image: the shim must reuse the EIF it built for
+		// the first nginx-pod. (kubelet orders env vars differently from
+		// one Pod to the next, so the key must not depend on env order.)
+		lines := grepLines(readFile(t, filepath.Join(e.dir, "logs", "containerd.log")), "enclave image ready")
+		if len(lines) == 0 || !strings.Contains(lines[len(lines)-1], "cache_hit=true") {
+			t.Errorf("the re-applied nginx-pod did not hit the EIF cache; shim said: %q", lines)
+		}
 	})
 
 	t.Run("kubelet restart keeps the enclave Pod and its devices", func(t *testing.T) {
