@@ -265,11 +265,18 @@ func TestCRIPodWithEnclave(t *testing.T) {
 	if _, err := cc.run(ctx, "rmp", pod); err != nil {
 		t.Fatal(err)
 	}
-	if left := leftovers(e); len(left) > 0 {
-		time.Sleep(3 * time.Second)
-		if left = leftovers(e); len(left) > 0 {
-			t.Errorf("after stop/remove: %s", strings.Join(left, "\n"))
+	deadline = time.Now().Add(15 * time.Second)
+	for {
+		left := leftovers(e)
+		shims := shimProcesses(e)
+		if len(left) == 0 && shims == 0 {
+			break
 		}
+		if time.Now().After(deadline) {
+			t.Errorf("after stop/remove: %d shim processes; left: %s", shims, strings.Join(left, "\n"))
+			break
+		}
+		time.Sleep(300 * time.Millisecond)
 	}
 }
 

@@ -159,6 +159,8 @@ func (s *service) createEnclave(ctx context.Context, r *taskAPI.CreateTaskReques
 		return nil, fmt.Errorf("starting %s: %w", launcherPath, err)
 	}
 	t.pid = cmd.Process.Pid
+	// The shim's reaper waits for it; drop os.Process's handle (a pidfd).
+	_ = cmd.Process.Release()
 	s.byPid[t.pid] = t
 	s.tasks[r.ID] = t
 	s.mu.Unlock()
