@@ -29,4 +29,4 @@ ch=$(echo "$out" | awk '/^BenchmarkChannelSocketpair/ { print $(NF-1) }' | media
 awk -v raw="$raw" -v ch="$ch" 'BEGIN { printf "median raw socketpair: %.0f MB/s   median agent channel: %.0f MB/s   ratio: %.2f (target >= 0.70)\n", raw, ch, ch / raw }'
 
 echo "== nitropod run to first output line, cached busybox EIF, TCG, 1 vCPU, 256 MiB ($runs runs)"
-go test -run '^$' -bench 'FirstLine$' -benchtime "${runs}x" ./enclave/local/ | grep -E '^Benchmark|^ok|FAIL'
+go test -run '^$' -bench 'FirstLine' -benchtime "${runs}x" ./enclave/local/ | grep -E '^Benchmark|^ok|FAIL'
