@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,6 +25,9 @@ import (
 // xenElfNotePhys32Entry is the ELF note (owner "Xen") that marks a PVH entry
 // point (XEN_ELFNOTE_PHYS32_ENTRY).
 const xenElfNotePhys32Entry = 18
+
+// maxUnpackedKernel bounds an unpacked kernel (Debian's is 63 MiB).
+const maxUnpackedKernel = 512 << 20
 
 var xzMagic = []byte{0xfd, '7', 'z', 'X', 'Z', 0x00}
 
@@ -56,15 +60,29 @@ func directKernel(cacheDir, kernel string) (string, error) {
 	defer os.Remove(tmp.Name())
 	cmd := exec.Command("xz", "--decompress", "--stdout", "--single-stream")
 	cmd.Stdin = bytes.NewReader(payload)
-	cmd.Stdout = tmp
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
-	err = cmd.Run()
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return "", err
+	}
+	if err := cmd.Start(); err != nil {
+		return "", fmt.Errorf("decompressing the kernel with xz: %w", err)
+	}
+	// An EIF may come from anywhere: bound what its kernel unpacks to.
+	n, err := io.Copy(tmp, io.LimitReader(out, maxUnpackedKernel+1))
+	if n > maxUnpackedKernel {
+		_ = cmd.Process.Kill()
+		err = fmt.Errorf("the kernel unpacks to more than %d MiB", maxUnpackedKernel>>20)
+	}
+	if werr := cmd.Wait(); err == nil && werr != nil {
+		err = fmt.Errorf("%w: %s", werr, bytes.TrimSpace(stderr.Bytes()))
+	}
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return "", fmt.Errorf("decompressing the kernel with xz: %w: %s", err, bytes.TrimSpace(stderr.Bytes()))
+		return "", fmt.Errorf("decompressing the kernel with xz: %w", err)
 	}
 	if err := checkPVH(tmp.Name()); err != nil {
 		return "", err
