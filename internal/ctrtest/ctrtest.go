@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -251,8 +252,7 @@ func (c *Containerd) cleanup() {
 		c.t.Logf("containerd log (%s):\n%s", c.LogPath, tail(c.Log(), 200))
 	}
 	c.stop()
-	_ = exec.Command("umount", "-R", "-l", c.State).Run()
-	_ = exec.Command("umount", "-R", "-l", c.Root).Run()
+	unmountUnder(c.Dir)
 	_ = os.RemoveAll(c.Dir)
 	if c.netns != "" {
 		_ = exec.Command("ip", "netns", "del", c.netns).Run()
@@ -349,4 +349,24 @@ func (c *Containerd) InNetNS(fn func() error) error {
 		errc <- fn()
 	}()
 	return <-errc
+}
+
+// unmountUnder lazily unmounts every mount point below dir, deepest first
+// (rootfs overlays, CRI's sandbox shm), so the directory can be removed.
+func unmountUnder(dir string) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	var points []string
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			points = append(points, f[4])
+		}
+	}
+	sort.Slice(points, func(i, j int) bool { return len(points[i]) > len(points[j]) })
+	for _, p := range points {
+		_ = unix.Unmount(p, unix.MNT_DETACH)
+	}
 }
