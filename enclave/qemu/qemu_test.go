@@ -354,3 +354,19 @@ func TestOwnerDies(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// init reaps orphans while the app runs: a grandchild whose parent exited
+// is reparented to init and must not stay a zombie.
+func TestZombiesReaped(t *testing.T) {
+	b, _ := backend(t)
+	path := buildEIF(t, busybox(t, testimage.Cmd("sh", "-c",
+		`sh -c 'sleep 0.2 & exit 0'; sleep 1.5; echo "zombies: $(cat /proc/[0-9]*/stat | grep -c ') Z ')"`)), false)
+	var out bytes.Buffer
+	st, err := run(t, b, enclave.Request{EIFPath: path}, enclave.RunIO{Stdout: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Code != 0 || out.String() != "zombies: 0\n" {
+		t.Errorf("got %+v, %q; want 0 and no zombies", st, out.String())
+	}
+}
