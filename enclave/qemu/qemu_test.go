@@ -83,14 +83,14 @@ func TestImageConfigAndDebugConsole(t *testing.T) {
 	b, _ := backend(t)
 	img := busybox(t,
 		testimage.User("www-data"), testimage.WorkingDir("/var/www"), testimage.Env("GREETING=hi there"),
-		testimage.Cmd("sh", "-c", `echo "$GREETING|$(pwd)|$(id -u):$(id -g)|$(cat index.html)"; echo "hosts:$(grep -c localhost /etc/hosts)"`))
+		testimage.Cmd("sh", "-c", `echo "$GREETING|$(pwd)|$(id -u):$(id -g)|$(cat index.html)"; echo "hosts:$(grep -c localhost /etc/hosts) $(hostname)"`))
 	path := buildEIF(t, img, true)
 	var out, con syncBuffer
 	st, err := run(t, b, enclave.Request{EIFPath: path, Debug: true, Console: &con}, enclave.RunIO{Stdout: &out})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "hi there|/var/www|33:33|hello from nitropod\nhosts:2\n"
+	want := "hi there|/var/www|33:33|hello from nitropod\nhosts:2 enclave\n"
 	if st.Code != 0 || out.String() != want {
 		t.Errorf("got status %+v stdout %q, want 0 and %q", st, out.String(), want)
 	}
