@@ -223,6 +223,12 @@ func TestCRIPodWithEnclave(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		c, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		_, _ = cc.run(c, "stopp", pod2)
+		_, _ = cc.run(c, "rmp", "-f", pod2)
+	})
 	ctr2, err := cc.run(ctx, "create", pod2, ctr2Cfg, pod2Cfg)
 	if err != nil {
 		t.Fatal(err)
