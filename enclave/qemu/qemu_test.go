@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -368,5 +369,25 @@ func TestZombiesReaped(t *testing.T) {
 	}
 	if st.Code != 0 || out.String() != "zombies: 0\n" {
 		t.Errorf("got %+v, %q; want 0 and no zombies", st, out.String())
+	}
+}
+
+// The host's stdin reaches the app, and its end is the app's EOF.
+func TestStdin(t *testing.T) {
+	b, _ := backend(t)
+	path := buildEIF(t, busybox(t, testimage.Cmd("sh", "-c", "head -n 1; wc -c")), false)
+	in := "first line\n" + strings.Repeat("x", 1<<20)
+	var out bytes.Buffer
+	st, err := run(t, b, enclave.Request{EIFPath: path}, enclave.RunIO{Stdin: strings.NewReader(in), Stdout: &out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// head may read ahead of its line; wc counts what it left.
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if st.Code != 0 || len(lines) != 2 || lines[0] != "first line" {
+		t.Fatalf("got %+v, %q; want the first line and a byte count", st, out.String())
+	}
+	if n, err := strconv.Atoi(strings.TrimSpace(lines[1])); err != nil || n > 1<<20 || n < (1<<20)-(64<<10) {
+		t.Errorf("wc -c counted %q of the %d bytes after the first line", lines[1], 1<<20)
 	}
 }
