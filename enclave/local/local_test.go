@@ -129,3 +129,33 @@ func TestPrepareEIFErrors(t *testing.T) {
 		})
 	}
 }
+
+func FuzzParsePod(f *testing.F) {
+	f.Add([]byte(nginxPod))
+	f.Add([]byte(`{"kind":"Pod","spec":{"containers":[{"name":"a","image":"b","ports":[{"containerPort":8080,"hostPort":80}]}]}}`))
+	f.Add([]byte("kind: Pod\nspec:\n  containers:\n  - image: x\n    resources: {limits: {cpu: 1e3, memory: 1Ei}}\n"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		p, err := ParsePod(in)
+		if err != nil {
+			return
+		}
+		if p.Image == "" || p.CPUs < 0 || p.MemoryMiB < 0 {
+			t.Fatalf("ParsePod accepted %+v", p)
+		}
+	})
+}
+
+func FuzzParsePublish(f *testing.F) {
+	for _, s := range []string{"80", "8080:80", "127.0.0.1:8080:80/tcp", "[::1]:0:1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		m, err := ParsePublish(s)
+		if err != nil {
+			return
+		}
+		if m.EnclavePort == 0 {
+			t.Fatalf("ParsePublish(%q) accepted enclave port 0", s)
+		}
+	})
+}
