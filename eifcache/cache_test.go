@@ -211,7 +211,7 @@ func TestFillErrorLeavesNothing(t *testing.T) {
 	}
 	boom := errors.New("boom")
 	_, err = c.Get(context.Background(), Key("bad"), func(ctx context.Context, w io.Writer) error {
-		w.Write([]byte("partial"))
+		_, _ = w.Write([]byte("partial"))
 		return boom
 	})
 	if !errors.Is(err, boom) {
@@ -274,7 +274,7 @@ func TestKeyAndValidation(t *testing.T) {
 	if Key("ab", "c") == Key("a", "bc") {
 		t.Error("Key is not length-prefixed")
 	}
-	if Key("x") != Key("x") {
+	if a, b := Key("x"), Key("x"); a != b {
 		t.Error("Key is not deterministic")
 	}
 	c, err := Open(t.TempDir(), 0)
