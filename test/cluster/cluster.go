@@ -56,6 +56,10 @@ type Options struct {
 	ShimConfig string
 	// ExtraPath is prepended to containerd's PATH (shim helpers, qemu).
 	ExtraPath string
+	// ControllerManager runs kube-controller-manager too (Deployments,
+	// DaemonSets, EndpointSlices; needed to run nitropod's components as
+	// Pods from deploy/).
+	ControllerManager bool
 	// Log receives progress lines.
 	Log func(format string, args ...any)
 }
@@ -207,12 +211,16 @@ func New(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		{"etcd", c.startEtcd},
 		{"kube-apiserver", c.startAPIServer},
 		{"kube-scheduler", c.startScheduler},
+		{"kube-controller-manager", c.startControllerManager},
 		{"registry", c.startRegistry},
 		{"containerd", c.startContainerd},
 		{"kubelet", c.StartKubelet},
 		{"node ready", c.waitNodeReady},
 	}
 	for _, s := range steps {
+		if s.name == "kube-controller-manager" && !opts.ControllerManager {
+			continue
+		}
 		start := time.Now()
 		if err := s.fn(ctx); err != nil {
 			return nil, fmt.Errorf("cluster %s: %w", s.name, err)
@@ -528,6 +536,8 @@ func (c *Cluster) startAPIServer(ctx context.Context) error {
 		"--endpoint-reconciler-type=none",
 		"--enable-priority-and-fairness=false",
 		"--kubelet-preferred-address-types=InternalIP",
+		// Webhook Services resolve to their endpoints (no kube-proxy).
+		"--enable-aggregator-routing=true",
 		"--v=1")
 	if err != nil {
 		return err
@@ -646,6 +656,44 @@ func (c *Cluster) startScheduler(ctx context.Context) error {
 	})
 }
 
+// startControllerManager runs kube-controller-manager when asked for.
+func (c *Cluster) startControllerManager(ctx context.Context) error {
+	if !c.opts.ControllerManager {
+		return nil
+	}
+	bin, err := c.bin("kube-controller-manager")
+	if err != nil {
+		return err
+	}
+	port, err := freePort("127.0.0.1")
+	if err != nil {
+		return err
+	}
+	pki := filepath.Join(c.opts.Dir, "pki")
+	p, err := c.Start("kube-controller-manager", false, nil, bin,
+		"--kubeconfig="+c.Kubeconfig, "--leader-elect=false",
+		"--bind-address=127.0.0.1", "--secure-port="+strconv.Itoa(port),
+		"--service-account-private-key-file="+filepath.Join(pki, "sa.key"),
+		"--root-ca-file="+filepath.Join(pki, "apiserver", "apiserver.crt"),
+		"--use-service-account-credentials=false",
+		"--allocate-node-cidrs=false", "--v=1")
+	if err != nil {
+		return err
+	}
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	return c.waitProc(ctx, p, 60*time.Second, func() error {
+		resp, err := client.Get(fmt.Sprintf("https://127.0.0.1:%d/healthz", port))
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("controller-manager healthz: %s", resp.Status)
+		}
+		return nil
+	})
+}
+
 // startRegistry runs the distribution registry on the host end of the node
 // link (containerd in the node pulls from it as a mirror).
 func (c *Cluster) startRegistry(ctx context.Context) error {
@@ -752,11 +800,13 @@ state = %q
     endpoint = [%q]
   [plugins."io.containerd.grpc.v1.cri".registry.mirrors."registry.k8s.io"]
     endpoint = [%q]
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."ghcr.io"]
+    endpoint = [%q]
 
 # BEGIN nitropod
 %s# END nitropod
 `, filepath.Join(d, "root"), filepath.Join(d, "state"), c.ContainerdSock, c.ContainerdSock+".ttrpc",
-		filepath.Join(d, "opt"), PauseImage, filepath.Join(c.opts.Dir, "cni", "net.d"), mirror, mirror, nitro)
+		filepath.Join(d, "opt"), PauseImage, filepath.Join(c.opts.Dir, "cni", "net.d"), mirror, mirror, mirror, nitro)
 	cfgPath := filepath.Join(d, "config.toml")
 	if err := writeFile(cfgPath, cfg, 0o644); err != nil {
 		return err

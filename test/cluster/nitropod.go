@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -14,6 +15,8 @@ import (
 	"time"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/nitropod/nitropod/test/images"
 )
 
 // Namespace is where the harness installs nitropod's objects.
@@ -27,7 +30,22 @@ type NitropodOptions struct {
 	// of an 8-CPU, 2-threads-per-core node; MemoryMiB its 2 MiB hugepages.
 	FakePool  string
 	MemoryMiB int
+	// InCluster runs the webhook (Deployment) and the device plugin
+	// (DaemonSet) as Pods from the chart, from an image made of BinDir's
+	// binaries and pushed to the cluster's registry (needs
+	// Options.ControllerManager). Otherwise they run as processes of this
+	// machine, the webhook behind the chart's webhook.url.
+	InCluster bool
+	// BinDir holds nitropod's binaries (make build) for the image.
+	BinDir string
 }
+
+// ImageRepo and ImageTag name the chart's image in tests (containerd pulls
+// ghcr.io through the cluster's registry).
+const (
+	ImageRepo = "ghcr.io/nitropod/nitropod"
+	ImageTag  = "e2e"
+)
 
 // ShimConfig writes a shim configuration for emulated enclaves (qemu
 // backend, TCG) to path. bin holds nitropod-init and nitropod-launcher;
@@ -49,18 +67,15 @@ accel = "tcg"
 	return writeFile(path, cfg, 0o644)
 }
 
-// InstallNitropod renders deploy/'s Helm chart (webhook outside the cluster
-// at a URL on the host end of the node link; device plugin and node installer
-// left to the harness), applies it, and runs nitropod-webhook with the
-// chart's generated certificate and nitropod-device-plugin over a fake
-// Nitro pool as processes of this machine. It returns when the node
-// advertises enclave CPUs.
+// InstallNitropod renders deploy/'s Helm chart and applies it, with the
+// device plugin over a FAKE Nitro pool (no Nitro hardware here) and without
+// the node installer (the harness configured containerd with the same
+// runtime lines). With o.InCluster the webhook and device plugin run as the
+// chart's Deployment and DaemonSet; otherwise as processes of this machine,
+// the webhook at the chart's webhook.url with the chart's generated
+// certificate. It returns when the node advertises enclave CPUs.
 func (c *Cluster) InstallNitropod(ctx context.Context, o NitropodOptions) error {
 	helm, err := c.bin("helm")
-	if err != nil {
-		return err
-	}
-	webhookBin, err := c.bin("nitropod-webhook")
 	if err != nil {
 		return err
 	}
@@ -69,6 +84,32 @@ func (c *Cluster) InstallNitropod(ctx context.Context, o NitropodOptions) error 
 		return err
 	}
 	d := filepath.Join(c.opts.Dir, "nitropod")
+	sysfs, dev := filepath.Join(d, "fake", "sys"), filepath.Join(d, "fake", "dev")
+	if o.FakePool == "" {
+		o.FakePool = "1,5"
+	}
+	if o.MemoryMiB == 0 {
+		o.MemoryMiB = 4096
+	}
+	if out, err := exec.CommandContext(ctx, dpBin, "fake-node", "--sysfs-root", sysfs, "--dev-root", dev,
+		"--cpus", "8", "--threads-per-core", "2", "--pool", o.FakePool,
+		"--memory-2m-mib", strconv.Itoa(o.MemoryMiB)).CombinedOutput(); err != nil {
+		return fmt.Errorf("writing fake Nitro node: %w: %s", err, out)
+	}
+	if err := c.PrepareNamespace(ctx, Namespace); err != nil {
+		return err
+	}
+	if o.InCluster {
+		return c.installInCluster(ctx, o, helm, d, sysfs, dev)
+	}
+	return c.installOnHost(ctx, o, helm, dpBin, d, sysfs, dev)
+}
+
+func (c *Cluster) installOnHost(ctx context.Context, o NitropodOptions, helm, dpBin, d, sysfs, dev string) error {
+	webhookBin, err := c.bin("nitropod-webhook")
+	if err != nil {
+		return err
+	}
 	port, err := freePort(c.HostIP)
 	if err != nil {
 		return err
@@ -116,25 +157,8 @@ func (c *Cluster) InstallNitropod(ctx context.Context, o NitropodOptions) error 
 	}); err != nil {
 		return err
 	}
-	if err := c.PrepareNamespace(ctx, Namespace); err != nil {
-		return err
-	}
 	if _, err := c.Kubectl(ctx, "", "apply", "-f", rendered); err != nil {
 		return err
-	}
-
-	// The device plugin over a FAKE Nitro host (no Nitro hardware here).
-	sysfs, dev := filepath.Join(d, "fake", "sys"), filepath.Join(d, "fake", "dev")
-	if o.FakePool == "" {
-		o.FakePool = "1,5"
-	}
-	if o.MemoryMiB == 0 {
-		o.MemoryMiB = 4096
-	}
-	if out, err := exec.CommandContext(ctx, dpBin, "fake-node", "--sysfs-root", sysfs, "--dev-root", dev,
-		"--cpus", "8", "--threads-per-core", "2", "--pool", o.FakePool,
-		"--memory-2m-mib", strconv.Itoa(o.MemoryMiB)).CombinedOutput(); err != nil {
-		return fmt.Errorf("writing fake Nitro node: %w: %s", err, out)
 	}
 	dpConfig := filepath.Join(d, "device-plugin.yaml")
 	if err := writeFile(dpConfig, "memoryBlockMiB: 64\nenclaveSlots: 4\n", 0o644); err != nil {
@@ -153,7 +177,11 @@ func (c *Cluster) InstallNitropod(ctx context.Context, o NitropodOptions) error 
 		return err
 	}
 	c.DevicePlugin = dp
-	return c.waitProc(ctx, dp, 60*time.Second, func() error {
+	return c.waitProc(ctx, dp, 60*time.Second, c.enclaveCPUsAdvertised(ctx))
+}
+
+func (c *Cluster) enclaveCPUsAdvertised(ctx context.Context) func() error {
+	return func() error {
 		v, err := c.Allocatable(ctx, "nitropod.io/enclave-cpu")
 		if err != nil {
 			return err
@@ -162,7 +190,54 @@ func (c *Cluster) InstallNitropod(ctx context.Context, o NitropodOptions) error 
 			return fmt.Errorf("node advertises no nitropod.io/enclave-cpu yet")
 		}
 		return nil
-	})
+	}
+}
+
+// installInCluster runs the chart's webhook Deployment and device plugin
+// DaemonSet (over the fake pool's host directories) from a test image.
+func (c *Cluster) installInCluster(ctx context.Context, o NitropodOptions, helm, d, sysfs, dev string) error {
+	img, err := images.Nitropod(o.BinDir, "/bin/busybox", filepath.Join(d, "image"))
+	if err != nil {
+		return err
+	}
+	if _, err := images.Push(img, c.Registry, strings.TrimPrefix(ImageRepo, "ghcr.io/")+":"+ImageTag); err != nil {
+		return err
+	}
+	out, err := exec.CommandContext(ctx, helm, "template", "nitropod", o.Chart,
+		"--namespace", Namespace,
+		"--set", "image.repository="+ImageRepo,
+		"--set", "image.tag="+ImageTag,
+		"--set", "image.pullPolicy=Always",
+		"--set", "devicePlugin.sysfsHostPath="+sysfs,
+		"--set", "devicePlugin.devHostPath="+dev,
+		"--set", "nodeInstaller.enabled=false").Output()
+	if err != nil {
+		return fmt.Errorf("helm template: %w: %s", err, stderrOf(err))
+	}
+	rendered := filepath.Join(d, "nitropod.yaml")
+	if err := writeFile(rendered, string(out), 0o600); err != nil {
+		return err
+	}
+	if _, err := c.Kubectl(ctx, "", "apply", "-f", rendered); err != nil {
+		return err
+	}
+	for _, obj := range []string{"deployment/nitropod-webhook", "daemonset/nitropod-device-plugin"} {
+		if _, err := c.Kubectl(ctx, "", "-n", Namespace, "rollout", "status", obj, "--timeout=4m"); err != nil {
+			desc, _ := c.Kubectl(ctx, "", "-n", Namespace, "describe", "pods")
+			return fmt.Errorf("%w\n%s", err, desc)
+		}
+	}
+	return waitFor(ctx, 60*time.Second, time.Second, c.enclaveCPUsAdvertised(ctx))
+}
+
+// DevicePluginLogs is the device plugin's log so far (its process's log
+// file, or its DaemonSet Pod's log).
+func (c *Cluster) DevicePluginLogs(ctx context.Context) (string, error) {
+	if c.DevicePlugin != nil {
+		b, err := os.ReadFile(c.DevicePlugin.Log)
+		return string(b), err
+	}
+	return c.Kubectl(ctx, "", "-n", Namespace, "logs", "daemonset/nitropod-device-plugin")
 }
 
 // Allocatable is the node's allocatable amount of resource ("" if none).

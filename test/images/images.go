@@ -363,3 +363,37 @@ func PushAll(host, pauseRef, debDir, workDir string) error {
 	}
 	return nil
 }
+
+// NitropodBinaries are the executables the chart's image carries in
+// /opt/nitropod/bin.
+var NitropodBinaries = []string{"nitropod-webhook", "nitropod-device-plugin", "containerd-shim-nitro-v1", "nitropod-launcher", "nitropod-init", "nitropod"}
+
+// Nitropod is the chart's image for tests: a busybox rootfs (the node
+// installer's /bin/sh, cp, nsenter) plus nitropod's binaries from binDir in
+// /opt/nitropod/bin.
+func Nitropod(binDir, busyboxPath, workDir string) (v1.Image, error) {
+	rootfs := filepath.Join(workDir, "nitropod-rootfs")
+	if err := os.RemoveAll(rootfs); err != nil {
+		return nil, fmt.Errorf("cleaning %s: %w", rootfs, err)
+	}
+	if err := BusyboxRootfs(busyboxPath, rootfs); err != nil {
+		return nil, err
+	}
+	dst := filepath.Join(rootfs, "opt", "nitropod", "bin")
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return nil, fmt.Errorf("creating %s: %w", dst, err)
+	}
+	for _, b := range NitropodBinaries {
+		data, err := os.ReadFile(filepath.Join(binDir, b))
+		if err != nil {
+			return nil, fmt.Errorf("reading %s (make build): %w", b, err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, b), data, 0o755); err != nil {
+			return nil, fmt.Errorf("writing %s: %w", b, err)
+		}
+	}
+	return FromDir(rootfs, v1.Config{
+		Env: []string{"PATH=/opt/nitropod/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+		Cmd: []string{"/opt/nitropod/bin/nitropod", "--help"},
+	})
+}
