@@ -176,3 +176,39 @@ func deleteCgroup(path string) error {
 	}
 	return fmt.Errorf("removing cgroup %s: %w", path, err)
 }
+
+// enclaveCgroupPath is where the backend's processes (QEMU) run: outside
+// the Pod's hierarchy, like the CPUs and memory Nitro reserves for enclaves.
+func enclaveCgroupPath(ns, id string) string {
+	return "/nitropod/" + ns + "/" + id
+}
+
+// createEnclaveCgroup creates the enclave cgroup without limits (cgroup v1
+// only: v2 cannot take a single thread into a domain cgroup; there QEMU
+// stays in the container's cgroup). It returns "" when not created.
+func createEnclaveCgroup(path string) (string, error) {
+	if cgroups.Mode() == cgroups.Unified {
+		return "", nil
+	}
+	if _, err := cgroup1.New(cgroup1.StaticPath(path), &specs.LinuxResources{}); err != nil {
+		return "", fmt.Errorf("creating enclave cgroup %s: %w", path, err)
+	}
+	return path, nil
+}
+
+// removeCgroups kills what is left in each cgroup and removes it.
+func removeCgroups(paths ...string) error {
+	var errs []error
+	for _, p := range paths {
+		if p == "" {
+			continue
+		}
+		if err := killCgroup(p); err != nil {
+			errs = append(errs, err)
+		}
+		if err := deleteCgroup(p); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

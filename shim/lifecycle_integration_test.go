@@ -170,8 +170,10 @@ func TestShimKilled(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 	}
 	for _, c := range []string{"memory", "cpu", "pids"} {
-		if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", c, ns, "crash1")); err == nil {
-			t.Errorf("cgroup %s/%s/crash1 left behind", c, ns)
+		for _, p := range []string{filepath.Join(ns, "crash1"), filepath.Join("nitropod", ns, "crash1")} {
+			if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", c, p)); err == nil {
+				t.Errorf("cgroup %s/%s left behind", c, p)
+			}
 		}
 	}
 }
@@ -214,13 +216,15 @@ func TestContainerdRestart(t *testing.T) {
 }
 
 // TestLauncherLimits runs a container with cpu and memory limits: the
-// launcher's cgroup carries them.
+// launcher's cgroup carries them, while QEMU (the emulated enclave, standing
+// in for Nitro's reserved CPUs and memory) runs outside them — a 128 MiB
+// launcher limit does not stop a 256 MiB enclave.
 func TestLauncherLimits(t *testing.T) {
 	e := newEnv(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	e.importImage(t, ctx, ns, busyboxRef, busyboxImage(t, ""))
-	e.runDetached(t, ctx, []string{"--memory-limit", "1073741824", "--cpus", "1.5"}, "limits1", "sh", "-c", "while true; do sleep 1; done")
+	e.runDetached(t, ctx, []string{"--memory-limit", "134217728", "--cpus", "1.5"}, "limits1", "sh", "-c", "while true; do sleep 1; done")
 	defer e.remove(ctx, "limits1")
 	e.waitStatus(t, ctx, "limits1", "RUNNING", time.Minute)
 	pid, _ := e.taskPid(t, ctx, "limits1")
@@ -237,15 +241,41 @@ func TestLauncherLimits(t *testing.T) {
 		"memory.limit_in_bytes": read(filepath.Join(mem, "memory.limit_in_bytes")),
 		"cpu.cfs_quota_us":      read(filepath.Join(cpu, "cpu.cfs_quota_us")),
 	}
-	want := map[string]string{"memory.limit_in_bytes": "1073741824", "cpu.cfs_quota_us": "150000"}
+	want := map[string]string{"memory.limit_in_bytes": "134217728", "cpu.cfs_quota_us": "150000"}
 	for k := range want {
 		if got[k] != want[k] {
 			t.Errorf("%s = %s, want %s", k, got[k], want[k])
 		}
 	}
+	has := func(procs string, pid int) bool {
+		return strings.Contains("\n"+procs+"\n", "\n"+strconv.Itoa(pid)+"\n")
+	}
 	for _, dir := range []string{mem, cpu} {
-		if procs := read(filepath.Join(dir, "cgroup.procs")); !strings.Contains("\n"+procs+"\n", "\n"+strconv.Itoa(pid)+"\n") {
+		if procs := read(filepath.Join(dir, "cgroup.procs")); !has(procs, pid) {
 			t.Errorf("launcher %d not in %s/cgroup.procs (%q)", pid, dir, procs)
+		}
+	}
+	e.waitAppStarted(t, "limits1", 3*time.Minute)
+	encMem := filepath.Join("/sys/fs/cgroup/memory/nitropod", ns, "limits1")
+	qemu := 0
+	for _, f := range strings.Fields(read(filepath.Join(encMem, "cgroup.procs"))) {
+		p, _ := strconv.Atoi(f)
+		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p)); strings.Contains(string(b), "qemu-system") {
+			qemu = p
+		}
+	}
+	if qemu == 0 {
+		t.Fatalf("no QEMU in the enclave cgroup %s", encMem)
+	}
+	if has(read(filepath.Join(mem, "cgroup.procs")), qemu) {
+		t.Errorf("QEMU %d is in the launcher's memory cgroup", qemu)
+	}
+	_, _ = e.ctrd.Ctr(ctx, ns, "task", "kill", "-s", "SIGKILL", "limits1")
+	e.waitStatus(t, ctx, "limits1", "STOPPED", time.Minute)
+	e.remove(ctx, "limits1")
+	for _, d := range []string{mem, encMem} {
+		if _, err := os.Stat(d); err == nil {
+			t.Errorf("cgroup %s left after delete", d)
 		}
 	}
 }

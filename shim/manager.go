@@ -165,18 +165,19 @@ func CleanupBundle(ctx context.Context, bundle string) int {
 		_ = unix.Kill(-st.LauncherPid, unix.SIGKILL)
 		_ = unix.Kill(st.LauncherPid, unix.SIGKILL)
 	}
-	if st.CgroupsPath != "" {
-		if err := killCgroup(st.CgroupsPath); err != nil {
+	for _, cg := range []string{st.CgroupsPath, st.EnclaveCgroup} {
+		if cg == "" {
+			continue
+		}
+		if err := killCgroup(cg); err != nil {
 			log.G(ctx).WithError(err).Warn("killing the container cgroup")
 		}
 	}
 	if err := terminateRecordedEnclave(ctx, bundle, st); err != nil {
 		log.G(ctx).WithError(err).Warn("terminating the enclave")
 	}
-	if st.CgroupsPath != "" {
-		if err := deleteCgroup(st.CgroupsPath); err != nil {
-			log.G(ctx).WithError(err).Warn("removing the container cgroup")
-		}
+	if err := removeCgroups(st.CgroupsPath, st.EnclaveCgroup); err != nil {
+		log.G(ctx).WithError(err).Warn("removing the container cgroups")
 	}
 	if err := unmountRootfs(filepath.Join(bundle, "rootfs")); err != nil {
 		log.G(ctx).WithError(err).Warn("unmounting rootfs")

@@ -24,8 +24,10 @@ const stateFile = "nitropod-state.json"
 type bundleState struct {
 	LauncherPid int    `json:"launcherPid"`
 	CgroupsPath string `json:"cgroupsPath,omitempty"`
-	Backend     string `json:"backend"`
-	NitroCLI    string `json:"nitroCLI,omitempty"`
+	// EnclaveCgroup holds QEMU in emulation (outside the Pod's cgroups).
+	EnclaveCgroup string `json:"enclaveCgroup,omitempty"`
+	Backend       string `json:"backend"`
+	NitroCLI      string `json:"nitroCLI,omitempty"`
 }
 
 func writeState(bundle string, st bundleState) error {

@@ -19,6 +19,7 @@ import (
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
 	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/errdefs"
+	"github.com/containerd/containerd/namespaces"
 	"github.com/containerd/containerd/protobuf"
 	ptypes "github.com/containerd/containerd/protobuf/types"
 	"github.com/containerd/log"
@@ -44,12 +45,14 @@ type enclaveTask struct {
 	id, bundle  string
 	pid         int
 	cgroupsPath string
-	backend     string
-	stdin       string
-	stdout      string
-	stderr      string
-	terminal    bool
-	entry       *eifcache.Entry
+	// enclaveCgroup holds QEMU (emulation), outside the launcher limits.
+	enclaveCgroup string
+	backend       string
+	stdin         string
+	stdout        string
+	stderr        string
+	terminal      bool
+	entry         *eifcache.Entry
 
 	mu         sync.Mutex
 	status     taskStatus
@@ -102,6 +105,16 @@ func (s *service) createEnclave(ctx context.Context, r *taskAPI.CreateTaskReques
 		cgroupsPath = spec.Linux.CgroupsPath
 		resources = spec.Linux.Resources
 	}
+	ns, _ := namespaces.Namespace(ctx)
+	enclaveCgroup, err := createEnclaveCgroup(enclaveCgroupPath(ns, r.ID))
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			_ = removeCgroups(enclaveCgroup)
+		}
+	}()
 	lspec := launcher.Spec{
 		ID:        r.ID,
 		Bundle:    r.Bundle,
@@ -117,11 +130,12 @@ func (s *service) createEnclave(ctx context.Context, r *taskAPI.CreateTaskReques
 			NitroCLI:   cfg.NitroCLI,
 			StateDir:   cfg.RunDir,
 		},
-		Stdin:  r.Stdin,
-		Stdout: r.Stdout,
-		Stderr: r.Stderr,
-		NetNS:  netns,
-		Ports:  plan.Ports,
+		Stdin:         r.Stdin,
+		Stdout:        r.Stdout,
+		Stderr:        r.Stderr,
+		NetNS:         netns,
+		Ports:         plan.Ports,
+		EnclaveCgroup: enclaveCgroup,
 	}
 	if err := launcher.WriteSpec(lspec); err != nil {
 		return nil, err
@@ -145,7 +159,7 @@ func (s *service) createEnclave(ctx context.Context, r *taskAPI.CreateTaskReques
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "GOMAXPROCS=1", "GOGC=50"}
 
 	t := &enclaveTask{
-		id: r.ID, bundle: r.Bundle, cgroupsPath: cgroupsPath, backend: cfg.Backend,
+		id: r.ID, bundle: r.Bundle, cgroupsPath: cgroupsPath, enclaveCgroup: enclaveCgroup, backend: cfg.Backend,
 		stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal,
 		entry: entry, startW: startW, exited: make(chan struct{}),
 	}
@@ -172,13 +186,10 @@ func (s *service) createEnclave(ctx context.Context, r *taskAPI.CreateTaskReques
 			delete(s.tasks, r.ID)
 			s.mu.Unlock()
 			startW.Close()
-			if cgroupsPath != "" {
-				_ = killCgroup(cgroupsPath)
-				_ = deleteCgroup(cgroupsPath)
-			}
+			_ = removeCgroups(cgroupsPath)
 		}
 	}()
-	if err := writeState(r.Bundle, bundleState{LauncherPid: t.pid, CgroupsPath: cgroupsPath, Backend: cfg.Backend, NitroCLI: cfg.NitroCLI}); err != nil {
+	if err := writeState(r.Bundle, bundleState{LauncherPid: t.pid, CgroupsPath: cgroupsPath, EnclaveCgroup: enclaveCgroup, Backend: cfg.Backend, NitroCLI: cfg.NitroCLI}); err != nil {
 		return nil, err
 	}
 	if cgroupsPath != "" {
@@ -259,8 +270,10 @@ func (t *enclaveTask) handleExit(s *service, status int, at time.Time) {
 	close(t.exited)
 	t.mu.Unlock()
 	// QEMU (or anything else the launcher left) goes with it.
-	if t.cgroupsPath != "" {
-		_ = killCgroup(t.cgroupsPath)
+	for _, cg := range []string{t.cgroupsPath, t.enclaveCgroup} {
+		if cg != "" {
+			_ = killCgroup(cg)
+		}
 	}
 	if status != 0 {
 		if b, err := os.ReadFile(filepath.Join(t.bundle, launcher.LogFile)); err == nil {
@@ -296,8 +309,11 @@ func (t *enclaveTask) kill(ctx context.Context, sig uint32) error {
 	}
 	_ = unix.Kill(-t.pid, unix.SIGKILL)
 	_ = unix.Kill(t.pid, unix.SIGKILL)
-	if t.cgroupsPath != "" {
-		if err := killCgroup(t.cgroupsPath); err != nil {
+	for _, cg := range []string{t.cgroupsPath, t.enclaveCgroup} {
+		if cg == "" {
+			continue
+		}
+		if err := killCgroup(cg); err != nil {
 			return err
 		}
 	}
@@ -317,11 +333,8 @@ func (t *enclaveTask) delete(ctx context.Context) (int, time.Time) {
 			log.G(ctx).WithField("id", t.id).Warn("launcher did not exit after SIGKILL")
 		}
 	}
-	if t.cgroupsPath != "" {
-		_ = killCgroup(t.cgroupsPath)
-		if err := deleteCgroup(t.cgroupsPath); err != nil {
-			log.G(ctx).WithError(err).Warn("removing container cgroup")
-		}
+	if err := removeCgroups(t.cgroupsPath, t.enclaveCgroup); err != nil {
+		log.G(ctx).WithError(err).Warn("removing container cgroups")
 	}
 	if err := unmountRootfs(filepath.Join(t.bundle, "rootfs")); err != nil {
 		log.G(ctx).WithError(err).Warn("unmounting rootfs")

@@ -115,7 +115,7 @@ func Run(ctx context.Context, spec Spec, start io.Reader, ready io.WriteCloser, 
 	t0 := time.Now()
 	go func() {
 		var s *enclave.Session
-		err := inNetNS(spec.NetNS, func() error {
+		err := onBackendThread(spec.NetNS, spec.EnclaveCgroup, func() error {
 			var err error
 			s, err = enclave.Start(bootCtx, backend, req, rio)
 			return err
@@ -215,31 +215,78 @@ func openStdio(ctx context.Context, spec Spec) (enclave.RunIO, func(), error) {
 	return rio, closeAll, nil
 }
 
-// inNetNS runs fn on an OS thread that has joined the network namespace at
-// path, so the sockets fn creates (the forwarded ports' listeners) live in
-// the Pod's namespace. The thread is never returned to the Go scheduler, and
-// it is kept alive for the launcher's lifetime: a child started from it
-// (QEMU) has a parent-death signal, which Linux delivers when the forking
-// *thread* exits.
-func inNetNS(path string, fn func() error) error {
-	if path == "" {
-		return fn()
-	}
+// onBackendThread runs fn on a dedicated OS thread that has joined the
+// network namespace at netns (so the forwarded ports' listeners fn creates
+// live in the Pod's namespace) and the cgroup enclaveCgroup (so the QEMU
+// process fn forks is born there). The thread is never returned to the Go
+// scheduler, and it is kept alive for the launcher's lifetime: a child
+// started from it (QEMU) has a parent-death signal, which Linux delivers
+// when the forking *thread* exits.
+func onBackendThread(netns, enclaveCgroup string, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // deliberately never unlocked
-		f, err := os.Open(path)
-		if err != nil {
-			errc <- fmt.Errorf("opening pod network namespace: %w", err)
+		if err := joinNetNS(netns); err != nil {
+			errc <- err
 			return
 		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("joining pod network namespace %s: %w", path, err)
+		if err := joinCgroupThread(enclaveCgroup, unix.Gettid()); err != nil {
+			errc <- err
 			return
 		}
 		errc <- fn()
 		select {} // park: keep this thread (QEMU's parent) alive
 	}()
 	return <-errc
+}
+
+func joinNetNS(path string) error {
+	if path == "" {
+		return nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("opening pod network namespace: %w", err)
+	}
+	defer f.Close()
+	if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+		return fmt.Errorf("joining pod network namespace %s: %w", path, err)
+	}
+	return nil
+}
+
+// cgroupRoot is where the cgroup v1 hierarchies are mounted.
+var cgroupRoot = "/sys/fs/cgroup"
+
+// joinCgroupThread moves thread tid into cgroup path in every v1 hierarchy
+// that has it (cgroup v1 moves single threads through the tasks file).
+func joinCgroupThread(path string, tid int) error {
+	if path == "" {
+		return nil
+	}
+	des, err := os.ReadDir(cgroupRoot)
+	if err != nil {
+		return fmt.Errorf("listing cgroup hierarchies: %w", err)
+	}
+	seen := map[string]bool{}
+	joined := 0
+	for _, de := range des {
+		dir, err := filepath.EvalSymlinks(filepath.Join(cgroupRoot, de.Name()))
+		if err != nil || seen[dir] {
+			continue
+		}
+		seen[dir] = true
+		tasks := filepath.Join(dir, path, "tasks")
+		if _, err := os.Stat(tasks); err != nil {
+			continue
+		}
+		if err := os.WriteFile(tasks, []byte(strconv.Itoa(tid)), 0); err != nil {
+			return fmt.Errorf("moving the enclave thread into %s: %w", tasks, err)
+		}
+		joined++
+	}
+	if joined == 0 {
+		return fmt.Errorf("enclave cgroup %s exists in no cgroup v1 hierarchy under %s", path, cgroupRoot)
+	}
+	return nil
 }

@@ -57,6 +57,11 @@ type Spec struct {
 	NetNS string `json:"netns,omitempty"`
 	// Ports are forwarded from every address of NetNS into the enclave.
 	Ports []uint16 `json:"ports,omitempty"`
+	// EnclaveCgroup (cgroup v1 path, created by the shim) receives what the
+	// backend starts (QEMU in emulation): the emulated enclave stands in for
+	// Nitro's reserved CPUs and memory and must not be charged to, or
+	// throttled by, the launcher limits. "" keeps it in the launcher's cgroup.
+	EnclaveCgroup string `json:"enclaveCgroup,omitempty"`
 }
 
 // BackendConfig is the shim config's backend part.
