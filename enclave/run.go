@@ -348,12 +348,65 @@ func (s *Session) Wait() (ExitStatus, error) {
 }
 
 // Run boots req with b, runs its app with rio until it exits, and returns
-// its exit status; see RunIO for signals. When ctx ends the enclave is
+// its exit status; see RunIO for signals (SIGTERM, SIGINT or SIGKILL during
+// the boot abandon it: status 137, no error). When ctx ends the enclave is
 // terminated and Run returns ctx's error.
 func Run(ctx context.Context, b Backend, req Request, rio RunIO) (ExitStatus, error) {
-	s, err := Start(ctx, b, req, rio)
+	// A SIGTERM, SIGINT or SIGKILL while the enclave boots abandons the
+	// boot; other signals wait until the app runs.
+	startCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	booting := make(chan struct{})
+	var pending []syscall.Signal
+	watched := make(chan bool, 1)
+	go func() {
+		for {
+			select {
+			case sig := <-rio.Signals:
+				ss, ok := sig.(syscall.Signal)
+				switch {
+				case !ok:
+				case ss == syscall.SIGTERM || ss == syscall.SIGINT || ss == syscall.SIGKILL:
+					cancel()
+					watched <- true
+					return
+				default:
+					pending = append(pending, ss)
+				}
+			case <-booting:
+				watched <- false
+				return
+			}
+		}
+	}()
+	var stopOnce sync.Once
+	aborted := false
+	stopWatching := func() bool {
+		stopOnce.Do(func() {
+			close(booting)
+			aborted = <-watched
+		})
+		return aborted
+	}
+	startIO := rio
+	startIO.Ready = func() {
+		// From here on Run's loop below handles the signals.
+		if !stopWatching() && rio.Ready != nil {
+			rio.Ready()
+		}
+	}
+	s, err := Start(startCtx, b, req, startIO)
+	if stopWatching() {
+		if err == nil {
+			_ = s.Terminate(context.Background())
+		}
+		return terminated, nil
+	}
 	if err != nil {
 		return ExitStatus{}, err
+	}
+	for _, sig := range pending {
+		_ = s.Signal(sig)
 	}
 	grace := rio.GracePeriod
 	if grace == 0 {

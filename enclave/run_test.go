@@ -302,3 +302,27 @@ func TestRunStdoutBroken(t *testing.T) {
 		t.Errorf("got %+v, %v; want the app to finish with 0", st, err)
 	}
 }
+
+// slowBackend is a fake backend whose boot never finishes until ctx ends.
+type slowBackend struct{ sawCancel chan struct{} }
+
+func (b *slowBackend) Boot(ctx context.Context, req enclave.Request) (enclave.Enclave, error) {
+	<-ctx.Done()
+	close(b.sawCancel)
+	return nil, ctx.Err()
+}
+
+func TestRunSignalDuringBoot(t *testing.T) {
+	b := &slowBackend{sawCancel: make(chan struct{})}
+	sigs := make(chan os.Signal, 1)
+	sigs <- syscall.SIGINT
+	st, err := enclave.Run(ctx(t), b, req, enclave.RunIO{Signals: sigs})
+	if err != nil || st.Code != 137 {
+		t.Errorf("got %+v, %v; want 137 and no error", st, err)
+	}
+	select {
+	case <-b.sawCancel:
+	default:
+		t.Error("the boot was not abandoned")
+	}
+}
