@@ -18,6 +18,7 @@ package qemu
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -131,6 +132,39 @@ func CheckMemory(memMiB int, eifSize int64) error {
 	return nil
 }
 
+// emulationHeadroomMiB is memory for init, the app and the kernel's own
+// allocations on top of the boot-time needs (a busybox EIF failed at 93 MiB
+// and ran at 96 MiB; this leaves a margin).
+const emulationHeadroomMiB = 48
+
+// checkEmulatedMemory refuses an enclave too small to boot its kernel under
+// emulation, which would otherwise hang until the boot timeout: the kernel
+// needs its bzImage init_size while booting and the ramdisks are held twice
+// while they unpack (Debian's kernel needs far more than AWS's).
+func checkEmulatedMemory(ef *eif.File, memMiB int) error {
+	ks, _ := ef.First(eif.SectionKernel)
+	hdr := make([]byte, 0x264)
+	if _, err := ef.Data(ks).ReadAt(hdr, 0); err != nil {
+		return nil // not a bzImage: QEMU will say so
+	}
+	if string(hdr[0x202:0x206]) != "HdrS" || binary.LittleEndian.Uint16(hdr[0x206:]) < 0x20a {
+		return nil
+	}
+	initSize := int64(binary.LittleEndian.Uint32(hdr[0x260:]))
+	var ramdisks int64
+	for _, s := range ef.Sections {
+		if s.Type == eif.SectionRamdisk {
+			ramdisks += s.Size
+		}
+	}
+	need := (initSize+2*ramdisks+(1<<20)-1)>>20 + emulationHeadroomMiB
+	if int64(memMiB) < need {
+		return fmt.Errorf("enclave memory %d MiB is too small to boot this EIF in emulation: its kernel needs %d MiB while booting and its ramdisks %d MiB while they unpack, so give it at least %d MiB",
+			memMiB, initSize>>20, (2*ramdisks)>>20, need)
+	}
+	return nil
+}
+
 // Boot validates the EIF and the request, starts QEMU and returns after
 // init's heartbeat.
 func (b *Backend) Boot(ctx context.Context, req enclave.Request) (_ enclave.Enclave, err error) {
@@ -160,6 +194,10 @@ func (b *Backend) Boot(ctx context.Context, req enclave.Request) (_ enclave.Encl
 	rep, err := ef.Verify()
 	if err != nil {
 		return nil, fmt.Errorf("eif %s is corrupt: %w", req.EIFPath, err)
+	}
+
+	if err := checkEmulatedMemory(ef, req.MemoryMiB); err != nil {
+		return nil, err
 	}
 
 	dir, err := os.MkdirTemp(b.cfg.WorkDir, "nitropod-qemu-")
