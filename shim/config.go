@@ -33,6 +33,8 @@ type Config struct {
 	InitPath string `toml:"init_path"`
 	// LauncherPath is nitropod-launcher; "" looks next to the shim binary.
 	LauncherPath string `toml:"launcher_path"`
+	// FetchPath is nitropod-fetch; "" looks next to the shim binary.
+	FetchPath string `toml:"fetch_path"`
 	// CacheDir holds built EIFs; CacheMaxBytes caps its size (0: no cap).
 	CacheDir      string `toml:"cache_dir"`
 	CacheMaxBytes int64  `toml:"cache_max_bytes"`

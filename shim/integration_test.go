@@ -55,7 +55,7 @@ func buildBinaries(t testing.TB) string {
 		}
 		buildOnce.dir = dir
 		cmd := exec.Command("go", "build", "-trimpath", "-o", dir+"/",
-			"./cmd/containerd-shim-nitro-v1", "./cmd/nitropod-launcher", "./cmd/nitropod-init")
+			"./cmd/containerd-shim-nitro-v1", "./cmd/nitropod-launcher", "./cmd/nitropod-fetch", "./cmd/nitropod-init")
 		cmd.Dir = testenv.RepoRoot()
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {

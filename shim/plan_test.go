@@ -196,10 +196,3 @@ func FuzzParseConfig(f *testing.F) {
 		_, _ = ParseConfig(b, DefaultConfig())
 	})
 }
-
-func TestExposedTCPPorts(t *testing.T) {
-	got := ExposedTCPPorts(map[string]struct{}{"80/tcp": {}, "8080": {}, "53/udp": {}, "x/tcp": {}, "0/tcp": {}, "70000/tcp": {}})
-	if diff := cmp.Diff([]uint16{80, 8080}, got); diff != "" {
-		t.Errorf("ports (-want +got):\n%s", diff)
-	}
-}

@@ -196,7 +196,7 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	}
 	if plan.PortsFromImage && spec.Annotations[nitropod.CRIImageName] != "" && s.address != "" {
 		ns, _ := namespaces.Namespace(ctx)
-		ports, err := imageExposedPorts(ctx, s.address, ns, spec.Annotations[nitropod.CRIImageName])
+		ports, err := imagePorts(ctx, cfg, s.address, ns, spec.Annotations[nitropod.CRIImageName])
 		if err != nil {
 			log.G(ctx).WithError(err).WithField("id", r.ID).Warn("reading the image's exposed ports; forwarding none")
 		} else {

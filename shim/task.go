@@ -409,19 +409,24 @@ func (t *enclaveTask) update(ctx context.Context, res *ptypes.Any) error {
 // findLauncher is cfg.LauncherPath, else nitropod-launcher next to the shim
 // binary, else on PATH.
 func findLauncher(cfg Config) (string, error) {
-	if cfg.LauncherPath != "" {
-		return cfg.LauncherPath, nil
+	return findHelper(cfg.LauncherPath, LauncherBinary, "launcher_path")
+}
+
+// findHelper is configured, else name next to the shim binary, else on PATH.
+func findHelper(configured, name, key string) (string, error) {
+	if configured != "" {
+		return configured, nil
 	}
 	if self, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(self), LauncherBinary)
+		p := filepath.Join(filepath.Dir(self), name)
 		if _, err := os.Stat(p); err == nil {
 			return p, nil
 		}
 	}
-	if p, err := exec.LookPath(LauncherBinary); err == nil {
+	if p, err := exec.LookPath(name); err == nil {
 		return p, nil
 	}
-	return "", fmt.Errorf("%s not found next to the shim or on PATH: install it, or set launcher_path in %s", LauncherBinary, "the shim config")
+	return "", fmt.Errorf("%s not found next to the shim or on PATH: install it, or set %s in the shim config", name, key)
 }
 
 func (s *service) cache(cfg Config) (*eifcache.Cache, error) {

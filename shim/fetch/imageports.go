@@ -1,4 +1,4 @@
-package shim
+package fetch
 
 import (
 	"bytes"
@@ -30,10 +30,10 @@ const (
 // maxImageBlob bounds the manifests and configs read from containerd.
 const maxImageBlob = 4 << 20
 
-// imageExposedPorts asks containerd (at its gRPC address) for the config of
+// ImageExposedPorts asks containerd (at its gRPC address) for the config of
 // image in namespace ns and returns the TCP ports it EXPOSEs: what the
 // launcher forwards when the webhook recorded no ports for the container.
-func imageExposedPorts(ctx context.Context, address, ns, image string) ([]uint16, error) {
+func ImageExposedPorts(ctx context.Context, address, ns, image string) ([]uint16, error) {
 	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(ctx, ns), 10*time.Second)
 	defer cancel()
 	conn, err := grpc.NewClient("unix://"+address, grpc.WithTransportCredentials(insecure.NewCredentials()))
