@@ -144,10 +144,9 @@ const emulationHeadroomMiB = 48
 func checkEmulatedMemory(ef *eif.File, memMiB int) error {
 	ks, _ := ef.First(eif.SectionKernel)
 	hdr := make([]byte, 0x264)
-	if _, err := ef.Data(ks).ReadAt(hdr, 0); err != nil {
-		return nil // not a bzImage: QEMU will say so
-	}
-	if string(hdr[0x202:0x206]) != "HdrS" || binary.LittleEndian.Uint16(hdr[0x206:]) < 0x20a {
+	// A kernel shorter than a bzImage header is not a bzImage: QEMU will say so.
+	n, _ := ef.Data(ks).ReadAt(hdr, 0)
+	if n < len(hdr) || string(hdr[0x202:0x206]) != "HdrS" || binary.LittleEndian.Uint16(hdr[0x206:]) < 0x20a {
 		return nil
 	}
 	initSize := int64(binary.LittleEndian.Uint32(hdr[0x260:]))
