@@ -588,7 +588,7 @@ current-context: e2e
 // kube-root-ca.crt ConfigMap of the service-account token volume.
 func (c *Cluster) PrepareNamespace(ctx context.Context, ns string) error {
 	exists := func(err error) error {
-		if err != nil && strings.Contains(err.Error(), "AlreadyExists") {
+		if err != nil && (strings.Contains(err.Error(), "AlreadyExists") || strings.Contains(err.Error(), "already exists")) {
 			return nil
 		}
 		return err

@@ -22,19 +22,21 @@ import (
 	"github.com/nitropod/nitropod/test/cluster"
 )
 
-// startNitroCluster is startCluster with nitropod installed: the nitro
-// runtime in containerd (deploy/'s drop-in), the chart's RuntimeClass and
-// webhook configuration, the webhook and the device plugin over a FAKE Nitro
-// pool of 2 enclave CPUs (one core) and 4 GiB.
+// startNitroCluster is startCluster (plus kube-controller-manager) with
+// nitropod installed from deploy/'s chart: the nitro runtime in containerd
+// (the node installer's lines), the RuntimeClass, the webhook Deployment and
+// its MutatingWebhookConfiguration, and the device plugin DaemonSet over a
+// FAKE Nitro pool of 2 enclave CPUs (one core) and 4 GiB.
 func startNitroCluster(t *testing.T) *env {
 	t.Helper()
 	testenv.Integration(t)
 	testenv.RequireRoot(t)
 	blobs := testenv.EmuBlobs(t)
-	for _, b := range []string{"helm", "nitropod-webhook", "nitropod-device-plugin", "nitropod-init", "nitropod-launcher", "qemu-system-x86_64"} {
+	for _, b := range []string{"helm", "kube-controller-manager", "nitropod-webhook", "nitropod-device-plugin", "nitropod-init", "nitropod-launcher", "nitropod", "qemu-system-x86_64"} {
 		testenv.Binary(t, b)
 	}
 	opts := clusterOptions(t, true)
+	opts.ControllerManager = true
 	dir, err := os.MkdirTemp("", "nitropod-e2e-")
 	if err != nil {
 		t.Fatal(err)
@@ -60,7 +62,9 @@ func startNitroCluster(t *testing.T) *env {
 	defer cancel()
 	start := time.Now()
 	if err := e.c.InstallNitropod(ctx, cluster.NitropodOptions{
-		Chart: filepath.Join(testenv.RepoRoot(), "deploy", "helm", "nitropod"),
+		Chart:     filepath.Join(testenv.RepoRoot(), "deploy", "helm", "nitropod"),
+		InCluster: true,
+		BinDir:    bin,
 	}); err != nil {
 		t.Fatalf("installing nitropod: %v", err)
 	}
@@ -231,8 +235,16 @@ func TestEnclavePods(t *testing.T) {
 			}
 			time.Sleep(time.Second)
 		}
-		if log := readFile(t, e.c.DevicePlugin.Log); !strings.Contains(log, "registering again") {
-			t.Errorf("device plugin log does not show a re-registration after the kubelet restart:\n%s", log)
+		// (Right after its restart kubelet may not serve the Pod's log yet.)
+		var log string
+		for i := 0; i < 30; i++ {
+			if log, err = e.c.DevicePluginLogs(ctx); err == nil && strings.Contains(log, "registering again") {
+				break
+			}
+			time.Sleep(time.Second)
+		}
+		if err != nil || !strings.Contains(log, "registering again") {
+			t.Errorf("device plugin log does not show a re-registration after the kubelet restart (%v):\n%s", err, log)
 		}
 		if devAfter := checkpointDevices(t, string(before.UID)); !cmp.Equal(devAfter, devBefore) {
 			t.Errorf("nginx-pod's devices after kubelet restart = %v; before %v: want them kept", devAfter, devBefore)

@@ -10,6 +10,7 @@ import (
 	_ "github.com/nitropod/nitropod/test/tools/cmd/etcd"
 	_ "github.com/versity/versitygw/cmd/versitygw"
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
 	_ "k8s.io/kubernetes/cmd/kubelet"
