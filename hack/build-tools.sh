@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the pinned test tools into OUTDIR from the Go module proxy, using the
 # separate module test/tools (its go.mod pins every version): etcd,
-# kube-apiserver, kube-scheduler, kubelet, kubectl, registry, versitygw,
+# kube-apiserver, kube-scheduler, kube-controller-manager, kubelet, kubectl, registry, versitygw,
 # crictl, helm. A binary whose stamp (package, module version, Go version)
 # matches is not rebuilt, so a second run takes seconds.
 #
@@ -21,6 +21,7 @@ tools=(
   "etcd github.com/nitropod/nitropod/test/tools/cmd/etcd go.etcd.io/etcd/server/v3"
   "kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes"
   "kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes"
+  "kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes"
   "kubelet k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes"
   "kubectl k8s.io/kubernetes/cmd/kubectl k8s.io/kubernetes"
   "registry github.com/distribution/distribution/v3/cmd/registry github.com/distribution/distribution/v3"
