@@ -80,14 +80,14 @@ func run(ctx context.Context, args []string) (any, error) {
 		if err := fs.Parse(args[1:]); err != nil || fs.NArg() != 1 || *dir == "" {
 			return nil, errors.New("usage: nitropod-fetch s3 -cache-dir DIR [-cache-max-bytes N] [-endpoint URL] [-region R] [-pcr0 HEX] [-pcr8 HEX] s3://BUCKET/KEY")
 		}
-		return FetchS3(ctx, *dir, *maxBytes, s3.Config{Endpoint: *endpoint, Region: *region}, fs.Arg(0), s3.Expect{PCR0: *pcr0, PCR8: *pcr8})
+		return S3(ctx, *dir, *maxBytes, s3.Config{Endpoint: *endpoint, Region: *region}, fs.Arg(0), s3.Expect{PCR0: *pcr0, PCR8: *pcr8})
 	}
 	return nil, fmt.Errorf("unknown nitropod-fetch command %q: use image-ports or s3", args[0])
 }
 
-// FetchS3 makes the EIF at location available in the cache at dir and
+// S3 makes the EIF at location available in the cache at dir and
 // verified against exp, and returns its cache key.
-func FetchS3(ctx context.Context, dir string, maxBytes int64, cfg s3.Config, location string, exp s3.Expect) (*S3Result, error) {
+func S3(ctx context.Context, dir string, maxBytes int64, cfg s3.Config, location string, exp s3.Expect) (*S3Result, error) {
 	loc, err := s3.ParseLocation(location)
 	if err != nil {
 		return nil, err
