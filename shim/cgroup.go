@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -211,4 +212,18 @@ func removeCgroups(paths ...string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// enclavesOnNode counts the enclave containers running on the node: one
+// enclave cgroup each (/nitropod/<namespace>/<id>, every shim's), in the
+// memory hierarchy under root. 0 when unknown (cgroup v2).
+func enclavesOnNode(root string) int {
+	dirs, _ := filepath.Glob(filepath.Join(root, "memory", "nitropod", "*", "*"))
+	n := 0
+	for _, d := range dirs {
+		if fi, err := os.Stat(d); err == nil && fi.IsDir() {
+			n++
+		}
+	}
+	return n
 }

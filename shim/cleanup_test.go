@@ -57,15 +57,15 @@ func TestCleanupBundleTerminatesRecordedNitroEnclave(t *testing.T) {
 func TestCheckLicense(t *testing.T) {
 	cfg := DefaultConfig()
 	spec := &specs.Spec{Annotations: map[string]string{nitropod.CRISandboxNamespace: "default"}}
-	if err := checkLicense(context.Background(), spec, cfg, 1); err != nil {
+	if err := checkLicense(context.Background(), spec, cfg, 1, 1); err != nil {
 		t.Errorf("not enforced: %v", err)
 	}
 	cfg.License.Enforce = true
-	if err := checkLicense(context.Background(), spec, cfg, 1); err == nil || !strings.Contains(err.Error(), "keys_file") {
+	if err := checkLicense(context.Background(), spec, cfg, 1, 1); err == nil || !strings.Contains(err.Error(), "keys_file") {
 		t.Errorf("enforced without keys: err = %v", err)
 	}
 	cfg.License.KeysFile = filepath.Join(t.TempDir(), "missing.pem")
-	if err := checkLicense(context.Background(), spec, cfg, 1); err == nil || !strings.Contains(err.Error(), "licence keys") {
+	if err := checkLicense(context.Background(), spec, cfg, 1, 1); err == nil || !strings.Contains(err.Error(), "licence keys") {
 		t.Errorf("missing keys file: err = %v", err)
 	}
 	priv, err := license.GenerateKey(rand.Reader)
@@ -80,7 +80,22 @@ func TestCheckLicense(t *testing.T) {
 	if err := os.WriteFile(cfg.License.KeysFile, pem, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := checkLicense(context.Background(), spec, cfg, 1); err == nil || !strings.Contains(err.Error(), nitropod.LicenseSecretName) {
+	if err := checkLicense(context.Background(), spec, cfg, 1, 1); err == nil || !strings.Contains(err.Error(), nitropod.LicenseSecretName) {
 		t.Errorf("enforced, no licence mounted: err = %v, want a refusal naming the %s Secret", err, nitropod.LicenseSecretName)
+	}
+}
+
+func TestEnclavesOnNode(t *testing.T) {
+	root := t.TempDir()
+	for _, d := range []string{"memory/nitropod/k8s.io/a", "memory/nitropod/k8s.io/b", "memory/nitropod/default/c", "cpu/nitropod/k8s.io/a"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := enclavesOnNode(root); n != 3 {
+		t.Errorf("enclavesOnNode = %d, want 3", n)
+	}
+	if n := enclavesOnNode(filepath.Join(root, "none")); n != 0 {
+		t.Errorf("enclavesOnNode of an empty root = %d, want 0", n)
 	}
 }

@@ -28,7 +28,7 @@ const builderVersion = build.Tool + "-eif-build-v1"
 
 // checkLicense is the licence hook: it runs before anything is built or
 // booted, against the licence the Pod mounts (package license).
-func checkLicense(ctx context.Context, spec *specs.Spec, cfg Config, enclavesInPod int) error {
+func checkLicense(ctx context.Context, spec *specs.Spec, cfg Config, enclavesInPod, enclavesOnNode int) error {
 	pol := license.Policy{
 		Enforce: cfg.License.Enforce,
 		OnIgnored: func(err error) {
@@ -48,6 +48,7 @@ func checkLicense(ctx context.Context, spec *specs.Spec, cfg Config, enclavesInP
 	}
 	c := license.ContextFromSpec(spec)
 	c.EnclavesInPod = enclavesInPod
+	c.EnclavesOnNode = enclavesOnNode
 	if _, err := pol.Check(spec, c, time.Now()); err != nil {
 		return fmt.Errorf("licence: %w", err)
 	}

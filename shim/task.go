@@ -67,7 +67,7 @@ type enclaveTask struct {
 func (s *service) createEnclave(ctx context.Context, r *taskAPI.CreateTaskRequest, spec *specs.Spec, plan Plan, cfg Config) (_ *enclaveTask, retErr error) {
 	logger := log.G(ctx).WithField("id", r.ID)
 	t0 := time.Now()
-	if err := checkLicense(ctx, spec, cfg, s.enclaveCount()+1); err != nil {
+	if err := checkLicense(ctx, spec, cfg, s.enclaveCount()+1, enclavesOnNode("/sys/fs/cgroup")+1); err != nil {
 		return nil, err
 	}
 	cache, err := s.cache(cfg)
