@@ -3,10 +3,8 @@ package eifcache
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"os"
 	"os/exec"
@@ -18,19 +16,31 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/nitropod/nitropod/eif"
 )
 
-// testEIF is a minimal well-formed EIF for the cache's purposes: header
-// with magic and a correct CRC over header + payload.
+// testEIF is a small well-formed EIF (written by package eif) whose
+// ramdisk is payload.
 func testEIF(payload []byte) []byte {
-	hdr := make([]byte, eifHeaderSize)
-	copy(hdr, eifMagic)
-	binary.BigEndian.PutUint16(hdr[4:], 4)
-	h := crc32.NewIEEE()
-	h.Write(hdr[:eifCRCOffset])
-	h.Write(payload)
-	binary.BigEndian.PutUint32(hdr[eifCRCOffset:], h.Sum32())
-	return append(hdr, payload...)
+	f, err := os.CreateTemp("", "eifcache-test-*.eif")
+	if err != nil {
+		panic(err)
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	if _, err := eif.Write(f, eif.Image{
+		Kernel:   bytes.NewReader([]byte("KERNEL")),
+		Cmdline:  "console=ttyS0",
+		Ramdisks: []io.Reader{bytes.NewReader([]byte("R0")), bytes.NewReader(payload)},
+	}, eif.WriterOptions{}); err != nil {
+		panic(err)
+	}
+	b, err := os.ReadFile(f.Name())
+	if err != nil {
+		panic(err)
+	}
+	return b
 }
 
 func writer(payload []byte, calls *atomic.Int32) func(context.Context, io.Writer) error {
@@ -234,8 +244,9 @@ func TestFillErrorLeavesNothing(t *testing.T) {
 }
 
 func TestLRUEvictionKeepsReferenced(t *testing.T) {
-	payload := bytes.Repeat([]byte("p"), 1000) // each entry ~1548 bytes
-	c, err := Open(t.TempDir(), 3500)          // room for two
+	payload := bytes.Repeat([]byte("p"), 1000)
+	size := int64(len(testEIF(payload)))
+	c, err := Open(t.TempDir(), 2*size+size/2) // room for two
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +276,7 @@ func TestLRUEvictionKeepsReferenced(t *testing.T) {
 		t.Errorf("entries present after eviction (-want +got):\n%s", diff)
 	}
 	b.Release()
-	if n, _ := c.Size(); n > 3500 {
+	if n, _ := c.Size(); n > 2*size+size/2 {
 		t.Errorf("cache size %d over cap", n)
 	}
 }

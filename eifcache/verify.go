@@ -8,6 +8,8 @@ import (
 	"hash/crc32"
 	"io"
 	"os"
+
+	"github.com/nitropod/nitropod/eif"
 )
 
 // EIF header facts (EIF-FORMAT.md): magic at 0, CRC-32 at 544 over the
@@ -19,14 +21,24 @@ const (
 
 var eifMagic = []byte(".eif")
 
-// VerifyCRC checks the EIF file's magic and its CRC-32, the check nitro-cli
-// describe-eif makes, so a truncated or corrupted cache file is refilled.
+// VerifyCRC checks a cached EIF: its structure with the eif reader
+// (eif.Open: header, section table, section types, file length) and its
+// CRC-32, the check nitro-cli describe-eif makes, so a truncated or
+// corrupted cache file is refilled. It does not recompute the measurements
+// (eif.File.Verify), which would read the file through SHA-384 on every hit.
 func VerifyCRC(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if _, err := eif.Open(f, fi.Size()); err != nil {
+		return err
+	}
 	return verifyCRC(f)
 }
 
