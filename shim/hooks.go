@@ -9,7 +9,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 
 	nitropod "github.com/nitropod/nitropod"
 	"github.com/nitropod/nitropod/eif/build"
+	"github.com/nitropod/nitropod/eif/s3"
 	"github.com/nitropod/nitropod/eifcache"
 	"github.com/nitropod/nitropod/license"
 )
@@ -56,37 +56,25 @@ func checkLicense(ctx context.Context, spec *specs.Spec, cfg Config, enclavesInP
 }
 
 // fetchPrebuilt is the EIF-source hook for nitro.k8s.anjuna.io/imageLocation:
-// nitropod-fetch (package shim/fetch, eif/s3) downloads the prebuilt EIF
-// into the node cache and checks it against the Pod's expected PCRs; the
-// shim then takes its reference on the cache entry.
+// the prebuilt EIF is downloaded into the node cache (package eif/s3) and
+// checked against the Pod's expected PCRs.
 func fetchPrebuilt(ctx context.Context, cache *eifcache.Cache, spec *specs.Spec, plan Plan, cfg Config) (*eifcache.Entry, error) {
-	args := []string{"s3", "-cache-dir", cfg.CacheDir, "-cache-max-bytes", strconv.FormatInt(cfg.CacheMaxBytes, 10)}
-	for flag, v := range map[string]string{
-		"-endpoint": cfg.S3.Endpoint,
-		"-region":   cfg.S3.Region,
-		"-pcr0":     spec.Annotations[nitropod.ExpectedPCR0Annotation],
-		"-pcr8":     spec.Annotations[nitropod.ExpectedPCR8Annotation],
-	} {
-		if v != "" {
-			args = append(args, flag, v)
-		}
+	loc, err := s3.ParseLocation(plan.ImageLocation)
+	if err != nil {
+		return nil, fmt.Errorf("annotation %s: %w", nitropod.ImageLocationAnnotation, err)
 	}
-	args = append(args, plan.ImageLocation)
-	var res struct {
-		Key        string `json:"key"`
-		Downloaded bool   `json:"downloaded"`
+	cl, err := s3.New(ctx, s3.Config{Endpoint: cfg.S3.Endpoint, Region: cfg.S3.Region})
+	if err != nil {
+		return nil, fmt.Errorf("s3 client: %w", err)
 	}
-	if err := runFetch(ctx, cfg, &res, args...); err != nil {
-		return nil, fmt.Errorf("fetching prebuilt EIF %s (annotation %s): %w", plan.ImageLocation, nitropod.ImageLocationAnnotation, err)
-	}
-	e, err := cache.Get(ctx, res.Key, func(context.Context, io.Writer) error {
-		return errors.New("the downloaded EIF left the cache before it was used; retry")
+	res, err := cl.Fetch(ctx, cache, loc, s3.Expect{
+		PCR0: spec.Annotations[nitropod.ExpectedPCR0Annotation],
+		PCR8: spec.Annotations[nitropod.ExpectedPCR8Annotation],
 	})
 	if err != nil {
 		return nil, fmt.Errorf("fetching prebuilt EIF %s: %w", plan.ImageLocation, err)
 	}
-	e.Hit = !res.Downloaded
-	return e, nil
+	return res.Entry, nil
 }
 
 // imagePorts returns the TCP ports the container's image EXPOSEs, looked
@@ -99,7 +87,7 @@ func imagePorts(ctx context.Context, cfg Config, address, ns, image string) ([]u
 	return ports, nil
 }
 
-// FetchBinary is the shim's helper for S3 downloads and image lookups.
+// FetchBinary is the shim's helper for image lookups.
 const FetchBinary = "nitropod-fetch"
 
 // runFetch runs nitropod-fetch and decodes its JSON answer into out.
