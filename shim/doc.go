@@ -20,8 +20,7 @@
 //
 //   - Create reads config.json, checks the licence (package license), gets
 //     the EIF from the node cache (package eifcache) — filled from S3 for
-//     nitro.k8s.anjuna.io/imageLocation by the nitropod-fetch helper
-//     (package shim/fetch, eif/s3), else built from the
+//     nitro.k8s.anjuna.io/imageLocation (package eif/s3), else built from the
 //     rootfs (mounted only for the build) and the process spec (package
 //     eif/build) — and starts nitropod-launcher (package shim/launcher) in
 //     the container's cgroup, created with the container's cpu/memory/pids
