@@ -63,7 +63,13 @@ func fetchPrebuilt(ctx context.Context, cache *eifcache.Cache, spec *specs.Spec,
 	if err != nil {
 		return nil, fmt.Errorf("annotation %s: %w", nitropod.ImageLocationAnnotation, err)
 	}
-	cl, err := s3.New(ctx, s3.Config{Endpoint: cfg.S3.Endpoint, Region: cfg.S3.Region})
+	// A Pod with IRSA env (AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE in a
+	// spec mount) downloads with its own identity, not the node's.
+	wi, err := s3.PodWebIdentity(spec)
+	if err != nil {
+		return nil, fmt.Errorf("pod web identity for %s: %w", plan.ImageLocation, err)
+	}
+	cl, err := s3.New(ctx, s3.Config{Endpoint: cfg.S3.Endpoint, Region: cfg.S3.Region, WebIdentity: wi})
 	if err != nil {
 		return nil, fmt.Errorf("s3 client: %w", err)
 	}

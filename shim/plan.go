@@ -3,6 +3,8 @@ package shim
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -105,8 +107,14 @@ func PlanContainer(spec *specs.Spec, cfg Config) (Plan, error) {
 	for _, kv := range spec.Process.Env {
 		k, v, _ := strings.Cut(kv, "=")
 		env[k] = v
+	}
+	// The env is measured into the EIF, so it must not depend on the order
+	// kubelet happens to emit it in (service and device-plugin variables come
+	// from maps): one entry per name, the last value winning as in
+	// containerd's WithEnv, sorted by name.
+	for _, k := range slices.Sorted(maps.Keys(env)) {
 		if !runtimeEnv[k] {
-			proc.Env = append(proc.Env, kv)
+			proc.Env = append(proc.Env, k+"="+env[k])
 		}
 	}
 	if env[nitropod.DebugModeEnv] == nitropod.DebugModeValue {

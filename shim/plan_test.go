@@ -196,3 +196,25 @@ func FuzzParseConfig(f *testing.F) {
 		_, _ = ParseConfig(b, DefaultConfig())
 	})
 }
+
+// The env is measured into the EIF: two specs that differ only in the order
+// kubelet emitted the env (it comes from maps) must plan the same process, and
+// a later duplicate overrides an earlier one as in containerd's WithEnv.
+func TestPlanContainerEnvOrderIsCanonical(t *testing.T) {
+	cfg := DefaultConfig()
+	a, err := PlanContainer(testSpec(nil, "PATH=/bin", "B=2", "A=1", nitropod.EnvMemoryMiB+"=512", "B=3"), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := PlanContainer(testSpec(nil, nitropod.EnvMemoryMiB+"=512", "A=1", "B=2", "B=3", "PATH=/bin"), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"A=1", "B=3", "PATH=/bin"}
+	if diff := cmp.Diff(want, a.Process.Env); diff != "" {
+		t.Errorf("env (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(a.Process, b.Process); diff != "" {
+		t.Errorf("process differs with env order (-a +b):\n%s", diff)
+	}
+}

@@ -366,7 +366,7 @@ func PushAll(host, pauseRef, debDir, workDir string) error {
 
 // NitropodBinaries are the executables the chart's image carries in
 // /opt/nitropod/bin.
-var NitropodBinaries = []string{"nitropod-webhook", "nitropod-device-plugin", "containerd-shim-nitro-v1", "nitropod-launcher", "nitropod-init", "nitropod"}
+var NitropodBinaries = []string{"nitropod-webhook", "nitropod-device-plugin", "containerd-shim-nitro-v1", "nitropod-launcher", "nitropod-fetch", "nitropod-init", "nitropod"}
 
 // Nitropod is the chart's image for tests: a busybox rootfs (the node
 // installer's /bin/sh, cp, nsenter) plus nitropod's binaries from binDir in

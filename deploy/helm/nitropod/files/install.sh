@@ -19,7 +19,7 @@ install_file() { # src dst mode
   fi
 }
 
-for b in containerd-shim-nitro-v1 nitropod-launcher nitropod-init nitropod; do
+for b in containerd-shim-nitro-v1 nitropod-launcher nitropod-fetch nitropod-init nitropod; do
   install_file "$SRC/$b" "/opt/nitropod/bin/$b" 0755
 done
 # containerd 1.6 ignores runtime_path and looks shims up on its PATH.
