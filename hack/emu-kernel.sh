@@ -8,8 +8,12 @@
 #   modules.order  the .ko file names in load order (dependencies first)
 #
 # The package is pinned (version + sha256 below), downloaded once into
-# _output/cache (or $NITROPOD_CACHE) and verified before use; a second run with
-# an up-to-date OUTDIR does nothing.
+# ~/.cache/nitropod (or $NITROPOD_CACHE; kept across clean clones) and verified
+# before use; a second run with an up-to-date OUTDIR does nothing. When Debian
+# has replaced the pinned version (its security archive keeps only the newest),
+# the kernel linux-image-amd64 now depends on is used instead, with a warning
+# (apt has verified it against the archive's signatures); set
+# NITROPOD_EMU_KERNEL_STRICT=1 to fail instead.
 set -euo pipefail
 
 PKG=${NITROPOD_EMU_KERNEL_PKG:-linux-image-6.1.0-56-amd64}
@@ -21,7 +25,7 @@ MODULES=(virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_p
 
 OUTDIR=${1:?usage: hack/emu-kernel.sh OUTDIR}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-CACHE=${NITROPOD_CACHE:-$ROOT/_output/cache}
+CACHE=${NITROPOD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/nitropod}
 DEB=$CACHE/${PKG}_${VERSION}_amd64.deb
 STAMP="$PKG $VERSION $SHA256 $CMDLINE ${MODULES[*]}"
 
@@ -47,7 +51,14 @@ if [[ ! -f $DEB ]] || ! verify "$DEB"; then
 				echo "emu-kernel: update PKG, VERSION and SHA256 at the top of $0 (or set NITROPOD_EMU_KERNEL_PKG/_VERSION/_SHA256)."
 			fi
 		} >&2
-		exit 1
+		if [[ ${NITROPOD_EMU_KERNEL_STRICT:-0} == 1 || -z $dep ]] || ! (cd "$tmpd" && apt-get download "$dep"); then
+			exit 1
+		fi
+		PKG=$dep
+		SHA256=$(sha256sum "$tmpd"/*.deb | cut -d' ' -f1)
+		DEB=$CACHE/$(basename "$tmpd"/*.deb)
+		STAMP="$PKG $SHA256 $CMDLINE ${MODULES[*]}"
+		echo "emu-kernel: WARNING: using $(basename "$DEB") instead of the pinned $VERSION" >&2
 	fi
 	f=$(ls "$tmpd"/*.deb)
 	if ! verify "$f"; then
