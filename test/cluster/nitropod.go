@@ -50,8 +50,11 @@ const (
 // ShimConfig writes a shim configuration for emulated enclaves (qemu
 // backend, TCG) to path. bin holds nitropod-init and nitropod-launcher;
 // blobs is the emulation blob set; cache the EIF cache (keep it across
-// runs for cache hits).
-func ShimConfig(path, bin, blobs, cache, runDir string) error {
+// runs for cache hits). licenseKeys, when not empty, is a PEM file of
+// trusted licence issuer keys and switches licence enforcement on (the
+// shim then refuses enclave containers without a valid licence); empty
+// leaves it off.
+func ShimConfig(path, bin, blobs, cache, runDir, licenseKeys string) error {
 	cfg := fmt.Sprintf(`# Written by the e2e harness: emulated enclaves.
 backend = "qemu"
 blobs_dir = %q
@@ -63,8 +66,52 @@ run_dir = %q
 [qemu]
 binary = "qemu-system-x86_64"
 accel = "tcg"
-`, blobs, filepath.Join(bin, "nitropod-init"), filepath.Join(bin, "nitropod-launcher"), cache, runDir)
+
+[license]
+enforce = %t
+keys_file = %q
+`, blobs, filepath.Join(bin, "nitropod-init"), filepath.Join(bin, "nitropod-launcher"), cache, runDir,
+		licenseKeys != "", licenseKeys)
 	return writeFile(path, cfg, 0o644)
+}
+
+// Issuer is a licence issuer key pair made for one cluster run with
+// `nitropod license keygen`: the nodes trust PublicKey (pass it to
+// ShimConfig), Issue signs licences with the private key as a vendor would.
+type Issuer struct {
+	// Nitropod is the nitropod CLI.
+	Nitropod string
+	// PrivateKey and PublicKey are the PEM files.
+	PrivateKey, PublicKey string
+}
+
+// NewIssuer makes a fresh issuer key pair in dir (which must exist) with the
+// nitropod CLI at nitropodBin.
+func NewIssuer(ctx context.Context, nitropodBin, dir string) (*Issuer, error) {
+	is := &Issuer{
+		Nitropod:   nitropodBin,
+		PrivateKey: filepath.Join(dir, "license-issuer.key"),
+		PublicKey:  filepath.Join(dir, "license-issuer.pub"),
+	}
+	if out, err := exec.CommandContext(ctx, nitropodBin, "license", "keygen",
+		"--private-key", is.PrivateKey, "--public-key", is.PublicKey).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("nitropod license keygen: %w: %s", err, out)
+	}
+	return is, nil
+}
+
+// Issue writes a licence for licensee, valid from issued (zero: now) until
+// expires (exclusive), to path with `nitropod license issue`.
+func (is *Issuer) Issue(ctx context.Context, path, licensee string, issued, expires time.Time) error {
+	args := []string{"license", "issue", "--key", is.PrivateKey, "--licensee", licensee,
+		"--expires", expires.UTC().Format(time.RFC3339), "-o", path}
+	if !issued.IsZero() {
+		args = append(args, "--issued", issued.UTC().Format(time.RFC3339))
+	}
+	if out, err := exec.CommandContext(ctx, is.Nitropod, args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("nitropod license issue: %w: %s", err, out)
+	}
+	return nil
 }
 
 // InstallNitropod renders deploy/'s Helm chart and applies it, with the

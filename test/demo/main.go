@@ -95,8 +95,22 @@ func run() error {
 	if !isFile(filepath.Join(blobs, "bzImage")) {
 		return fmt.Errorf("no emulation blob set in %s: run make emu-kernel", blobs)
 	}
+	// The demo node enforces licences like a production node: it trusts
+	// an issuer key made for this run, which signs the Pod's licence.
+	nitropodCLI, err := bin("nitropod")
+	if err != nil {
+		return err
+	}
+	keyDir, err := os.MkdirTemp(dir, "license-")
+	if err != nil {
+		return err
+	}
+	issuer, err := cluster.NewIssuer(ctx, nitropodCLI, keyDir)
+	if err != nil {
+		return err
+	}
 	shimCfg := filepath.Join(dir, "nitropod", "shim.toml")
-	if err := cluster.ShimConfig(shimCfg, filepath.Dir(shim), blobs, filepath.Join(out, "cache", "eif"), runDir); err != nil {
+	if err := cluster.ShimConfig(shimCfg, filepath.Dir(shim), blobs, filepath.Join(out, "cache", "eif"), runDir, issuer.PublicKey); err != nil {
 		return err
 	}
 	start := time.Now()
@@ -126,8 +140,8 @@ func run() error {
 	}
 	logf("cluster with nitropod up in %.0fs", time.Since(start).Seconds())
 
-	lic := filepath.Join(dir, "anjuna-license.yaml")
-	if err := os.WriteFile(lic, []byte("# demo licence (the demo node does not enforce licences)\n"), 0o600); err != nil {
+	lic := filepath.Join(keyDir, "anjuna-license.yaml")
+	if err := issuer.Issue(ctx, lic, "nitropod demo", time.Time{}, time.Now().Add(30*24*time.Hour)); err != nil {
 		return err
 	}
 	if _, err := c.Kubectl(ctx, "", "create", "secret", "generic", nitropod.LicenseSecretName,

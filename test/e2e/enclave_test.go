@@ -26,7 +26,8 @@ import (
 // nitropod installed from deploy/'s chart: the nitro runtime in containerd
 // (the node installer's lines), the RuntimeClass, the webhook Deployment and
 // its MutatingWebhookConfiguration, and the device plugin DaemonSet over a
-// FAKE Nitro pool of 2 enclave CPUs (one core) and 4 GiB.
+// FAKE Nitro pool of 2 enclave CPUs (one core) and 4 GiB. The shim enforces
+// licences: it trusts only an issuer key made for this run (e.issuer).
 func startNitroCluster(t *testing.T) *env {
 	t.Helper()
 	testenv.Integration(t)
@@ -54,12 +55,17 @@ func startNitroCluster(t *testing.T) *env {
 		cache = filepath.Join(dir, "eif-cache")
 	}
 	bin := filepath.Dir(testenv.Binary(t, "nitropod-init"))
-	if err := cluster.ShimConfig(opts.ShimConfig, bin, blobs, cache, runDir); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	issuer, err := cluster.NewIssuer(ctx, testenv.Binary(t, "nitropod"), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cluster.ShimConfig(opts.ShimConfig, bin, blobs, cache, runDir, issuer.PublicKey); err != nil {
 		t.Fatal(err)
 	}
 	e := startCluster(t, opts)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
+	e.issuer = issuer
 	start := time.Now()
 	if err := e.c.InstallNitropod(ctx, cluster.NitropodOptions{
 		Chart:     filepath.Join(testenv.RepoRoot(), "deploy", "helm", "nitropod"),
@@ -120,11 +126,10 @@ func TestEnclavePods(t *testing.T) {
 		}
 	})
 
-	// The licence Secret the document asks for.
-	lic := filepath.Join(t.TempDir(), "anjuna-license.yaml")
-	if err := os.WriteFile(lic, []byte("# e2e licence placeholder (the shim's licence check is off in this cluster)\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	// The licence Secret the document asks for, holding a licence signed
+	// by the issuer the shim trusts (the shim refuses enclave containers
+	// without one).
+	lic := e.issue(t, licensee, time.Time{}, time.Now().Add(24*time.Hour))
 	e.mustKubectl("", "create", "secret", "generic", nitropod.LicenseSecretName, "--from-file="+nitropod.LicenseSecretKey+"="+lic)
 	fullCPU := e.allocatable(nitropod.ResourceEnclaveCPU)
 
@@ -262,6 +267,132 @@ func TestEnclavePods(t *testing.T) {
 		}
 		e.deleteEnclavePod("nginx-pod")
 	})
+
+	t.Run("a tampered licence fails visibly and the Pod never becomes Ready", func(t *testing.T) {
+		e := e.sub(t)
+		// A valid licence with its licensee edited after signing.
+		valid := readFile(t, lic)
+		tampered := strings.Replace(valid, "licensee: "+licensee+"\n", "licensee: Tampered Corp\n", 1)
+		if tampered == valid {
+			t.Fatalf("the issued licence has no line %q to tamper with:\n%s", "licensee: "+licensee, valid)
+		}
+		p := filepath.Join(t.TempDir(), "tampered-license.yaml")
+		if err := os.WriteFile(p, []byte(tampered), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		e.licenceRefused("licence-tampered", p, `licence for "Tampered Corp" is not signed by a trusted key`)
+	})
+
+	t.Run("an expired licence fails visibly and the Pod never becomes Ready", func(t *testing.T) {
+		e := e.sub(t)
+		now := time.Now().UTC().Truncate(time.Second)
+		p := e.issue(t, licensee, now.Add(-48*time.Hour), now.Add(-24*time.Hour))
+		e.licenceRefused("licence-expired", p, fmt.Sprintf("licence for %q expired on", licensee))
+	})
+}
+
+// licensee is who the e2e run's licences are issued to.
+const licensee = "nitropod e2e"
+
+// issue writes a licence signed by the cluster's trusted issuer (issued
+// zero: now) and returns its path.
+func (e *env) issue(t *testing.T, who string, issued, expires time.Time) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "anjuna-license.yaml")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := e.issuer.Issue(ctx, p, who, issued, expires); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// licenceRefused creates namespace ns whose anjuna-license Secret holds the
+// licence file lic, applies a managed busybox Pod there, and checks that the
+// shim's refusal (want) reaches `kubectl describe pod` while the Pod never
+// becomes Ready and no enclave boots. The Pod and namespace are deleted
+// afterwards and the enclave CPUs must be free again.
+func (e *env) licenceRefused(ns, lic, want string) {
+	t := e.t
+	t.Helper()
+	const name = "licensed-pod"
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := e.c.PrepareNamespace(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if _, err := e.kubectl("", "delete", "namespace", ns, "--wait=false"); err != nil {
+			t.Errorf("deleting namespace %s: %v", ns, err)
+		}
+	}()
+	e.mustKubectl("", "-n", ns, "create", "secret", "generic", nitropod.LicenseSecretName, "--from-file="+nitropod.LicenseSecretKey+"="+lic)
+	e.mustKubectl(busyboxEnclavePod(name, "2", []string{"sh", "-c", "echo licensed-pod started; exec sleep 3600"}), "-n", ns, "apply", "-f", "-")
+	defer func() {
+		e.mustKubectl("", "-n", ns, "delete", "pod", name, "--wait=false")
+		deadline := time.Now().Add(3 * time.Minute)
+		for {
+			_, err := e.kubectl("", "-n", ns, "get", "pod", name)
+			if err != nil && strings.Contains(err.Error(), "NotFound") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("pod %s/%s still exists 3m after it was deleted", ns, name)
+				return
+			}
+			time.Sleep(time.Second)
+		}
+		if got := e.allocated(nitropod.ResourceEnclaveCPU); got != 0 {
+			t.Errorf("%s allocated after the refused Pod is gone = %d; want 0", nitropod.ResourceEnclaveCPU, got)
+		}
+	}()
+
+	// The shim checks the licence before it builds or boots anything, so
+	// the refusal comes within seconds of the container's start.
+	var desc string
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		desc, _ = e.kubectl("", "-n", ns, "describe", "pod", name)
+		if strings.Contains(desc, want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kubectl describe pod %s/%s does not show %q after 3m:\n%s", ns, name, want, desc)
+		}
+		time.Sleep(2 * time.Second)
+	}
+	for _, l := range grepLines(desc, want) {
+		t.Logf("kubectl describe pod %s/%s: %s", ns, name, strings.TrimSpace(l))
+	}
+	// Kubelet retries the container (CrashLoopBackOff); it must keep
+	// failing the same way, never run, and never become Ready.
+	var pod corev1.Pod
+	for end := time.Now().Add(15 * time.Second); time.Now().Before(end); time.Sleep(time.Second) {
+		out, err := e.kubectl("", "-n", ns, "get", "pod", name, "-o", "json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := jsonUnmarshal(out, &pod); err != nil {
+			t.Fatal(err)
+		}
+		if ready(&pod) {
+			t.Fatalf("pod %s/%s with a refused licence became Ready", ns, name)
+		}
+		for _, s := range pod.Status.ContainerStatuses {
+			if s.State.Running != nil {
+				t.Fatalf("container %s of %s/%s with a refused licence is running (%s)", s.Name, ns, name, s.ContainerID)
+			}
+			if _, qemu := enclaveProcesses(s.ContainerID); qemu {
+				t.Fatalf("an emulated enclave runs for %s/%s although its licence was refused", ns, name)
+			}
+		}
+	}
+	if logs, _ := e.kubectl("", "-n", ns, "logs", name); strings.Contains(logs, "licensed-pod started") {
+		t.Errorf("the app of %s/%s ran although its licence was refused: %q", ns, name, logs)
+	}
+	if st := pod.Status.ContainerStatuses; len(st) > 0 && st[0].State.Waiting != nil {
+		t.Logf("pod %s/%s container state: Waiting (%s)", ns, name, st[0].State.Waiting.Reason)
+	}
 }
 
 // sub is e for a subtest.

@@ -30,6 +30,9 @@ type env struct {
 	dir    string
 	// applied is when applyTimed applied its Pod.
 	applied time.Time
+	// issuer signs licences the cluster's shim trusts (licence
+	// enforcement is on in the enclave cluster).
+	issuer *cluster.Issuer
 }
 
 func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
