@@ -32,14 +32,3 @@ func TestClusterStarts(t *testing.T) {
 		t.Fatalf("kubectl: %v %q %q", err, out, stderr)
 	}
 }
-
-func TestWarnings(t *testing.T) {
-	h := http.Header{}
-	h.Add("Warning", `299 - "container x: \"quoted\" value"`)
-	h.Add("Warning", `plain`)
-	got := warnings(h)
-	want := []string{`container x: "quoted" value`, "plain"}
-	if strings.Join(got, "|") != strings.Join(want, "|") {
-		t.Errorf("warnings = %q, want %q", got, want)
-	}
-}

@@ -1,4 +1,4 @@
-package kubetest
+package controlplane
 
 import (
 	"crypto/ecdsa"
@@ -24,7 +24,7 @@ type PKI struct {
 	CAFile, CAKeyFile string
 	CAPEM             []byte
 	// ServingCertFile and ServingKeyFile are kube-apiserver's (127.0.0.1,
-	// localhost, kubernetes.default.svc, 10.0.0.1).
+	// localhost, kubernetes.default.svc, 10.0.0.1 and NewPKI's servingIPs).
 	ServingCertFile, ServingKeyFile string
 	// ServiceAccountKeyFile and ServiceAccountPubFile sign and verify
 	// service-account tokens (kube-controller-manager takes the key too).
@@ -34,8 +34,10 @@ type PKI struct {
 	caKey  *ecdsa.PrivateKey
 }
 
-// NewPKI makes the files in dir.
-func NewPKI(dir string) (*PKI, error) {
+// NewPKI makes the files in dir. The serving certificate covers 127.0.0.1,
+// 10.0.0.1 and servingIPs (the apiserver's address and first service IP
+// when they differ).
+func NewPKI(dir string, servingIPs ...net.IP) (*PKI, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("making pki dir: %w", err)
 	}
@@ -49,7 +51,7 @@ func NewPKI(dir string) (*PKI, error) {
 		return nil, fmt.Errorf("generating ca key: %w", err)
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber: serial(), Subject: pkix.Name{CommonName: "kubetest-ca"},
+		SerialNumber: serial(), Subject: pkix.Name{CommonName: "nitropod-test-ca"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
 		BasicConstraintsValid: true, IsCA: true,
@@ -71,7 +73,7 @@ func NewPKI(dir string) (*PKI, error) {
 	}
 	certPEM, keyPEM, err := p.Sign("kube-apiserver", nil,
 		[]string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
-		[]net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.0.0.1")}, true)
+		append([]net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.0.0.1")}, servingIPs...), true)
 	if err != nil {
 		return nil, err
 	}
