@@ -14,14 +14,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/rsa"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -35,6 +30,8 @@ import (
 	"time"
 
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+
+	"github.com/nitropod/nitropod/internal/controlplane"
 )
 
 // Options configures a cluster. Zero values pick defaults.
@@ -92,8 +89,7 @@ type Cluster struct {
 	// one cluster at a time runs on a machine.
 	DevicePluginDir string
 
-	token      string
-	etcdURL    string
+	cp         *controlplane.ControlPlane
 	hostIf     string
 	bridge     string
 	mu         sync.Mutex
@@ -103,43 +99,9 @@ type Cluster struct {
 	cleanup    []func()
 }
 
-// Proc is a process the cluster started; its output goes to Dir/logs/NAME.log.
-type Proc struct {
-	Name string
-	Log  string
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error
-}
-
-// Stop sends SIGTERM, waits up to grace, then kills.
-func (p *Proc) Stop(grace time.Duration) {
-	if p == nil || p.cmd.Process == nil {
-		return
-	}
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(grace):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
-// Exited reports whether the process has ended, and its error.
-func (p *Proc) Exited() (bool, error) {
-	select {
-	case <-p.done:
-		return true, p.err
-	default:
-		return false, nil
-	}
-}
+// Proc is a process the cluster started; its output goes to
+// Dir/logs/NAME.log.
+type Proc = controlplane.Process
 
 func (c *Cluster) logf(format string, args ...any) {
 	if c.opts.Log != nil {
@@ -150,33 +112,17 @@ func (c *Cluster) logf(format string, args ...any) {
 // Start starts a process in the host network namespace (or in the node's
 // when inNode), with its output in Dir/logs/NAME.log.
 func (c *Cluster) Start(name string, inNode bool, env []string, bin string, args ...string) (*Proc, error) {
-	logPath := filepath.Join(c.opts.Dir, "logs", name+".log")
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("opening log of %s: %w", name, err)
-	}
-	argv := append([]string{bin}, args...)
 	if inNode {
 		// nsenter switches only the network namespace: the node's processes
 		// share the host's mounts, so kubelet's volume mounts are visible to
 		// containerd.
-		argv = append([]string{"nsenter", "--net=/run/netns/" + c.Netns, "--"}, argv...)
+		args = append([]string{"--net=/run/netns/" + c.Netns, "--", bin}, args...)
+		bin = "nsenter"
 	}
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.Env = append(os.Environ(), env...)
-	// Its own process group: a Ctrl-C of the demo reaches us, not it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("starting %s: %w", name, err)
+	p, err := controlplane.StartProcess(filepath.Join(c.opts.Dir, "logs"), name, env, bin, args...)
+	if err != nil {
+		return nil, err
 	}
-	p := &Proc{Name: name, Log: logPath, cmd: cmd, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		f.Close()
-		close(p.done)
-	}()
 	c.mu.Lock()
 	c.procs = append(c.procs, p)
 	c.mu.Unlock()
@@ -198,7 +144,7 @@ func New(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			c.Close()
 		}
 	}()
-	for _, d := range []string{"logs", "etcd", "pki", "containerd", "cni/net.d", "cni/ipam", "kubelet", "registry"} {
+	for _, d := range []string{"logs", "containerd", "cni/net.d", "cni/ipam", "kubelet", "registry"} {
 		if err := os.MkdirAll(filepath.Join(opts.Dir, d), 0o755); err != nil {
 			return nil, fmt.Errorf("creating cluster directory: %w", err)
 		}
@@ -208,8 +154,7 @@ func New(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		fn   func(context.Context) error
 	}{
 		{"node network", c.startNetwork},
-		{"etcd", c.startEtcd},
-		{"kube-apiserver", c.startAPIServer},
+		{"etcd and kube-apiserver", c.startControlPlane},
 		{"kube-scheduler", c.startScheduler},
 		{"kube-controller-manager", c.startControllerManager},
 		{"registry", c.startRegistry},
@@ -231,7 +176,7 @@ func New(ctx context.Context, opts Options) (_ *Cluster, err error) {
 }
 
 // Close stops every process (kubelet first, then containerd and its shims,
-// then the control plane) and removes the network namespace, link and routes.
+// then kube-scheduler and the rest, then kube-apiserver and etcd) and removes the network namespace, link and routes.
 func (c *Cluster) Close() {
 	c.mu.Lock()
 	procs := append([]*Proc(nil), c.procs...)
@@ -241,6 +186,9 @@ func (c *Cluster) Close() {
 			c.stopPods()
 		}
 		procs[i].Stop(10 * time.Second)
+	}
+	if c.cp != nil {
+		c.cp.Close()
 	}
 	for i := len(c.cleanup) - 1; i >= 0; i-- {
 		c.cleanup[i]()
@@ -396,12 +344,11 @@ func (c *Cluster) startNetwork(ctx context.Context) error {
 
 // freePort returns a TCP port that is free on host now.
 func freePort(host string) (int, error) {
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	ports, err := controlplane.FreePorts(host, 1)
 	if err != nil {
-		return 0, fmt.Errorf("finding a free port on %s: %w", host, err)
+		return 0, err
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return ports[0], nil
 }
 
 // waitFor polls fn every interval until it returns nil, ctx ends or the
@@ -409,81 +356,22 @@ func freePort(host string) (int, error) {
 func waitFor(ctx context.Context, timeout, interval time.Duration, fn func() error) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var last error
-	for {
-		if last = fn(); last == nil {
-			return nil
-		}
-		var stop backoffStop
-		if errors.As(last, &stop) {
-			return stop.error
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("timed out after %s: %w", timeout, last)
-		case <-time.After(interval):
-		}
-	}
+	return timedOut(ctx, timeout, controlplane.Poll(ctx, interval, fn))
 }
 
+// waitProc waits until ready returns nil; it fails at once if p exits
+// (with its log's tail) or with ready's last error after timeout.
 func (c *Cluster) waitProc(ctx context.Context, p *Proc, timeout time.Duration, ready func() error) error {
-	return waitFor(ctx, timeout, 200*time.Millisecond, func() error {
-		if done, err := p.Exited(); done {
-			return backoffStop{fmt.Errorf("%s exited (%v); see %s:\n%s", p.Name, err, p.Log, tail(p.Log, 20))}
-		}
-		return ready()
-	})
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return timedOut(ctx, timeout, p.WaitReady(ctx, ready))
 }
 
-type backoffStop struct{ error }
-
-func tail(path string, n int) string {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return ""
+func timedOut(ctx context.Context, timeout time.Duration, err error) error {
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("timed out after %s: %w", timeout, err)
 	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-func (c *Cluster) startEtcd(ctx context.Context) error {
-	bin, err := c.bin("etcd")
-	if err != nil {
-		return err
-	}
-	cp, err := freePort("127.0.0.1")
-	if err != nil {
-		return err
-	}
-	pp, err := freePort("127.0.0.1")
-	if err != nil {
-		return err
-	}
-	client := fmt.Sprintf("http://127.0.0.1:%d", cp)
-	peer := fmt.Sprintf("http://127.0.0.1:%d", pp)
-	p, err := c.Start("etcd", false, nil, bin,
-		"--name=e2e", "--data-dir="+filepath.Join(c.opts.Dir, "etcd"),
-		"--listen-client-urls="+client, "--advertise-client-urls="+client,
-		"--listen-peer-urls="+peer, "--initial-advertise-peer-urls="+peer,
-		"--initial-cluster=e2e="+peer, "--unsafe-no-fsync", "--log-level=warn")
-	if err != nil {
-		return err
-	}
-	c.etcdURL = client
-	return c.waitProc(ctx, p, 60*time.Second, func() error {
-		resp, err := http.Get(client + "/health")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			return fmt.Errorf("etcd health: %s", resp.Status)
-		}
-		return nil
-	})
+	return err
 }
 
 func writeFile(path, content string, mode os.FileMode) error {
@@ -496,90 +384,41 @@ func writeFile(path, content string, mode os.FileMode) error {
 	return nil
 }
 
-// startAPIServer runs kube-apiserver on the host end of the node link, with
-// a static admin token and a service-account signing key.
-func (c *Cluster) startAPIServer(ctx context.Context) error {
-	bin, err := c.bin("kube-apiserver")
+// startControlPlane runs etcd and kube-apiserver (internal/controlplane)
+// with the apiserver on the host end of the node link, reachable from the
+// node, and an admin token.
+func (c *Cluster) startControlPlane(ctx context.Context) error {
+	etcd, err := c.bin("etcd")
 	if err != nil {
 		return err
 	}
-	pki := filepath.Join(c.opts.Dir, "pki")
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		return fmt.Errorf("generating service-account key: %w", err)
-	}
-	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)})
-	if err := writeFile(filepath.Join(pki, "sa.key"), string(keyPEM), 0o600); err != nil {
-		return err
-	}
-	c.token = randomHex(16)
-	if err := writeFile(filepath.Join(pki, "tokens.csv"), c.token+",admin,admin,system:masters\n", 0o600); err != nil {
-		return err
-	}
-	port, err := freePort(c.HostIP)
+	api, err := c.bin("kube-apiserver")
 	if err != nil {
 		return err
 	}
-	c.APIServer = fmt.Sprintf("https://%s:%d", c.HostIP, port)
-	p, err := c.Start("kube-apiserver", false, nil, bin,
-		"--etcd-servers="+c.etcdURL,
-		"--bind-address="+c.HostIP, "--advertise-address="+c.HostIP,
-		"--secure-port="+strconv.Itoa(port),
-		"--cert-dir="+filepath.Join(pki, "apiserver"),
-		"--token-auth-file="+filepath.Join(pki, "tokens.csv"),
-		"--authorization-mode=RBAC",
-		"--service-account-issuer=https://kubernetes.default.svc",
-		"--service-account-key-file="+filepath.Join(pki, "sa.key"),
-		"--service-account-signing-key-file="+filepath.Join(pki, "sa.key"),
-		"--service-cluster-ip-range="+fmt.Sprintf("10.%d.128.0/24", c.opts.Subnet),
-		"--allow-privileged=true",
-		"--endpoint-reconciler-type=none",
-		"--enable-priority-and-fairness=false",
-		"--kubelet-preferred-address-types=InternalIP",
-		// Webhook Services resolve to their endpoints (no kube-proxy).
-		"--enable-aggregator-routing=true",
-		"--v=1")
-	if err != nil {
-		return err
-	}
-	c.Kubeconfig = filepath.Join(c.opts.Dir, "kubeconfig")
-	kc := fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: e2e
-  cluster:
-    server: %s
-    insecure-skip-tls-verify: true
-users:
-- name: admin
-  user:
-    token: %s
-contexts:
-- name: e2e
-  context: {cluster: e2e, user: admin, namespace: default}
-current-context: e2e
-`, c.APIServer, c.token)
-	if err := writeFile(c.Kubeconfig, kc, 0o600); err != nil {
-		return err
-	}
-	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
-	err = c.waitProc(ctx, p, 90*time.Second, func() error {
-		req, _ := http.NewRequest(http.MethodGet, c.APIServer+"/readyz", nil)
-		req.Header.Set("Authorization", "Bearer "+c.token)
-		resp, err := client.Do(req)
-		if err != nil {
-			return err
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			return fmt.Errorf("readyz: %s: %s", resp.Status, body)
-		}
-		return nil
+	c.cp, err = controlplane.Start(ctx, controlplane.Config{
+		Dir:                  c.opts.Dir,
+		LogDir:               filepath.Join(c.opts.Dir, "logs"),
+		EtcdBin:              etcd,
+		APIServerBin:         api,
+		Host:                 c.HostIP,
+		ServiceCIDR:          fmt.Sprintf("10.%d.128.0/24", c.opts.Subnet),
+		AdminUser:            "admin",
+		AuthorizationMode:    "RBAC",
+		ServiceAccountIssuer: "https://kubernetes.default.svc",
+		ClusterName:          "e2e",
+		APIServerArgs: []string{
+			"--kubelet-preferred-address-types=InternalIP",
+			// Webhook Services resolve to their endpoints (no kube-proxy).
+			"--enable-aggregator-routing=true",
+			"--v=1",
+		},
+		Timeout: 150 * time.Second,
 	})
 	if err != nil {
 		return err
 	}
+	c.APIServer, c.Kubeconfig = c.cp.URL, c.cp.Kubeconfig
 	return waitFor(ctx, 30*time.Second, time.Second, func() error { return c.PrepareNamespace(ctx, "default") })
 }
 
@@ -601,8 +440,7 @@ func (c *Cluster) PrepareNamespace(ctx context.Context, ns string) error {
 	if _, err := c.Kubectl(ctx, "", "create", "serviceaccount", "default", "-n", ns); exists(err) != nil {
 		return err
 	}
-	ca := filepath.Join(c.opts.Dir, "pki", "apiserver", "apiserver.crt")
-	if _, err := c.Kubectl(ctx, "", "create", "configmap", "kube-root-ca.crt", "-n", ns, "--from-file=ca.crt="+ca); exists(err) != nil {
+	if _, err := c.Kubectl(ctx, "", "create", "configmap", "kube-root-ca.crt", "-n", ns, "--from-file=ca.crt="+c.cp.PKI.CAFile); exists(err) != nil {
 		return err
 	}
 	return nil
@@ -628,32 +466,7 @@ func (c *Cluster) Kubectl(ctx context.Context, stdin string, args ...string) (st
 }
 
 func (c *Cluster) startScheduler(ctx context.Context) error {
-	bin, err := c.bin("kube-scheduler")
-	if err != nil {
-		return err
-	}
-	port, err := freePort("127.0.0.1")
-	if err != nil {
-		return err
-	}
-	p, err := c.Start("kube-scheduler", false, nil, bin,
-		"--kubeconfig="+c.Kubeconfig, "--leader-elect=false",
-		"--bind-address=127.0.0.1", "--secure-port="+strconv.Itoa(port), "--v=2")
-	if err != nil {
-		return err
-	}
-	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
-	return c.waitProc(ctx, p, 60*time.Second, func() error {
-		resp, err := client.Get(fmt.Sprintf("https://127.0.0.1:%d/healthz", port))
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			return fmt.Errorf("scheduler healthz: %s", resp.Status)
-		}
-		return nil
-	})
+	return c.startComponent(ctx, "kube-scheduler", "--v=2")
 }
 
 // startControllerManager runs kube-controller-manager when asked for.
@@ -661,7 +474,18 @@ func (c *Cluster) startControllerManager(ctx context.Context) error {
 	if !c.opts.ControllerManager {
 		return nil
 	}
-	bin, err := c.bin("kube-controller-manager")
+	return c.startComponent(ctx, "kube-controller-manager",
+		"--service-account-private-key-file="+c.cp.PKI.ServiceAccountKeyFile,
+		"--root-ca-file="+c.cp.PKI.CAFile,
+		"--use-service-account-credentials=false",
+		"--allocate-node-cidrs=false", "--v=1")
+}
+
+// startComponent runs a control-plane component (kube-scheduler,
+// kube-controller-manager) as the admin, without leader election, serving
+// /healthz on a free loopback port, and waits until it is healthy.
+func (c *Cluster) startComponent(ctx context.Context, name string, args ...string) error {
+	bin, err := c.bin(name)
 	if err != nil {
 		return err
 	}
@@ -669,26 +493,23 @@ func (c *Cluster) startControllerManager(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	pki := filepath.Join(c.opts.Dir, "pki")
-	p, err := c.Start("kube-controller-manager", false, nil, bin,
-		"--kubeconfig="+c.Kubeconfig, "--leader-elect=false",
-		"--bind-address=127.0.0.1", "--secure-port="+strconv.Itoa(port),
-		"--service-account-private-key-file="+filepath.Join(pki, "sa.key"),
-		"--root-ca-file="+filepath.Join(pki, "apiserver", "apiserver.crt"),
-		"--use-service-account-credentials=false",
-		"--allocate-node-cidrs=false", "--v=1")
+	p, err := c.Start(name, false, nil, bin, append([]string{
+		"--kubeconfig=" + c.Kubeconfig, "--leader-elect=false",
+		"--bind-address=127.0.0.1", "--secure-port=" + strconv.Itoa(port)}, args...)...)
 	if err != nil {
 		return err
 	}
+	// The component serves a self-signed certificate.
 	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	defer client.CloseIdleConnections()
 	return c.waitProc(ctx, p, 60*time.Second, func() error {
 		resp, err := client.Get(fmt.Sprintf("https://127.0.0.1:%d/healthz", port))
 		if err != nil {
 			return err
 		}
 		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			return fmt.Errorf("controller-manager healthz: %s", resp.Status)
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s healthz: %s", name, resp.Status)
 		}
 		return nil
 	})
