@@ -1,10 +1,14 @@
 package cluster
 
 import (
+	"context"
+	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/pelletier/go-toml/v2"
@@ -99,5 +103,43 @@ data:
 	}
 	if _, _, err := tlsFromRendered([]byte("kind: ConfigMap\n")); err == nil {
 		t.Errorf("tlsFromRendered without a TLS Secret succeeded; want an error")
+	}
+}
+
+// TestStartAndWait runs a real process through Cluster.Start and checks
+// that waitProc reports its exit with the log's tail at once, and that
+// waitFor reports a timeout with the last error.
+func TestStartAndWait(t *testing.T) {
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		testenv.Missing(t, "sh")
+	}
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := &Cluster{opts: Options{Dir: dir}}
+	defer c.Close()
+	p, err := c.Start("dies", false, []string{"MSG=boom"}, sh, "-c", `echo "$MSG"; exit 2`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	start := time.Now()
+	err = c.waitProc(ctx, p, time.Minute, func() error { return errors.New("not yet") })
+	if err == nil || !strings.Contains(err.Error(), "dies exited") || !strings.Contains(err.Error(), "boom") {
+		t.Errorf("waitProc = %v; want the exit with the log's tail", err)
+	}
+	if d := time.Since(start); d > 30*time.Second {
+		t.Errorf("waitProc took %s; want it to stop when the process exits", d)
+	}
+	if p.Log != filepath.Join(dir, "logs", "dies.log") {
+		t.Errorf("log at %s; want under %s/logs", p.Log, dir)
+	}
+
+	last := errors.New("still down")
+	err = waitFor(ctx, 50*time.Millisecond, 10*time.Millisecond, func() error { return last })
+	if !errors.Is(err, last) || !strings.Contains(err.Error(), "timed out after 50ms") {
+		t.Errorf("waitFor = %v; want a timeout wrapping %v", err, last)
 	}
 }
