@@ -10,14 +10,13 @@ import (
 	"crypto/ed25519"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	nitropod "github.com/nitropod/nitropod"
-	"github.com/nitropod/nitropod/internal/ctrtest"
+	"github.com/nitropod/nitropod/internal/shimtest"
 	"github.com/nitropod/nitropod/internal/testenv"
 	"github.com/nitropod/nitropod/license"
 	"github.com/nitropod/nitropod/test/images"
@@ -28,60 +27,19 @@ const (
 	busyboxRef = "docker.io/library/busybox:latest"
 )
 
-// shimEnv is a private containerd whose PATH holds freshly built nitropod
-// binaries (shim, launcher, init).
-type shimEnv struct {
-	ctrd    *ctrtest.Containerd
-	bin     string
-	blobs   string
-	cfgPath string
-	cache   string
-	runDir  string
-}
+// shimEnv is a private containerd with freshly built nitropod binaries
+// (shimtest); its shim config's [license] table changes between runs.
+type shimEnv struct{ *shimtest.Env }
 
 func newShimEnv(t *testing.T) *shimEnv {
 	t.Helper()
-	testenv.Integration(t)
-	testenv.RequireRoot(t)
-	testenv.Binary(t, "qemu-system-x86_64")
-	e := &shimEnv{blobs: testenv.EmuBlobs(t), bin: t.TempDir()}
-	cmd := exec.Command("go", "build", "-trimpath", "-o", e.bin+"/",
-		"./cmd/containerd-shim-nitro-v1", "./cmd/nitropod-launcher", "./cmd/nitropod-init")
-	cmd.Dir = testenv.RepoRoot()
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	dir := t.TempDir()
-	e.cfgPath, e.cache = filepath.Join(dir, "shim.toml"), filepath.Join(dir, "cache")
-	runDir, err := os.MkdirTemp("/run", "nplic")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.runDir = runDir
-	t.Cleanup(func() { os.RemoveAll(runDir) })
-	e.ctrd = ctrtest.Start(t, ctrtest.Options{PathDirs: []string{e.bin}, Env: []string{"NITROPOD_SHIM_CONFIG=" + e.cfgPath}})
-	return e
+	return &shimEnv{shimtest.Start(t, shimtest.Options{})}
 }
 
 // configure writes the shim config with the given [license] table body.
 func (e *shimEnv) configure(t *testing.T, licence string) {
 	t.Helper()
-	cfg := fmt.Sprintf(`backend = "qemu"
-blobs_dir = %q
-init_path = %q
-cache_dir = %q
-run_dir = %q
-default_cpus = 1
-default_memory_mib = 256
-[qemu]
-accel = "tcg"
-[license]
-%s
-`, e.blobs, filepath.Join(e.bin, "nitropod-init"), e.cache, e.runDir, licence)
-	if err := os.WriteFile(e.cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	e.Configure(t, "[license]\n"+licence)
 }
 
 // run is `ctr run --rm --runtime io.containerd.nitro.v1 [--mount licence] busybox ID sh -c SCRIPT`.
@@ -93,7 +51,7 @@ func (e *shimEnv) run(ctx context.Context, id, licenceDir, script string, extra 
 	}
 	args = append(args, extra...)
 	args = append(args, busyboxRef, id, "sh", "-c", script)
-	out, err := e.ctrd.Ctr(ctx, shimNS, args...)
+	out, err := e.Ctrd.Ctr(ctx, shimNS, args...)
 	return out, err
 }
 
@@ -121,7 +79,7 @@ func TestLicenceThroughShim(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := e.ctrd.Import(ctx, shimNS, busyboxRef, img); err != nil {
+	if err := e.Ctrd.Import(ctx, shimNS, busyboxRef, img); err != nil {
 		t.Fatal(err)
 	}
 
@@ -183,11 +141,11 @@ func TestLicenceThroughShim(t *testing.T) {
 		}
 	})
 
-	eifs, _ := filepath.Glob(filepath.Join(e.cache, "*.eif"))
+	eifs, _ := filepath.Glob(filepath.Join(e.CacheDir, "*.eif"))
 	if len(eifs) != 1 {
 		t.Errorf("cache holds %d EIFs after runs with and without a licence, want 1 (the licence is not part of the key): %v", len(eifs), eifs)
 	}
-	if out, err := e.ctrd.Ctr(ctx, shimNS, "task", "ls", "-q"); err != nil || strings.TrimSpace(out) != "" {
+	if out, err := e.Ctrd.Ctr(ctx, shimNS, "task", "ls", "-q"); err != nil || strings.TrimSpace(out) != "" {
 		t.Errorf("tasks left: %q (%v)", out, err)
 	}
 }

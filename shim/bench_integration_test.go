@@ -36,7 +36,7 @@ func (e *env) runD(b testing.TB, ctx context.Context, runtime, id string, args .
 	b.Helper()
 	full := append([]string{"run", "-d", "--runtime", runtime, busyboxRef, id}, args...)
 	t0 := time.Now()
-	if out, err := e.ctrd.CtrCmd(ctx, ns, full...).CombinedOutput(); err != nil {
+	if out, err := e.Ctrd.CtrCmd(ctx, ns, full...).CombinedOutput(); err != nil {
 		b.Fatalf("ctr run -d %s: %v: %s", id, err, out)
 	}
 	return time.Since(t0)
@@ -56,7 +56,7 @@ func BenchmarkShim(b *testing.B) {
 
 	// Warm the cache (the build is not what is measured).
 	e.runD(b, ctx, nitropod.RuntimeType, "warm", loop...)
-	_, _ = e.ctrd.Ctr(ctx, ns, "task", "kill", "-s", "SIGKILL", "warm")
+	_, _ = e.Ctrd.Ctr(ctx, ns, "task", "kill", "-s", "SIGKILL", "warm")
 	e.waitStatus(b, ctx, "warm", "STOPPED", time.Minute)
 	e.remove(ctx, "warm")
 	const n = 3
@@ -72,7 +72,7 @@ func BenchmarkShim(b *testing.B) {
 		}
 		shimCreate += d
 		// Measure once the app runs in the enclave (steady state).
-		bundle := filepath.Join(e.ctrd.State, "io.containerd.runtime.v2.task", ns, nid)
+		bundle := filepath.Join(e.Ctrd.State, "io.containerd.runtime.v2.task", ns, nid)
 		deadline := time.Now().Add(3 * time.Minute)
 		for {
 			lb, _ := os.ReadFile(filepath.Join(bundle, "nitropod-launcher.log"))
@@ -91,7 +91,7 @@ func BenchmarkShim(b *testing.B) {
 		launcherRSS += rssKiB(lp)
 		runcRSS += rssKiB(ppid(rp))
 		for _, id := range []string{nid, rid} {
-			_, _ = e.ctrd.Ctr(ctx, ns, "task", "kill", "-s", "SIGKILL", id)
+			_, _ = e.Ctrd.Ctr(ctx, ns, "task", "kill", "-s", "SIGKILL", id)
 			e.waitStatus(b, ctx, id, "STOPPED", time.Minute)
 			e.remove(ctx, id)
 		}

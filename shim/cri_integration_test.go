@@ -93,7 +93,7 @@ func TestCRIPodWithEnclave(t *testing.T) {
 		PodAnnotations: []string{"nitro.k8s.anjuna.io/*", "nitropod.io/*"},
 		CNIConfDir:     cniConf,
 	}})
-	cc.sock, cc.netns = e.ctrd.Socket, e.ctrd.NetNSPath
+	cc.sock, cc.netns = e.Ctrd.Socket, e.Ctrd.NetNSPath
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 
@@ -157,7 +157,7 @@ func TestCRIPodWithEnclave(t *testing.T) {
 	var body string
 	deadline := time.Now().Add(40 * time.Second)
 	for {
-		body, err = getInNetNS(e.ctrd, net.JoinHostPort(ip, "8080"), "/index.html")
+		body, err = getInNetNS(e.Ctrd, net.JoinHostPort(ip, "8080"), "/index.html")
 		if err == nil && strings.Contains(body, "pong") {
 			break
 		}
@@ -176,7 +176,7 @@ func TestCRIPodWithEnclave(t *testing.T) {
 		t.Errorf("crictl logs = %q, want hello-from-cri", logs)
 	}
 	// One shim serves the Pod (sandbox and app container).
-	if n := shimProcesses(e); n != 1 {
+	if n := e.ShimProcesses(); n != 1 {
 		t.Errorf("%d shim processes for one Pod, want 1", n)
 	}
 	// UpdateContainerResources changes the launcher limits.
@@ -242,7 +242,7 @@ func TestCRIPodWithEnclave(t *testing.T) {
 	}
 	deadline = time.Now().Add(3 * time.Minute)
 	for {
-		body, err = getInNetNS(e.ctrd, net.JoinHostPort(ip2, "8081"), "/index.html")
+		body, err = getInNetNS(e.Ctrd, net.JoinHostPort(ip2, "8081"), "/index.html")
 		if err == nil && strings.Contains(body, "exposed") {
 			break
 		}
@@ -273,8 +273,8 @@ func TestCRIPodWithEnclave(t *testing.T) {
 	}
 	deadline = time.Now().Add(15 * time.Second)
 	for {
-		left := leftovers(e)
-		shims := shimProcesses(e)
+		left := e.Leftovers()
+		shims := e.ShimProcesses()
 		if len(left) == 0 && shims == 0 {
 			break
 		}
@@ -311,22 +311,4 @@ func getInNetNS(c *ctrtest.Containerd, addr, path string) (string, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return resp.Status + ": " + string(b), err
-}
-
-// shimProcesses counts the running shim servers of this containerd.
-func shimProcesses(e *env) int {
-	n := 0
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		args := strings.Split(string(b), "\x00")
-		if strings.HasSuffix(args[0], nitropod.ShimBinary) && strings.Contains(string(b), e.ctrd.Socket) &&
-			!strings.Contains(string(b), "\x00start") && !strings.Contains(string(b), "\x00delete") {
-			n++
-		}
-	}
-	return n
 }

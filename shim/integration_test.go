@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +17,7 @@ import (
 
 	nitropod "github.com/nitropod/nitropod"
 	"github.com/nitropod/nitropod/internal/ctrtest"
+	"github.com/nitropod/nitropod/internal/shimtest"
 	"github.com/nitropod/nitropod/internal/testenv"
 	"github.com/nitropod/nitropod/test/images"
 )
@@ -29,50 +29,11 @@ const (
 )
 
 // env is a private containerd with the nitro runtime installed.
-type env struct {
-	ctrd     *ctrtest.Containerd
-	bin      string
-	cacheDir string
-	runDir   string
-	cfgPath  string
-}
-
-var buildOnce struct {
-	sync.Once
-	dir string
-	err error
-}
-
-// buildBinaries builds the shim, the launcher and nitropod-init (static)
-// once per test binary.
-func buildBinaries(t testing.TB) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "nitroshim-bin")
-		if err != nil {
-			buildOnce.err = err
-			return
-		}
-		buildOnce.dir = dir
-		cmd := exec.Command("go", "build", "-trimpath", "-o", dir+"/",
-			"./cmd/containerd-shim-nitro-v1", "./cmd/nitropod-launcher", "./cmd/nitropod-fetch", "./cmd/nitropod-init")
-		cmd.Dir = testenv.RepoRoot()
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildOnce.err = fmt.Errorf("go build: %w\n%s", err, out)
-		}
-	})
-	if buildOnce.err != nil {
-		t.Fatal(buildOnce.err)
-	}
-	return buildOnce.dir
-}
+type env struct{ *shimtest.Env }
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if buildOnce.dir != "" {
-		os.RemoveAll(buildOnce.dir)
-	}
+	shimtest.RemoveShared()
 	os.Exit(code)
 }
 
@@ -81,42 +42,10 @@ func newEnv(t testing.TB, cri *ctrtest.CRIOptions) *env {
 	return newEnvOpts(t, ctrtest.Options{CRI: cri})
 }
 
+// newEnvOpts is shimtest.Start with the binaries built once per test binary.
 func newEnvOpts(t testing.TB, opts ctrtest.Options) *env {
 	t.Helper()
-	cri := opts.CRI
-	testenv.Integration(t)
-	testenv.RequireRoot(t)
-	testenv.Binary(t, "qemu-system-x86_64")
-	blobs := testenv.EmuBlobs(t)
-	bin := buildBinaries(t)
-	dir := t.TempDir()
-	runDir, err := os.MkdirTemp("/run", "nitrotest")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(runDir) })
-	e := &env{bin: bin, cacheDir: filepath.Join(dir, "cache"), runDir: runDir, cfgPath: filepath.Join(dir, "shim.toml")}
-	cfg := fmt.Sprintf(`backend = "qemu"
-blobs_dir = %q
-init_path = %q
-cache_dir = %q
-run_dir = %q
-default_cpus = 1
-default_memory_mib = 256
-[qemu]
-accel = "tcg"
-`, blobs, filepath.Join(bin, "nitropod-init"), e.cacheDir, runDir)
-	if err := os.WriteFile(e.cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if cri != nil {
-		cri.RuntimeConfigPath = e.cfgPath
-	}
-	opts.PathDirs = append(opts.PathDirs, bin)
-	opts.Env = append(opts.Env, "NITROPOD_SHIM_CONFIG="+e.cfgPath)
-	e.ctrd = ctrtest.Start(t, opts)
-	t.Cleanup(func() { assertNothingLeft(t, e) })
-	return e
+	return &env{shimtest.Start(t, shimtest.Options{Shared: true, Containerd: opts})}
 }
 
 func busyboxImage(t testing.TB, extra string) v1.Image {
@@ -159,7 +88,7 @@ func busyboxImageConfig(t testing.TB, cfg v1.Config) v1.Image {
 
 func (e *env) importImage(t testing.TB, ctx context.Context, namespace, ref string, img v1.Image) {
 	t.Helper()
-	if err := e.ctrd.Import(ctx, namespace, ref, img); err != nil {
+	if err := e.Ctrd.Import(ctx, namespace, ref, img); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -169,7 +98,7 @@ func (e *env) run(ctx context.Context, extra []string, image, id string, args ..
 	full := append([]string{"run", "--rm", "--runtime", nitropod.RuntimeType}, extra...)
 	full = append(full, image, id)
 	full = append(full, args...)
-	return e.ctrd.CtrCmd(ctx, ns, full...)
+	return e.Ctrd.CtrCmd(ctx, ns, full...)
 }
 
 func exitCode(err error) int {
@@ -187,7 +116,7 @@ func exitCode(err error) int {
 // through containerd).
 func (e *env) shimLog(id string) []string {
 	var out []string
-	for _, l := range strings.Split(e.ctrd.Log(), "\n") {
+	for _, l := range strings.Split(e.Ctrd.Log(), "\n") {
 		if strings.Contains(l, "id="+id) {
 			out = append(out, l)
 		}
@@ -219,7 +148,7 @@ func TestCtrRunEnclave(t *testing.T) {
 	defer cancel()
 	e.importImage(t, ctx, ns, busyboxRef, busyboxImage(t, ""))
 	// Record containerd's task events to check their order.
-	events := e.ctrd.CtrCmd(ctx, "", "events")
+	events := e.Ctrd.CtrCmd(ctx, "", "events")
 	var evOut strings.Builder
 	var evMu sync.Mutex
 	events.Stdout = writerFunc(func(p []byte) (int, error) {
@@ -328,7 +257,7 @@ func TestCtrRunEnclave(t *testing.T) {
 			close(lines)
 		}()
 		waitLine(t, lines, "ready", 3*time.Minute)
-		if out, err := e.ctrd.Ctr(ctx, ns, "task", "kill", "term1"); err != nil {
+		if out, err := e.Ctrd.Ctr(ctx, ns, "task", "kill", "term1"); err != nil {
 			t.Fatalf("ctr task kill: %v: %s", err, out)
 		}
 		waitLine(t, lines, "got TERM", time.Minute)
@@ -338,7 +267,7 @@ func TestCtrRunEnclave(t *testing.T) {
 		}
 	})
 
-	out, err := e.ctrd.Ctr(ctx, ns, "task", "ls", "-q")
+	out, err := e.Ctrd.Ctr(ctx, ns, "task", "ls", "-q")
 	if err != nil || strings.TrimSpace(out) != "" {
 		t.Errorf("ctr task ls after the runs: %q (%v), want none", out, err)
 	}
@@ -366,45 +295,4 @@ func waitLine(t *testing.T, lines <-chan string, want string, timeout time.Durat
 			t.Fatalf("no %q within %v; got:\n%s", want, timeout, strings.Join(seen, "\n"))
 		}
 	}
-}
-
-// assertNothingLeft checks that no launcher or QEMU process and no rootfs
-// mount of this containerd is left.
-func assertNothingLeft(t testing.TB, e *env) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	var left []string
-	for time.Now().Before(deadline) {
-		left = leftovers(e)
-		if len(left) == 0 {
-			return
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	t.Errorf("left behind:\n%s", strings.Join(left, "\n"))
-}
-
-func leftovers(e *env) []string {
-	var left []string
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		cl := strings.ReplaceAll(string(b), "\x00", " ")
-		if strings.Contains(cl, e.ctrd.Dir) && (strings.Contains(cl, "nitropod-launcher") || strings.Contains(cl, "qemu-system")) {
-			left = append(left, "process: "+cl)
-		}
-		if strings.Contains(cl, "qemu-system") && strings.Contains(cl, e.runDir) {
-			left = append(left, "process: "+cl)
-		}
-	}
-	mi, _ := os.ReadFile("/proc/self/mountinfo")
-	for _, l := range strings.Split(string(mi), "\n") {
-		if strings.Contains(l, e.ctrd.State) && strings.Contains(l, "/rootfs") {
-			left = append(left, "mount: "+l)
-		}
-	}
-	return left
 }

@@ -18,7 +18,7 @@ import (
 // taskPid is the task's pid from `ctr task ls` (the launcher).
 func (e *env) taskPid(t testing.TB, ctx context.Context, id string) (int, string) {
 	t.Helper()
-	out, err := e.ctrd.Ctr(ctx, ns, "task", "ls")
+	out, err := e.Ctrd.Ctr(ctx, ns, "task", "ls")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,7 +37,7 @@ func (e *env) runDetached(t testing.TB, ctx context.Context, extra []string, id 
 	full := append([]string{"run", "-d", "--runtime", nitropod.RuntimeType}, extra...)
 	full = append(full, busyboxRef, id)
 	full = append(full, args...)
-	if out, err := e.ctrd.CtrCmd(ctx, ns, full...).CombinedOutput(); err != nil {
+	if out, err := e.Ctrd.CtrCmd(ctx, ns, full...).CombinedOutput(); err != nil {
 		t.Fatalf("ctr run -d %s: %v: %s", id, err, out)
 	}
 }
@@ -61,7 +61,7 @@ func (e *env) waitStatus(t testing.TB, ctx context.Context, id, want string, tim
 // enclave.
 func (e *env) waitAppStarted(t testing.TB, id string, timeout time.Duration) {
 	t.Helper()
-	p := filepath.Join(e.ctrd.State, "io.containerd.runtime.v2.task", ns, id, "nitropod-launcher.log")
+	p := filepath.Join(e.Ctrd.State, "io.containerd.runtime.v2.task", ns, id, "nitropod-launcher.log")
 	deadline := time.Now().Add(timeout)
 	for {
 		b, _ := os.ReadFile(p)
@@ -76,8 +76,8 @@ func (e *env) waitAppStarted(t testing.TB, id string, timeout time.Duration) {
 }
 
 func (e *env) remove(ctx context.Context, id string) {
-	_, _ = e.ctrd.Ctr(ctx, ns, "task", "rm", "-f", id)
-	_, _ = e.ctrd.Ctr(ctx, ns, "container", "rm", id)
+	_, _ = e.Ctrd.Ctr(ctx, ns, "task", "rm", "-f", id)
+	_, _ = e.Ctrd.Ctr(ctx, ns, "container", "rm", id)
 }
 
 func ppid(pid int) int {
@@ -126,7 +126,7 @@ func TestConcurrentContainersBuildOnce(t *testing.T) {
 	if builds != 1 || hits != 2 {
 		t.Errorf("three concurrent containers of one image: %d builds, %d cache hits; want 1 and 2", builds, hits)
 	}
-	ents, _ := filepath.Glob(filepath.Join(e.cacheDir, "*.eif"))
+	ents, _ := filepath.Glob(filepath.Join(e.CacheDir, "*.eif"))
 	if len(ents) != 1 {
 		t.Errorf("cache holds %d EIFs, want 1: %v", len(ents), ents)
 	}
@@ -145,10 +145,10 @@ func TestShimKilled(t *testing.T) {
 	e.waitStatus(t, ctx, "crash1", "RUNNING", time.Minute)
 	pid, _ := e.taskPid(t, ctx, "crash1")
 	e.waitAppStarted(t, "crash1", 3*time.Minute)
-	if n := len(leftovers(e)); n < 2 {
-		t.Fatalf("expected a launcher and QEMU running, found %d: %v", n, leftovers(e))
+	if n := len(e.Leftovers()); n < 2 {
+		t.Fatalf("expected a launcher and QEMU running, found %d: %v", n, e.Leftovers())
 	}
-	t.Logf("running: %v", leftovers(e))
+	t.Logf("running: %v", e.Leftovers())
 	shimPid := ppid(pid)
 	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", shimPid))
 	if !strings.Contains(string(b), nitropod.ShimBinary) {
@@ -159,7 +159,7 @@ func TestShimKilled(t *testing.T) {
 	}
 	deadline := time.Now().Add(time.Minute)
 	for {
-		left := leftovers(e)
+		left := e.Leftovers()
 		_, st := e.taskPid(t, ctx, "crash1")
 		if len(left) == 0 && st != "RUNNING" {
 			break
@@ -190,7 +190,7 @@ func TestContainerdRestart(t *testing.T) {
 	e.waitStatus(t, ctx, "restart1", "RUNNING", time.Minute)
 	pid, _ := e.taskPid(t, ctx, "restart1")
 	e.waitAppStarted(t, "restart1", 3*time.Minute)
-	e.ctrd.Restart()
+	e.Ctrd.Restart()
 	e.waitStatus(t, ctx, "restart1", "RUNNING", 30*time.Second)
 	if pid2, _ := e.taskPid(t, ctx, "restart1"); pid2 != pid {
 		t.Errorf("task pid after restart %d, want %d", pid2, pid)
@@ -198,19 +198,19 @@ func TestContainerdRestart(t *testing.T) {
 	if err := syscall.Kill(pid, 0); err != nil {
 		t.Errorf("launcher %d gone after containerd restart: %v", pid, err)
 	}
-	if n := len(leftovers(e)); n != 2 {
-		t.Errorf("after containerd restart want the launcher and QEMU running, found %v", leftovers(e))
+	if n := len(e.Leftovers()); n != 2 {
+		t.Errorf("after containerd restart want the launcher and QEMU running, found %v", e.Leftovers())
 	}
-	lb, _ := os.ReadFile(filepath.Join(e.ctrd.State, "io.containerd.runtime.v2.task", ns, "restart1", "nitropod-launcher.log"))
+	lb, _ := os.ReadFile(filepath.Join(e.Ctrd.State, "io.containerd.runtime.v2.task", ns, "restart1", "nitropod-launcher.log"))
 	if strings.Contains(string(lb), "app exited") {
 		t.Errorf("the app exited across the containerd restart:\n%s", lb)
 	}
 	// containerd talks to the shim again: kill and delete work.
-	if out, err := e.ctrd.Ctr(ctx, ns, "task", "kill", "-s", "SIGKILL", "restart1"); err != nil {
+	if out, err := e.Ctrd.Ctr(ctx, ns, "task", "kill", "-s", "SIGKILL", "restart1"); err != nil {
 		t.Fatalf("kill after restart: %v: %s", err, out)
 	}
 	e.waitStatus(t, ctx, "restart1", "STOPPED", time.Minute)
-	if out, err := e.ctrd.Ctr(ctx, ns, "task", "rm", "restart1"); err != nil {
+	if out, err := e.Ctrd.Ctr(ctx, ns, "task", "rm", "restart1"); err != nil {
 		t.Fatalf("task rm after restart: %v: %s", err, out)
 	}
 }
@@ -270,7 +270,7 @@ func TestLauncherLimits(t *testing.T) {
 	if has(read(filepath.Join(mem, "cgroup.procs")), qemu) {
 		t.Errorf("QEMU %d is in the launcher's memory cgroup", qemu)
 	}
-	_, _ = e.ctrd.Ctr(ctx, ns, "task", "kill", "-s", "SIGKILL", "limits1")
+	_, _ = e.Ctrd.Ctr(ctx, ns, "task", "kill", "-s", "SIGKILL", "limits1")
 	e.waitStatus(t, ctx, "limits1", "STOPPED", time.Minute)
 	e.remove(ctx, "limits1")
 	for _, d := range []string{mem, encMem} {

@@ -26,8 +26,11 @@ func TestImageLocation(t *testing.T) {
 	testenv.RequireRoot(t)
 	srv := s3test.Start(t)
 	srv.CreateBucket(t, "eifs")
-	bin := buildBinaries(t)
-	blobs := testenv.EmuBlobs(t)
+	e := newEnvOpts(t, ctrtest.Options{Env: []string{
+		"AWS_ACCESS_KEY_ID=" + s3test.AccessKey,
+		"AWS_SECRET_ACCESS_KEY=" + s3test.SecretKey,
+	}})
+	e.Configure(t, "[s3]\nendpoint = \""+srv.Endpoint+"\"")
 
 	// A prebuilt EIF whose process differs from the container's command.
 	rootfs := t.TempDir()
@@ -42,7 +45,7 @@ func TestImageLocation(t *testing.T) {
 	_, err = build.FromRootfs(f, rootfs, ramdisk.Process{
 		Args: []string{"sh", "-c", "echo from-the-prebuilt-eif; exit 4"},
 		Env:  []string{"PATH=/bin"},
-	}, build.Options{Blobs: blobs, Init: filepath.Join(bin, "nitropod-init")})
+	}, build.Options{Blobs: e.Blobs, Init: e.InitPath})
 	f.Close()
 	if err != nil {
 		t.Fatal(err)
@@ -58,18 +61,6 @@ func TestImageLocation(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	e := newEnvOpts(t, ctrtest.Options{Env: []string{
-		"AWS_ACCESS_KEY_ID=" + s3test.AccessKey,
-		"AWS_SECRET_ACCESS_KEY=" + s3test.SecretKey,
-	}})
-	cfg, err := os.ReadFile(e.cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg = append(cfg, []byte("[s3]\nendpoint = \""+srv.Endpoint+"\"\n")...)
-	if err := os.WriteFile(e.cfgPath, cfg, 0o600); err != nil {
-		t.Fatal(err)
-	}
 	e.importImage(t, ctx, ns, busyboxRef, busyboxImage(t, ""))
 	for i, id := range []string{"s3a", "s3b"} {
 		out, err := e.run(ctx, []string{"--annotation", nitropod.ImageLocationAnnotation + "=" + loc.String()},

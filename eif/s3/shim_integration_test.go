@@ -9,11 +9,18 @@ package s3_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,8 +29,10 @@ import (
 	"github.com/nitropod/nitropod/eif"
 	"github.com/nitropod/nitropod/eif/build"
 	"github.com/nitropod/nitropod/eif/ramdisk"
+	"github.com/nitropod/nitropod/eif/s3"
 	"github.com/nitropod/nitropod/eif/s3/s3test"
 	"github.com/nitropod/nitropod/internal/ctrtest"
+	"github.com/nitropod/nitropod/internal/shimtest"
 	"github.com/nitropod/nitropod/internal/testenv"
 	"github.com/nitropod/nitropod/test/images"
 )
@@ -33,15 +42,9 @@ const (
 	busyboxRef = "docker.io/library/busybox:latest"
 )
 
-func goBuild(t *testing.T, dir string, pkgs ...string) {
-	t.Helper()
-	cmd := exec.Command("go", append([]string{"build", "-trimpath", "-o", dir + "/"}, pkgs...)...)
-	cmd.Dir = testenv.RepoRoot()
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-}
+// awsEnv gives the shims versitygw's root credentials and nothing else.
+var awsEnv = []string{"AWS_ACCESS_KEY_ID=" + s3test.AccessKey, "AWS_SECRET_ACCESS_KEY=" + s3test.SecretKey, "AWS_REGION=us-east-1",
+	"AWS_EC2_METADATA_DISABLED=true", "AWS_CONFIG_FILE=/nonexistent", "AWS_SHARED_CREDENTIALS_FILE=/nonexistent"}
 
 // buildEIF builds a bootable EIF from a busybox rootfs that runs script.
 func buildEIF(t *testing.T, path, blobs, initBin, script string, signer *eif.Signer) eif.Measurements {
@@ -65,44 +68,18 @@ func buildEIF(t *testing.T, path, blobs, initBin, script string, signer *eif.Sig
 
 func TestPrebuiltEIFThroughShim(t *testing.T) {
 	testenv.Integration(t)
-	testenv.RequireRoot(t)
-	testenv.Binary(t, "qemu-system-x86_64")
-	blobs := testenv.EmuBlobs(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
 	srv := s3test.Start(t)
 	srv.CreateBucket(t, "releases")
-	bin := t.TempDir()
-	goBuild(t, bin, "./cmd/containerd-shim-nitro-v1", "./cmd/nitropod-launcher", "./cmd/nitropod-init", "./cmd/nitropod")
-	initBin := filepath.Join(bin, "nitropod-init")
-
+	e := shimtest.Start(t, shimtest.Options{
+		ExtraPackages: []string{"./cmd/nitropod"},
+		Containerd:    ctrtest.Options{Env: awsEnv},
+		Config:        fmt.Sprintf("[s3]\nendpoint = %q", srv.Endpoint),
+	})
+	bin, blobs, initBin, cacheDir, ctrd := e.Bin, e.Blobs, e.InitPath, e.CacheDir, e.Ctrd
 	dir := t.TempDir()
-	cacheDir := filepath.Join(dir, "cache")
-	runDir, err := os.MkdirTemp("/run", "nps3")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(runDir) })
-	cfgPath := filepath.Join(dir, "shim.toml")
-	cfg := fmt.Sprintf(`backend = "qemu"
-blobs_dir = %q
-init_path = %q
-cache_dir = %q
-run_dir = %q
-default_cpus = 1
-default_memory_mib = 256
-[qemu]
-accel = "tcg"
-[s3]
-endpoint = %q
-`, blobs, initBin, cacheDir, runDir, srv.Endpoint)
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	awsEnv := []string{"AWS_ACCESS_KEY_ID=" + s3test.AccessKey, "AWS_SECRET_ACCESS_KEY=" + s3test.SecretKey, "AWS_REGION=us-east-1",
-		"AWS_EC2_METADATA_DISABLED=true", "AWS_CONFIG_FILE=/nonexistent", "AWS_SHARED_CREDENTIALS_FILE=/nonexistent"}
-	ctrd := ctrtest.Start(t, ctrtest.Options{PathDirs: []string{bin}, Env: append([]string{"NITROPOD_SHIM_CONFIG=" + cfgPath}, awsEnv...)})
 	img, err := images.Busybox(testenv.Binary(t, "busybox"), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -215,5 +192,212 @@ endpoint = %q
 	}
 	if out, err := ctrd.Ctr(ctx, shimNS, "task", "ls", "-q"); err != nil || strings.TrimSpace(out) != "" {
 		t.Errorf("tasks left: %q (%v)", out, err)
+	}
+}
+
+// objectAccess counts what an S3 store served for one object: the shims'
+// one-byte Stat GETs, and the download GETs with the bytes they carried.
+type objectAccess struct {
+	path string
+	mu   sync.Mutex
+	// stats are GETs of bytes=0-0; downloads all other GETs.
+	stats, downloads int
+	downloadBytes    int64
+	ranges           []string
+}
+
+// proxy is a reverse proxy to target that records accesses to a.path; the
+// shims talk to versitygw through it.
+func (a *objectAccess) proxy(t *testing.T, target string) *httptest.Server {
+	t.Helper()
+	u, err := url.Parse(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := httputil.NewSingleHostReverseProxy(u) // keeps the signed Host header
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || r.URL.Path != a.path {
+			rp.ServeHTTP(w, r)
+			return
+		}
+		cw := &countingResponse{ResponseWriter: w}
+		rp.ServeHTTP(cw, r)
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		rg := r.Header.Get("Range")
+		a.ranges = append(a.ranges, rg)
+		if rg == "bytes=0-0" {
+			a.stats++
+			return
+		}
+		a.downloads++
+		a.downloadBytes += cw.n
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+type countingResponse struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (c *countingResponse) Write(p []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (c *countingResponse) Flush() {
+	if f, ok := c.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+var readyRe = regexp.MustCompile(`msg="enclave image ready".*cache_hit=(true|false)`)
+
+// TestConcurrentImageLocationThroughShim creates ten containers at once, each
+// in its own shim, whose spec names the same prebuilt EIF by
+// nitro.k8s.anjuna.io/imageLocation: the store serves the EIF once (counted
+// by a proxy in front of versitygw), one shim logs a cache miss and nine a
+// hit, all ten enclaves run the EIF's program, and nothing is left behind.
+func TestConcurrentImageLocationThroughShim(t *testing.T) {
+	testenv.Integration(t)
+	const n = 10
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+
+	srv := s3test.Start(t)
+	srv.CreateBucket(t, "shared")
+	loc := s3.Location{Bucket: "shared", Key: "apps/one.eif"}
+	access := &objectAccess{path: "/" + loc.Bucket + "/" + loc.Key}
+	front := access.proxy(t, srv.Endpoint)
+	// 128 MiB per enclave: the QEMU backend needs about 93 MiB.
+	e := shimtest.Start(t, shimtest.Options{
+		MemoryMiB:  128,
+		Containerd: ctrtest.Options{Env: awsEnv},
+		Config:     fmt.Sprintf("[s3]\nendpoint = %q", front.URL),
+	})
+	img, err := images.Busybox(testenv.Binary(t, "busybox"), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Ctrd.Import(ctx, shimNS, busyboxRef, img); err != nil {
+		t.Fatal(err)
+	}
+
+	// The app prints and exits at once, so ten TCG guests stay cheap.
+	eifPath := filepath.Join(t.TempDir(), "one.eif")
+	buildEIF(t, eifPath, e.Blobs, e.InitPath, "echo from the shared eif; exit 5", nil)
+	fi, err := os.Stat(eifPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := s3.New(ctx, s3.Config{Endpoint: srv.Endpoint, Credentials: s3test.Credentials()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := cl.Push(ctx, eifPath, loc); err != nil {
+		t.Fatal(err)
+	}
+
+	type result struct {
+		out  string
+		code int
+	}
+	results := make([]result, n)
+	ids := make([]string, n)
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	for i := range n {
+		ids[i] = fmt.Sprintf("conc-%02d", i)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cmd := e.Ctrd.CtrCmd(ctx, shimNS, "run", "--rm", "--runtime", nitropod.RuntimeType,
+				"--annotation", nitropod.ImageLocationAnnotation+"="+loc.String(),
+				busyboxRef, ids[i], "sh", "-c", "echo from the container image")
+			out, err := cmd.CombinedOutput()
+			code := 0
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				code = ee.ExitCode()
+			} else if err != nil {
+				code = -1
+			}
+			results[i] = result{string(out), code}
+		}()
+	}
+	wg.Wait()
+	t.Logf("%d concurrent ctr runs took %v", n, time.Since(t0).Round(time.Millisecond))
+
+	for i, r := range results {
+		if r.code != 5 || !strings.Contains(r.out, "from the shared eif") || strings.Contains(r.out, "from the container image") {
+			t.Errorf("%s: exit code %d, output %q; want 5 and the prebuilt EIF's output only", ids[i], r.code, r.out)
+		}
+	}
+
+	// The store: one download of the whole object, one Stat per Create.
+	access.mu.Lock()
+	t.Logf("object GETs: %d stats, %d downloads, %d bytes downloaded (object %d bytes); ranges %v",
+		access.stats, access.downloads, access.downloadBytes, fi.Size(), access.ranges)
+	if access.downloads != 1 || access.downloadBytes != fi.Size() {
+		t.Errorf("the store served %d download GETs with %d bytes, want 1 with the object's %d bytes", access.downloads, access.downloadBytes, fi.Size())
+	}
+	if access.stats < n {
+		t.Errorf("the store saw %d Stat GETs, want at least %d (one per Create): the shims did not all ask it", access.stats, n)
+	}
+	access.mu.Unlock()
+
+	// The shims: one cache miss, the other nine hits.
+	misses, hits := 0, 0
+	log := e.Ctrd.Log()
+	for _, id := range ids {
+		found := false
+		for _, l := range strings.Split(log, "\n") {
+			m := readyRe.FindStringSubmatch(l)
+			if m == nil || !strings.Contains(l, "id="+id+" ") && !strings.HasSuffix(l, "id="+id) {
+				continue
+			}
+			found = true
+			if m[1] == "true" {
+				hits++
+			} else {
+				misses++
+			}
+		}
+		if !found {
+			t.Errorf("%s: no \"enclave image ready\" line in the shim log", id)
+		}
+	}
+	if misses != 1 || hits != n-1 {
+		t.Errorf("shim log: %d cache misses and %d hits, want 1 and %d", misses, hits, n-1)
+	}
+
+	// The cache: one entry, nothing partial.
+	if eifs, _ := filepath.Glob(filepath.Join(e.CacheDir, "*.eif")); len(eifs) != 1 {
+		t.Errorf("cache holds %v, want one entry", eifs)
+	}
+	if tmps, _ := filepath.Glob(filepath.Join(e.CacheDir, ".tmp-*")); len(tmps) != 0 {
+		t.Errorf("partial files left in the cache: %v", tmps)
+	}
+
+	// Nothing left: tasks, containers, shims, launchers, QEMU, mounts.
+	for _, what := range []string{"tasks", "containers"} {
+		if out, err := e.Ctrd.Ctr(ctx, shimNS, what, "ls", "-q"); err != nil || strings.TrimSpace(out) != "" {
+			t.Errorf("%s left: %q (%v)", what, out, err)
+		}
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		shims, left := e.ShimProcesses(), e.Leftovers()
+		if shims == 0 && len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("15s after the runs: %d shim processes; left:\n%s", shims, strings.Join(left, "\n"))
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
