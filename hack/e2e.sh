@@ -3,8 +3,9 @@
 # cluster (test/cluster) and runs the Anjuna document's Pods in emulated
 # enclaves (test/e2e, build tag e2e) on a node that enforces licences (a
 # key made per run; `nitropod license` issues the Pods' licences). Needs
-# root, `make deps tools emu-kernel build`; the pinned tools and the blob set are checked (and built if
-# missing) first, which takes seconds when they are up to date.
+# root, `make deps tools emu-kernel build`; the pinned tools and the blob
+# set are checked (and built if missing) first, which takes seconds when
+# they are up to date.
 #
 # Environment: E2E_RUN (go test -run regexp), E2E_TIMEOUT (default 30m).
 set -euo pipefail
