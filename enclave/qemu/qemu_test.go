@@ -392,3 +392,48 @@ func TestStdin(t *testing.T) {
 		t.Errorf("wc -c counted %q of the %d bytes after the first line", lines[1], 1<<20)
 	}
 }
+
+// A guest that never sends its heartbeat (here: QEMU started with its vCPUs
+// stopped, -S) is booted afresh once, within the one boot timeout, and then
+// reported with the number of attempts; nothing is left behind.
+func TestHungBootIsRetried(t *testing.T) {
+	testenv.Integration(t)
+	dir := t.TempDir()
+	var mu sync.Mutex
+	var steps []string
+	b, err := qemu.New(qemu.Config{
+		Binary:       testenv.Binary(t, qemu.DefaultBinary),
+		WorkDir:      dir,
+		BootTimeout:  6 * time.Second,
+		BootAttempts: 2,
+		ExtraArgs:    []string{"-S"},
+		Trace: func(step string) {
+			mu.Lock()
+			steps = append(steps, step)
+			mu.Unlock()
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { checkClean(t, dir) })
+	path := buildEIF(t, busybox(t, testimage.Cmd("true")), false)
+	_, err = b.Boot(context.Background(), enclave.Request{EIFPath: path, CPUs: 1, MemoryMiB: 256})
+	if err == nil || !strings.Contains(err.Error(), "after 2 boot attempts") || !strings.Contains(err.Error(), "no heartbeat") {
+		t.Fatalf("Boot of a hung guest: %v; want an error naming 2 attempts and the missing heartbeat", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	started, retries := 0, 0
+	for _, s := range steps {
+		switch s {
+		case qemu.TraceStarted:
+			started++
+		case qemu.TraceRetry:
+			retries++
+		}
+	}
+	if started != 2 || retries != 1 {
+		t.Errorf("trace %q: want qemu started twice and one retry", steps)
+	}
+}
