@@ -5,7 +5,7 @@
 #
 # Knobs (environment): NITROPOD_BENCH_RATE (req/s, default 500),
 # NITROPOD_BENCH_ROUNDS (default 10), NITROPOD_BENCH_ROUND_SECONDS (default 1).
-# Results are written up by hand in hack/bench-results/webhook.md.
+# Results are written up by hand in BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "bench-webhook: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), load average $(cut -d' ' -f1-3 /proc/loadavg)"
