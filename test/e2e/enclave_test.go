@@ -108,6 +108,42 @@ func TestEnclavePods(t *testing.T) {
 		}
 	})
 
+	t.Run("the node advertises the fake pool as the three enclave resources", func(t *testing.T) {
+		e := e.sub(t)
+		// The fake Nitro host (test/cluster): pool "1,5" is one core of two
+		// hyperthreads, 4096 MiB of hugepages are 64 blocks of 64 MiB, and
+		// a node has the default 4 enclave slots.
+		want := map[string]int64{
+			nitropod.ResourceEnclaveCPU:    2,
+			nitropod.ResourceEnclaveMemory: 4096 / nitropod.DefaultMemoryBlockMiB,
+			nitropod.ResourceEnclave:       nitropod.DefaultEnclaveSlots,
+		}
+		var got string
+		deadline := time.Now().Add(time.Minute)
+		for {
+			var node corev1.Node
+			out := e.mustKubectl("", "get", "node", e.c.NodeName, "-o", "json")
+			if err := jsonUnmarshal(out, &node); err != nil {
+				t.Fatal(err)
+			}
+			ok := true
+			got = ""
+			for r, n := range want {
+				c, a := node.Status.Capacity[corev1.ResourceName(r)], node.Status.Allocatable[corev1.ResourceName(r)]
+				got += fmt.Sprintf(" %s: capacity %s allocatable %s;", r, c.String(), a.String())
+				ok = ok && c.Value() == n && a.Value() == n
+			}
+			if ok {
+				t.Logf("node %s:%s", e.c.NodeName, got)
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("node %s:%s want capacity = allocatable = %v", e.c.NodeName, got, want)
+			}
+			time.Sleep(time.Second)
+		}
+	})
+
 	t.Run("odd CPUs are refused by the webhook", func(t *testing.T) {
 		odd := strings.Replace(nginxPod, `cpu: "2"`, `cpu: "3"`, 1)
 		odd = strings.Replace(odd, "name: nginx-pod\n  labels", "name: odd-pod\n  labels", 1)
