@@ -33,7 +33,7 @@ emu-kernel: deps ## Make the emulation blob set (kernel, cmdline, virtio modules
 	hack/emu-kernel.sh $(OUT)/blobs/emu
 
 .PHONY: test
-test: deps tools emu-kernel build test-unit test-integration test-e2e ## Every test tier that fits in CI, installing what it needs.
+test: deps tools emu-kernel build lint test-unit test-integration test-e2e ## Every test tier that fits in CI (and lint), installing what it needs.
 
 .PHONY: test-unit
 test-unit: ## Unit tier: go test -race -short.

@@ -130,7 +130,7 @@ func TestPoll(t *testing.T) {
 		t.Errorf("Poll = %v after %d calls; want nil after 3", err, n)
 	}
 	stop := errors.New("stop")
-	if err := Poll(context.Background(), time.Millisecond, func() error { return Permanent(stop) }); err != stop {
+	if err := Poll(context.Background(), time.Millisecond, func() error { return Permanent(stop) }); !errors.Is(err, stop) {
 		t.Errorf("Poll with a permanent error = %v; want %v", err, stop)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)

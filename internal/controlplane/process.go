@@ -86,7 +86,7 @@ func (p *Process) Exited() (bool, error) {
 func (p *Process) WaitReady(ctx context.Context, ready func() error) error {
 	return Poll(ctx, 200*time.Millisecond, func() error {
 		if done, err := p.Exited(); done {
-			return Permanent(fmt.Errorf("%s exited (%v); see %s:\n%s", p.Name, err, p.Log, Tail(p.Log, 20)))
+			return Permanent(fmt.Errorf("%s exited (%w); see %s:\n%s", p.Name, err, p.Log, Tail(p.Log, 20)))
 		}
 		return ready()
 	})

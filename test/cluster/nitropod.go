@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -297,7 +298,8 @@ func (c *Cluster) Allocatable(ctx context.Context, resource string) (string, err
 func net2(host string, port int) string { return host + ":" + strconv.Itoa(port) }
 
 func stderrOf(err error) string {
-	if ee, ok := err.(*exec.ExitError); ok {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
 		return strings.TrimSpace(string(ee.Stderr))
 	}
 	return ""
@@ -321,7 +323,7 @@ func tlsFromRendered(out []byte) (cert, key []byte, err error) {
 		cert, err1 := base64.StdEncoding.DecodeString(obj.Data["tls.crt"])
 		key, err2 := base64.StdEncoding.DecodeString(obj.Data["tls.key"])
 		if err1 != nil || err2 != nil {
-			return nil, nil, fmt.Errorf("decoding the chart's webhook TLS secret: %v %v", err1, err2)
+			return nil, nil, fmt.Errorf("decoding the chart's webhook TLS secret: %w", errors.Join(err1, err2))
 		}
 		return cert, key, nil
 	}

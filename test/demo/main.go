@@ -239,7 +239,7 @@ func waitPage(ctx context.Context, url string) (string, error) {
 		}
 		select {
 		case <-ctx.Done():
-			return "", fmt.Errorf("%s did not answer: %w (last error %v)", url, ctx.Err(), err)
+			return "", fmt.Errorf("%s did not answer: %w (last error %w)", url, ctx.Err(), err)
 		case <-time.After(time.Second):
 		}
 	}
