@@ -39,9 +39,12 @@ test: deps tools emu-kernel build lint test-unit test-integration test-e2e ## Ev
 test-unit: ## Unit tier: go test -race -short.
 	$(GO) test -race -short -count=1 -timeout $(UNIT_TIMEOUT) ./...
 
+# -p 1: one package at a time. The tiers boot real VMs under TCG; packages
+# that each start containerd and several enclaves at once starved each other
+# on two cores (a containerd lookup timing out, a guest hanging in boot).
 .PHONY: test-integration
 test-integration: build ## Integration tier: real QEMU, containerd, kube-apiserver, registry, S3 server.
-	$(GO) test -count=1 -timeout $(INTEGRATION_TIMEOUT) ./...
+	$(GO) test -p 1 -count=1 -timeout $(INTEGRATION_TIMEOUT) ./...
 
 .PHONY: test-e2e e2e
 test-e2e: e2e

@@ -34,7 +34,10 @@ const maxImageBlob = 4 << 20
 // image in namespace ns and returns the TCP ports it EXPOSEs: what the
 // launcher forwards when the webhook recorded no ports for the container.
 func ImageExposedPorts(ctx context.Context, address, ns, image string) ([]uint16, error) {
-	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(ctx, ns), 10*time.Second)
+	// A local lookup, but containerd can be slow to answer on a busy node
+	// (seen past 10 s with ten emulated enclaves booting on two cores), and
+	// a failed lookup means no port is forwarded.
+	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(ctx, ns), time.Minute)
 	defer cancel()
 	conn, err := grpc.NewClient("unix://"+address, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
