@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,6 +20,8 @@ import (
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
+
+	"github.com/nitropod/nitropod/internal/safefile"
 )
 
 // Defaults for Config fields left zero.
@@ -35,10 +38,47 @@ const (
 // Pod's projected service-account token (AWS_ROLE_ARN and
 // AWS_WEB_IDENTITY_TOKEN_FILE in the Pod, the token file resolved to its path
 // on the node).
+//
+// The token file is Pod-controlled: it is read beneath TokenRoot (the source
+// of the volume it is on) without leaving it, only when it is a regular file
+// of at most MaxTokenSize bytes (package internal/safefile).
 type WebIdentity struct {
-	RoleARN     string
-	TokenFile   string
+	RoleARN   string
+	TokenFile string
+	// TokenRoot is the directory TokenFile is read beneath; empty: the
+	// token file's own directory.
+	TokenRoot   string
 	SessionName string
+}
+
+// MaxTokenSize bounds a web identity token file (a service-account JWT is
+// about 1 KiB).
+const MaxTokenSize = 64 << 10
+
+// tokenFile reads the web identity token with the rules of package
+// safefile; it implements stscreds.IdentityTokenRetriever.
+type tokenFile struct{ root, rel string }
+
+func newTokenFile(wi *WebIdentity) tokenFile {
+	root := wi.TokenRoot
+	if root == "" {
+		root = filepath.Dir(wi.TokenFile)
+	}
+	rel, err := filepath.Rel(root, wi.TokenFile)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		// TokenFile is not beneath TokenRoot: read it beneath its own
+		// directory.
+		root, rel = filepath.Split(wi.TokenFile)
+	}
+	return tokenFile{root: root, rel: rel}
+}
+
+func (t tokenFile) GetIdentityToken() ([]byte, error) {
+	b, err := safefile.ReadBeneath(t.root, t.rel, MaxTokenSize)
+	if err != nil {
+		return nil, fmt.Errorf("reading the web identity token (%s): %w", EnvWebIdentityTokenFile, err)
+	}
+	return b, nil
 }
 
 // Config configures a Client. The zero value uses the AWS default credential
@@ -135,7 +175,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 			return nil, errors.New("web identity credentials need both a role ARN and a token file (AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE)")
 		}
 		stsClient := sts.NewFromConfig(awsCfg)
-		awsCfg.Credentials = aws.NewCredentialsCache(stscreds.NewWebIdentityRoleProvider(stsClient, wi.RoleARN, stscreds.IdentityTokenFile(wi.TokenFile),
+		awsCfg.Credentials = aws.NewCredentialsCache(stscreds.NewWebIdentityRoleProvider(stsClient, wi.RoleARN, newTokenFile(wi),
 			func(o *stscreds.WebIdentityRoleOptions) {
 				o.RoleSessionName = wi.SessionName
 				if o.RoleSessionName == "" {

@@ -37,32 +37,41 @@ func PodWebIdentity(spec *specs.Spec) (*WebIdentity, error) {
 	case role == "" || token == "":
 		return nil, fmt.Errorf("the container sets only one of %s and %s: set both (a service account with an IAM role) or neither", EnvRoleARN, EnvWebIdentityTokenFile)
 	}
-	host, ok := hostPath(spec.Mounts, token)
+	root, rel, ok := hostPath(spec.Mounts, token)
 	if !ok {
 		return nil, fmt.Errorf("%s=%s is not on a volume of the container: mount the projected service-account token there", EnvWebIdentityTokenFile, token)
 	}
-	return &WebIdentity{RoleARN: role, TokenFile: host, SessionName: env[EnvRoleSessionName]}, nil
+	return &WebIdentity{RoleARN: role, TokenFile: filepath.Join(root, rel), TokenRoot: root, SessionName: env[EnvRoleSessionName]}, nil
 }
 
 // hostPath maps a path inside the container to the node through the bind
-// mount with the longest matching destination.
-func hostPath(mounts []specs.Mount, p string) (string, bool) {
+// mount with the longest matching destination: the mount's source (root)
+// and the path beneath it (rel). A file mounted on its own (rel empty) is
+// split into its directory and name, so that the file is still opened
+// beneath a directory.
+func hostPath(mounts []specs.Mount, p string) (root, rel string, ok bool) {
 	p = path.Clean(p)
-	best, bestLen := "", -1
+	bestLen := -1
 	for _, m := range mounts {
 		if m.Type != "bind" && !hasBind(m.Options) {
 			continue
 		}
 		d := path.Clean(m.Destination)
-		rel, ok := strings.CutPrefix(p, d)
-		if !ok || (rel != "" && !strings.HasPrefix(rel, "/") && d != "/") {
+		r, found := strings.CutPrefix(p, d)
+		if !found || (r != "" && !strings.HasPrefix(r, "/") && d != "/") {
 			continue
 		}
 		if len(d) > bestLen {
-			best, bestLen = filepath.Join(m.Source, rel), len(d)
+			root, rel, bestLen = filepath.Clean(m.Source), strings.TrimPrefix(r, "/"), len(d)
 		}
 	}
-	return best, bestLen >= 0
+	if bestLen < 0 {
+		return "", "", false
+	}
+	if rel == "" {
+		root, rel = filepath.Split(root)
+	}
+	return root, rel, true
 }
 
 func hasBind(opts []string) bool {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -184,9 +185,13 @@ func TestPodWebIdentity(t *testing.T) {
 	}{
 		{name: "no irsa", spec: spec([]string{"PATH=/bin"}, tokenMount)},
 		{name: "irsa", spec: spec(irsa, specs.Mount{Destination: "/var", Type: "bind", Source: "/elsewhere"}, tokenMount),
-			want: &WebIdentity{RoleARN: "arn:aws:iam::111122223333:role/eif-reader", TokenFile: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~projected/aws-iam-token/token"}},
+			want: &WebIdentity{RoleARN: "arn:aws:iam::111122223333:role/eif-reader", TokenFile: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~projected/aws-iam-token/token",
+				TokenRoot: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~projected/aws-iam-token"}},
 		{name: "session name", spec: spec(append(irsa, "AWS_ROLE_SESSION_NAME=pod-a"), tokenMount),
-			want: &WebIdentity{RoleARN: "arn:aws:iam::111122223333:role/eif-reader", TokenFile: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~projected/aws-iam-token/token", SessionName: "pod-a"}},
+			want: &WebIdentity{RoleARN: "arn:aws:iam::111122223333:role/eif-reader", TokenFile: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~projected/aws-iam-token/token",
+				TokenRoot: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~projected/aws-iam-token", SessionName: "pod-a"}},
+		{name: "file mount", spec: spec(irsa, specs.Mount{Destination: "/var/run/secrets/eks.amazonaws.com/serviceaccount/token", Type: "bind", Source: "/var/lib/kubelet/pods/u/volume-subpaths/t/c/0"}),
+			want: &WebIdentity{RoleARN: "arn:aws:iam::111122223333:role/eif-reader", TokenFile: "/var/lib/kubelet/pods/u/volume-subpaths/t/c/0", TokenRoot: "/var/lib/kubelet/pods/u/volume-subpaths/t/c/"}},
 		{name: "token not mounted", spec: spec(irsa, specs.Mount{Destination: "/var/run/secrets/eks", Type: "tmpfs", Source: "tmpfs"}), err: "is not on a volume"},
 		{name: "prefix is not a parent", spec: spec(irsa, specs.Mount{Destination: "/var/run/secrets/eks.amazonaws.com/service", Type: "bind", Source: "/x"}), err: "is not on a volume"},
 		{name: "role only", spec: spec([]string{"AWS_ROLE_ARN=arn:x"}), err: "only one of"},
@@ -207,5 +212,70 @@ func TestPodWebIdentity(t *testing.T) {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestWebIdentityTokenFile reads the Pod's token the way the STS exchange
+// does: through the volume the spec mounts, refusing what a Pod can plant
+// there instead of a token.
+func TestWebIdentityTokenFile(t *testing.T) {
+	base := t.TempDir()
+	vol := filepath.Join(base, "pod-a", "volumes", "aws-iam-token")
+	other := filepath.Join(base, "pod-b", "token")
+	for _, d := range []string{filepath.Join(vol, "..2026"), filepath.Dir(other)} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustWrite(t, filepath.Join(vol, "..2026", "token"), "JWT-A")
+	mustWrite(t, other, "JWT-B")
+	mustWrite(t, filepath.Join(vol, "huge"), strings.Repeat("x", MaxTokenSize+1))
+	for target, name := range map[string]string{"..2026": "..data", "..data/token": "token", "/dev/zero": "zero", "../../../pod-b/token": "escape"} {
+		if err := os.Symlink(target, filepath.Join(vol, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := syscall.Mkfifo(filepath.Join(vol, "fifo"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ file, want, err string }{
+		{"token", "JWT-A", ""},
+		{"zero", "", "outside the volume"},
+		{"escape", "", "outside the volume"},
+		{"fifo", "", "not a regular file"},
+		{"huge", "", "file too large"},
+		{".", "", "not a regular file"},
+	} {
+		t.Run(tc.file, func(t *testing.T) {
+			spec := &specs.Spec{
+				Process: &specs.Process{Env: []string{"AWS_ROLE_ARN=arn:aws:iam::1:role/r", "AWS_WEB_IDENTITY_TOKEN_FILE=/var/run/irsa/" + tc.file}},
+				Mounts:  []specs.Mount{{Destination: "/var/run/irsa", Type: "bind", Source: vol}},
+			}
+			wi, err := PodWebIdentity(spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t0 := time.Now()
+			b, err := newTokenFile(wi).GetIdentityToken()
+			if d := time.Since(t0); d > time.Second {
+				t.Errorf("took %v", d)
+			}
+			if tc.err == "" {
+				if err != nil || string(b) != tc.want {
+					t.Fatalf("token = %q, %v; want %q", b, err, tc.want)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.err) || !strings.Contains(err.Error(), EnvWebIdentityTokenFile) {
+				t.Fatalf("token = %.40q, %v; want an error naming %s and %q", b, err, EnvWebIdentityTokenFile, tc.err)
+			}
+		})
+	}
+}
+
+func mustWrite(t *testing.T, p, s string) {
+	t.Helper()
+	if err := os.WriteFile(p, []byte(s), 0o600); err != nil {
+		t.Fatal(err)
 	}
 }
