@@ -3,6 +3,8 @@
 // A licence is a small YAML document, delivered to a Pod as the
 // `anjuna-license` Secret (key `license.yaml`) and mounted by the webhook at
 // nitropod.LicensePath. The shim reads it from the host side of that mount
+// (beneath the volume's own directory, never following a link out of it,
+// regular files of at most MaxFileSize bytes only: ReadFileBeneath)
 // before it builds or boots an enclave and refuses to run the container when
 // the licence is missing, expired, not yet valid, not signed by a trusted key
 // or does not allow the Pod (Policy.Check). The licence never enters the
@@ -19,6 +21,7 @@
 //	  maxEnclavesPerPod: 2
 //	  maxEnclavesPerNode: 4
 //	  namespaces: [default, prod] # empty: every namespace
+//	  cluster: 6f1c…              # optional: only on nodes with this license.cluster_id
 //	keyID: 3f2a1b0c9d8e7f60       # which key signed it (a hint, not trusted)
 //	signature: BASE64             # Ed25519 over the canonical encoding
 //
@@ -35,7 +38,16 @@
 // trailing newline) of an object with exactly these keys in this order:
 //
 //	{"licensee":STRING,"issued":RFC3339-UTC,"expires":RFC3339-UTC,
-//	 "maxEnclavesPerPod":INT,"maxEnclavesPerNode":INT,"namespaces":[STRING...]}
+//	 "maxEnclavesPerPod":INT,"maxEnclavesPerNode":INT,"namespaces":[STRING...]
+//	 [,"cluster":STRING]}
+//
+// The "cluster" key is present only when the licence is bound to a cluster,
+// so licences without one have the same canonical bytes as before the field
+// existed. A node whose shim config sets license.cluster_id accepts a bound
+// licence only for that cluster (any stable ID works: the UID of the
+// kube-system namespace is a good one); an unbound licence is valid on every
+// cluster. An older shim refuses a bound licence as malformed (unknown
+// field) rather than ignoring the binding.
 //
 // Times are formatted in UTC with whole seconds ("2006-01-02T15:04:05Z");
 // namespaces are sorted and duplicates removed; an absent limit is 0 and an

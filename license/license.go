@@ -40,6 +40,10 @@ type Limits struct {
 	MaxEnclavesPerNode int `json:"maxEnclavesPerNode,omitempty"`
 	// Namespaces, when not empty, are the only namespaces allowed.
 	Namespaces []string `json:"namespaces,omitempty"`
+	// Cluster, when set, binds the licence to one cluster: it is valid only
+	// on nodes whose shim config names the same cluster (license.cluster_id,
+	// e.g. the UID of the cluster's kube-system namespace).
+	Cluster string `json:"cluster,omitempty"`
 }
 
 // License is a parsed licence. Only Licensee, Issued, Expires and Limits are
@@ -112,6 +116,7 @@ const (
 	ReasonExpired      Reason = "Expired"
 	ReasonNotYetValid  Reason = "NotYetValid"
 	ReasonNamespace    Reason = "NamespaceNotAllowed"
+	ReasonCluster      Reason = "ClusterNotAllowed"
 	ReasonLimit        Reason = "LimitExceeded"
 	ReasonNoTrustedKey Reason = "NoTrustedKey"
 )
@@ -154,6 +159,9 @@ type Context struct {
 	EnclavesInPod int
 	// EnclavesOnNode is the number of enclaves the node will run, this one included.
 	EnclavesOnNode int
+	// Cluster identifies the node's cluster (Policy.Cluster); "" when the
+	// node names none.
+	Cluster string
 }
 
 // Parse decodes a licence file without verifying it.
@@ -198,6 +206,9 @@ func (l *License) Canonical() []byte {
 		MaxEnclavesPerPod  int      `json:"maxEnclavesPerPod"`
 		MaxEnclavesPerNode int      `json:"maxEnclavesPerNode"`
 		Namespaces         []string `json:"namespaces"`
+		// Last and only when set, so that licences without a cluster keep
+		// their canonical bytes (and signatures) of before.
+		Cluster string `json:"cluster,omitempty"`
 	}{
 		Licensee:   l.Licensee,
 		Issued:     formatTime(l.Issued.Time),
@@ -208,6 +219,7 @@ func (l *License) Canonical() []byte {
 		c.MaxEnclavesPerPod = lim.MaxEnclavesPerPod
 		c.MaxEnclavesPerNode = lim.MaxEnclavesPerNode
 		c.Namespaces = normalizeNamespaces(lim.Namespaces)
+		c.Cluster = lim.Cluster
 	}
 	b, err := json.Marshal(c)
 	if err != nil {
@@ -292,6 +304,12 @@ func (l *License) CheckLimits(c Context) error {
 	if lim == nil {
 		return nil
 	}
+	if lim.Cluster != "" && lim.Cluster != c.Cluster {
+		if c.Cluster == "" {
+			return refuse(ReasonCluster, nil, "licence for %q is bound to cluster %q, and this node names no cluster: set license.cluster_id in the shim config to this cluster's ID", l.Licensee, lim.Cluster)
+		}
+		return refuse(ReasonCluster, nil, "licence for %q is bound to cluster %q, this node is in cluster %q (license.cluster_id in the shim config): use a licence issued for this cluster", l.Licensee, lim.Cluster, c.Cluster)
+	}
 	if len(lim.Namespaces) > 0 && !slices.Contains(lim.Namespaces, c.Namespace) {
 		return refuse(ReasonNamespace, nil, "licence for %q does not allow namespace %q (allowed: %s): run the Pod in an allowed namespace or get a licence that includes it",
 			l.Licensee, c.Namespace, strings.Join(normalizeNamespaces(lim.Namespaces), ", "))
@@ -326,7 +344,7 @@ func Issue(t Terms, priv ed25519.PrivateKey) ([]byte, error) {
 		Expires:    Timestamp{t.Expires.UTC().Truncate(time.Second)},
 		KeyID:      KeyID(priv.Public().(ed25519.PublicKey)),
 	}
-	if t.Limits.MaxEnclavesPerPod != 0 || t.Limits.MaxEnclavesPerNode != 0 || len(t.Limits.Namespaces) > 0 {
+	if t.Limits.MaxEnclavesPerPod != 0 || t.Limits.MaxEnclavesPerNode != 0 || len(t.Limits.Namespaces) > 0 || t.Limits.Cluster != "" {
 		lim := t.Limits
 		if len(lim.Namespaces) > 0 {
 			lim.Namespaces = normalizeNamespaces(lim.Namespaces)

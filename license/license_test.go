@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -309,4 +310,132 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestGoldenLicenceStillValid: a licence issued before the cluster field
+// existed (the golden file) verifies on a node that names a cluster.
+func TestGoldenLicenceStillValid(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("testdata", "example-license.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := Context{Namespace: "default", EnclavesInPod: 1, EnclavesOnNode: 1, Cluster: "c-1"}
+	if _, err := Verify(b, []ed25519.PublicKey{pub(testKey(1))}, date("2026-01-15"), ctx); err != nil {
+		t.Fatalf("licence without a cluster: %v", err)
+	}
+}
+
+func TestClusterBinding(t *testing.T) {
+	k := testKey(1)
+	terms := Terms{Licensee: "Bound", Issued: date("2026-01-01"), Expires: date("2027-01-01"), Limits: Limits{Cluster: "0b9e6a1c-kube-system-uid"}}
+	bound := mustIssue(t, terms, k)
+	if !strings.Contains(string(bound), "cluster: 0b9e6a1c-kube-system-uid") {
+		t.Fatalf("issued licence does not carry the cluster:\n%s", bound)
+	}
+	l, err := Parse(bound)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := string(l.Canonical()); !strings.HasSuffix(c, `"namespaces":[],"cluster":"0b9e6a1c-kube-system-uid"}`) {
+		t.Errorf("canonical form does not sign the cluster: %s", c)
+	}
+	keys := []ed25519.PublicKey{pub(k)}
+	now := date("2026-03-01")
+	if _, err := Verify(bound, keys, now, Context{Cluster: "0b9e6a1c-kube-system-uid"}); err != nil {
+		t.Fatalf("same cluster: %v", err)
+	}
+	for _, tc := range []struct{ node, want string }{
+		{"other-cluster", `bound to cluster "0b9e6a1c-kube-system-uid", this node is in cluster "other-cluster"`},
+		{"", "set license.cluster_id"},
+	} {
+		_, err := Verify(bound, keys, now, Context{Cluster: tc.node})
+		if ReasonOf(err) != ReasonCluster || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("node cluster %q: %v, want %s naming %q", tc.node, err, ReasonCluster, tc.want)
+		}
+	}
+	// The binding is signed: removing or changing it breaks the signature.
+	for _, edit := range []string{"", "  cluster: other-cluster\n"} {
+		forged := strings.Replace(string(bound), "  cluster: 0b9e6a1c-kube-system-uid\n", edit, 1)
+		if forged == string(bound) {
+			t.Fatal("test did not edit the licence")
+		}
+		if _, err := Verify([]byte(forged), keys, now, Context{Cluster: "other-cluster"}); ReasonOf(err) != ReasonUntrusted {
+			t.Errorf("edited cluster %q: %v, want %s", edit, err, ReasonUntrusted)
+		}
+	}
+	// Policy.Cluster is what the shim sets from its config.
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, nitropod.LicenseSecretKey), bound, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	spec := &specs.Spec{Mounts: []specs.Mount{{Destination: nitropod.LicenseDir, Source: dir, Type: "bind"}}}
+	for cluster, want := range map[string]Reason{"0b9e6a1c-kube-system-uid": "", "c-2": ReasonCluster} {
+		_, err := Policy{Enforce: true, Keys: keys, Cluster: cluster}.Check(spec, Context{}, now)
+		if ReasonOf(err) != want {
+			t.Errorf("Policy{Cluster: %q}: %v, want reason %q", cluster, err, want)
+		}
+	}
+}
+
+// TestPolicyCheckHostileMount: what a Pod can put at the licence path in
+// place of its licence is refused at once, with a clear reason.
+func TestPolicyCheckHostileMount(t *testing.T) {
+	k := testKey(1)
+	base := t.TempDir()
+	other := filepath.Join(base, "pod-b", "anjuna-license")
+	if err := os.MkdirAll(other, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(other, nitropod.LicenseSecretKey), mustIssue(t, Terms{Licensee: "B", Issued: date("2026-01-01"), Expires: date("2027-01-01")}, k), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	vol := func(name string, plant func(p string) error) string {
+		d := filepath.Join(base, "pod-a", name)
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := plant(filepath.Join(d, nitropod.LicenseSecretKey)); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	cases := []struct {
+		name, dir, want string
+	}{
+		{"zero", vol("zero", func(p string) error { return os.Symlink("/dev/zero", p) }), "outside the volume"},
+		{"other pod", vol("other", func(p string) error { return os.Symlink("../../pod-b/anjuna-license/license.yaml", p) }), "outside the volume"},
+		{"fifo", vol("fifo", func(p string) error { return syscall.Mkfifo(p, 0o600) }), "FIFO"},
+		{"huge", vol("huge", func(p string) error { return os.WriteFile(p, make([]byte, MaxFileSize+1), 0o600) }), "larger than"},
+		{"directory", vol("dir", func(p string) error { return os.Mkdir(p, 0o755) }), "directory"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := &specs.Spec{Mounts: []specs.Mount{{Destination: nitropod.LicenseDir, Source: tc.dir, Type: "bind"}}}
+			t0 := time.Now()
+			l, err := Policy{Enforce: true, Keys: []ed25519.PublicKey{pub(k)}}.Check(spec, Context{}, date("2026-03-01"))
+			if d := time.Since(t0); d > time.Second {
+				t.Errorf("took %v", d)
+			}
+			if l != nil || ReasonOf(err) != ReasonMalformed || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Check = %v, %v; want a %s refusal naming %q", l, err, ReasonMalformed, tc.want)
+			}
+		})
+	}
+	// The Secret volume layout (license.yaml -> ..data/license.yaml) is read.
+	d := filepath.Join(base, "pod-a", "secret")
+	if err := os.MkdirAll(filepath.Join(d, "..2026"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(d, "..2026", nitropod.LicenseSecretKey), mustIssue(t, Terms{Licensee: "A", Issued: date("2026-01-01"), Expires: date("2027-01-01")}, k), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for target, name := range map[string]string{"..2026": "..data", "..data/" + nitropod.LicenseSecretKey: nitropod.LicenseSecretKey} {
+		if err := os.Symlink(target, filepath.Join(d, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	spec := &specs.Spec{Mounts: []specs.Mount{{Destination: nitropod.LicenseDir, Source: d, Type: "bind"}}}
+	if l, err := (Policy{Enforce: true, Keys: []ed25519.PublicKey{pub(k)}}).Check(spec, Context{}, date("2026-03-01")); err != nil || l.Licensee != "A" {
+		t.Fatalf("Secret volume layout: %v, %v", l, err)
+	}
 }

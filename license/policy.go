@@ -4,9 +4,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
-	"os"
 	"path"
 	"path/filepath"
 	"time"
@@ -14,6 +12,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/nitropod/nitropod"
+	"github.com/nitropod/nitropod/internal/safefile"
 )
 
 // Policy is how a node treats licences (from the shim's configuration).
@@ -26,26 +25,43 @@ type Policy struct {
 	// OnIgnored, when set, is called with the refusal that Check ignored
 	// because enforcement is off (for a log line).
 	OnIgnored func(error)
+	// Cluster identifies the cluster this node belongs to (the shim's
+	// license.cluster_id); a licence bound to a cluster (limits.cluster) is
+	// valid only where it matches. Check copies it into Context.Cluster.
+	Cluster string
 }
 
 // HostPath returns the host-side path of the licence file of a container:
 // the source of the spec mount at nitropod.LicenseDir (plus the file name) or
 // at nitropod.LicensePath. ok is false when the spec has no such mount.
 func HostPath(spec *specs.Spec) (p string, ok bool) {
-	if spec == nil {
+	root, rel, ok := HostFile(spec)
+	if !ok {
 		return "", false
+	}
+	return filepath.Join(root, rel), true
+}
+
+// HostFile is HostPath split into the directory the licence is read beneath
+// (the mount's source for a mounted directory, the source's parent for a
+// mounted file) and the file's name below it. Everything below root is
+// Pod-controlled; ReadFileBeneath reads it without leaving root.
+func HostFile(spec *specs.Spec) (root, rel string, ok bool) {
+	if spec == nil {
+		return "", "", false
 	}
 	// The last mount for a destination wins, as in the runtime.
 	for i := len(spec.Mounts) - 1; i >= 0; i-- {
 		m := spec.Mounts[i]
 		switch path.Clean(m.Destination) {
 		case nitropod.LicensePath:
-			return m.Source, true
+			root, rel = filepath.Split(filepath.Clean(m.Source))
+			return root, rel, true
 		case nitropod.LicenseDir:
-			return filepath.Join(m.Source, nitropod.LicenseSecretKey), true
+			return filepath.Clean(m.Source), nitropod.LicenseSecretKey, true
 		}
 	}
-	return "", false
+	return "", "", false
 }
 
 // ContextFromSpec fills Context.Namespace from the CRI annotations of spec.
@@ -57,22 +73,35 @@ func ContextFromSpec(spec *specs.Spec) Context {
 	return c
 }
 
-// ReadFile reads a licence file of at most MaxFileSize bytes. A missing file
-// is an *Error with ReasonMissing.
+// ReadFile reads a licence file of at most MaxFileSize bytes (beneath its
+// own directory: see ReadFileBeneath). A missing file is an *Error with
+// ReasonMissing.
 func ReadFile(p string) ([]byte, error) {
-	f, err := os.Open(p)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, missing(fmt.Sprintf("the licence file %s does not exist", p))
+	root, rel := filepath.Split(filepath.Clean(p))
+	if root == "" {
+		root = "."
 	}
-	if err != nil {
-		return nil, fmt.Errorf("reading licence: %w", err)
+	return ReadFileBeneath(root, rel)
+}
+
+// ReadFileBeneath reads the licence file rel beneath the directory root with
+// the rules of package internal/safefile: symlinks and ".." may not leave
+// root, only a regular file of at most MaxFileSize bytes is read, and the
+// read is time-limited. A missing file is an *Error with ReasonMissing; any
+// other refusal is an *Error with ReasonMalformed that names the file.
+func ReadFileBeneath(root, rel string) ([]byte, error) {
+	data, err := safefile.ReadBeneath(root, rel, MaxFileSize)
+	switch {
+	case err == nil:
+		return data, nil
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, missing(fmt.Sprintf("the licence file %s does not exist", filepath.Join(root, rel)))
+	case errors.Is(err, safefile.ErrTooLarge):
+		return nil, refuse(ReasonMalformed, err, "the licence file is larger than %d bytes: is it really a nitropod licence?", MaxFileSize)
+	case errors.Is(err, safefile.ErrNotRegular), errors.Is(err, safefile.ErrEscapes):
+		return nil, refuse(ReasonMalformed, err, "the licence must be a regular file inside the %s Secret volume", nitropod.LicenseSecretName)
 	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("reading licence %s: %w", p, err)
-	}
-	return data, nil
+	return nil, fmt.Errorf("reading licence: %w", err)
 }
 
 func missing(detail string) *Error {
@@ -97,13 +126,16 @@ func (p Policy) Check(spec *specs.Spec, c Context, now time.Time) (*License, err
 }
 
 func (p Policy) check(spec *specs.Spec, c Context, now time.Time) (*License, error) {
-	hp, ok := HostPath(spec)
+	root, rel, ok := HostFile(spec)
 	if !ok {
 		return nil, missing(fmt.Sprintf("the container has no volume mounted at %s (the %s Secret)", nitropod.LicenseDir, nitropod.LicenseSecretName))
 	}
-	data, err := ReadFile(hp)
+	data, err := ReadFileBeneath(root, rel)
 	if err != nil {
 		return nil, err
+	}
+	if p.Cluster != "" {
+		c.Cluster = p.Cluster
 	}
 	return Verify(data, p.Keys, now, c)
 }

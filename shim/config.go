@@ -61,6 +61,10 @@ type LicenseConfig struct {
 	Enforce bool `toml:"enforce"`
 	// KeysFile holds the trusted issuer public keys (PEM).
 	KeysFile string `toml:"keys_file"`
+	// ClusterID names the cluster the node belongs to (any stable ID, e.g.
+	// the UID of the kube-system namespace); a licence bound to a cluster
+	// (`nitropod license issue --cluster`) is accepted only when it matches.
+	ClusterID string `toml:"cluster_id"`
 }
 
 // S3Config points prebuilt-EIF downloads at a store.

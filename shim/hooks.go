@@ -31,6 +31,7 @@ const builderVersion = build.Tool + "-eif-build-v1"
 func checkLicense(ctx context.Context, spec *specs.Spec, cfg Config, enclavesInPod, enclavesOnNode int) error {
 	pol := license.Policy{
 		Enforce: cfg.License.Enforce,
+		Cluster: cfg.License.ClusterID,
 		OnIgnored: func(err error) {
 			log.G(ctx).WithError(err).Warn("licence check failed (not enforced)")
 		},

@@ -130,6 +130,7 @@ func newLicenseIssueCommand() *cobra.Command {
 	f.IntVar(&terms.Limits.MaxEnclavesPerPod, "max-enclaves-per-pod", 0, "limit of enclaves per Pod (0: unlimited)")
 	f.IntVar(&terms.Limits.MaxEnclavesPerNode, "max-enclaves-per-node", 0, "limit of enclaves per node (0: unlimited)")
 	f.StringSliceVar(&terms.Limits.Namespaces, "namespace", nil, "allowed namespace (repeatable; none: all)")
+	f.StringVar(&terms.Limits.Cluster, "cluster", "", "bind the licence to this cluster ID (the nodes' license.cluster_id, e.g. the kube-system namespace UID; none: any cluster)")
 	f.StringVarP(&out, "output", "o", "", "licence file to write (default stdout)")
 	for _, n := range []string{"key", "licensee", "expires"} {
 		_ = cmd.MarkFlagRequired(n)
@@ -179,6 +180,9 @@ func newLicenseVerifyCommand() *cobra.Command {
 			if l.Limits != nil {
 				lim = fmt.Sprintf("%d enclaves per Pod, %d per node, namespaces [%s] (0/empty: unlimited)",
 					l.Limits.MaxEnclavesPerPod, l.Limits.MaxEnclavesPerNode, strings.Join(l.Limits.Namespaces, ", "))
+				if l.Limits.Cluster != "" {
+					lim += fmt.Sprintf(", cluster %q", l.Limits.Cluster)
+				}
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "valid licence for %q, issued %s, expires %s, signed by key %s; limits: %s\n",
 				l.Licensee, l.Issued.UTC().Format(time.RFC3339), l.Expires.UTC().Format(time.RFC3339), l.KeyID, lim)
@@ -191,6 +195,7 @@ func newLicenseVerifyCommand() *cobra.Command {
 	f.StringVar(&c.Namespace, "namespace", "", "check that this namespace is allowed")
 	f.IntVar(&c.EnclavesInPod, "enclaves-in-pod", 0, "check the per-Pod limit for this many enclaves")
 	f.IntVar(&c.EnclavesOnNode, "enclaves-on-node", 0, "check the per-node limit for this many enclaves")
+	f.StringVar(&c.Cluster, "cluster", "", "the node's cluster ID (license.cluster_id), for a licence bound to a cluster")
 	_ = cmd.MarkFlagRequired("public-key")
 	return cmd
 }

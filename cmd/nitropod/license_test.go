@@ -53,4 +53,16 @@ func TestLicenseCLI(t *testing.T) {
 	if _, err := runCLI(t, "license", "verify", "--public-key", other, "--at", "2026-01-15", "--namespace", "default", "--enclaves-in-pod", "1", lic); err == nil || !strings.Contains(err.Error(), "not signed by a trusted key") {
 		t.Errorf("verify with another key: %v", err)
 	}
+	// --cluster binds the licence; verify checks it against the node's cluster.
+	bound := filepath.Join(dir, "bound.yaml")
+	if out, err := runCLI(t, "license", "issue", "--key", priv, "--licensee", "Example Corp", "--issued", "2026-01-01",
+		"--expires", "2026-01-31", "--cluster", "prod-eu-1", "-o", bound); err != nil {
+		t.Fatalf("issue --cluster: %v\n%s", err, out)
+	}
+	if out, err := runCLI(t, "license", "verify", "--public-key", pub, "--at", "2026-01-15", "--cluster", "prod-eu-1", bound); err != nil || !strings.Contains(out, `cluster "prod-eu-1"`) {
+		t.Errorf("verify --cluster prod-eu-1: %v\n%s", err, out)
+	}
+	if _, err := runCLI(t, "license", "verify", "--public-key", pub, "--at", "2026-01-15", "--cluster", "dev", bound); err == nil || !strings.Contains(err.Error(), `bound to cluster "prod-eu-1", this node is in cluster "dev"`) {
+		t.Errorf("verify --cluster dev: %v, want a refusal naming both clusters", err)
+	}
 }
