@@ -5,9 +5,9 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strconv"
 
 	"github.com/nitropod/nitropod"
+	"github.com/nitropod/nitropod/contract"
 )
 
 // Settings size the advertised resources.
@@ -71,17 +71,6 @@ func (a Advertisement) Devices(resource string) []Device {
 	return nil
 }
 
-// CPUDeviceID, MemoryDeviceID and SlotDeviceID name devices.
-func CPUDeviceID(cpu int) string { return "cpu" + strconv.Itoa(cpu) }
-
-// MemoryDeviceID names block index of NUMA node node.
-func MemoryDeviceID(node, index int) string {
-	return "node" + strconv.Itoa(node) + "-mem" + strconv.Itoa(index)
-}
-
-// SlotDeviceID names enclave slot n.
-func SlotDeviceID(n int) string { return "slot" + strconv.Itoa(n) }
-
 // BlockMiB is the effective memory block size: the requested size rounded
 // up to a multiple of the largest hugepage size with reserved pages, since a
 // block smaller than a page cannot be handed out on its own.
@@ -126,7 +115,7 @@ func Advertise(inv Inventory, s Settings, prev Advertisement) Advertisement {
 	a := Advertisement{BlockMiB: BlockMiB(s.MemoryBlockMiB, inv.Hugepages), Problem: inv.Problem()}
 	if a.Problem == "" {
 		for _, c := range inv.Pool {
-			a.CPU = append(a.CPU, Device{ID: CPUDeviceID(c), Num: c, NUMANode: inv.CPUs[c].NUMANode, Healthy: true})
+			a.CPU = append(a.CPU, Device{ID: contract.CPUDeviceID(c), Num: c, NUMANode: inv.CPUs[c].NUMANode, Healthy: true})
 		}
 		// Nitro Enclaves take memory only from the NUMA node of their CPUs
 		// (the driver refuses other pages), so hugepages of nodes without
@@ -138,11 +127,11 @@ func Advertise(inv Inventory, s Settings, prev Advertisement) Advertisement {
 				continue
 			}
 			for i := range mem[node] / a.BlockMiB {
-				a.Memory = append(a.Memory, Device{ID: MemoryDeviceID(node, i), Num: i, NUMANode: node, Healthy: true})
+				a.Memory = append(a.Memory, Device{ID: contract.MemoryDeviceID(node, i, a.BlockMiB), Num: i, NUMANode: node, Healthy: true})
 			}
 		}
 		for i := range s.EnclaveSlots {
-			a.Slots = append(a.Slots, Device{ID: SlotDeviceID(i), Num: i, NUMANode: NoNUMANode, Healthy: true})
+			a.Slots = append(a.Slots, Device{ID: contract.SlotDeviceID(i), Num: i, NUMANode: NoNUMANode, Healthy: true})
 		}
 	}
 	if prev.BlockMiB != a.BlockMiB {

@@ -41,7 +41,7 @@ func TestAdvertiseFakeTrees(t *testing.T) {
 			settings: Settings{EnclaveSlots: 2},
 			want: Advertisement{
 				CPU:      concat(cpuDevs(0, 2, 3, 10, 11), cpuDevs(1, 4, 5, 6, 7, 12, 13, 14, 15)),
-				Memory:   concat(memDevs(0, 2), memDevs(1, 4)),
+				Memory:   concat(memDevsOf(0, 2, 1024), memDevsOf(1, 4, 1024)),
 				Slots:    slotDevs(2),
 				BlockMiB: 1024,
 			},
@@ -55,7 +55,7 @@ func TestAdvertiseFakeTrees(t *testing.T) {
 			settings: Settings{MemoryBlockMiB: 128},
 			want: Advertisement{
 				CPU:      cpuDevs(1, 4, 5, 6, 7, 12, 13, 14, 15),
-				Memory:   memDevs(1, 15),
+				Memory:   memDevsOf(1, 15, 128),
 				Slots:    slotDevs(4),
 				BlockMiB: 128,
 			},

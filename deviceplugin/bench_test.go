@@ -15,6 +15,7 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/nitropod/nitropod"
+	"github.com/nitropod/nitropod/contract"
 	"github.com/nitropod/nitropod/deviceplugin/fakesysfs"
 )
 
@@ -106,7 +107,7 @@ func BenchmarkAllocate(b *testing.B) {
 	}
 	var memIDs []string
 	for i := range 64 {
-		memIDs = append(memIDs, MemoryDeviceID(1, i))
+		memIDs = append(memIDs, contract.MemoryDeviceID(1, i, nitropod.DefaultMemoryBlockMiB))
 	}
 	reqs := map[string]*pluginapi.AllocateRequest{
 		nitropod.ResourceEnclaveCPU: {ContainerRequests: []*pluginapi.ContainerAllocateRequest{

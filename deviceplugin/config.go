@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/nitropod/nitropod/contract"
 )
 
 // Pool sources: where the enclave CPU pool and hugepages come from.
@@ -109,7 +111,7 @@ func (c Config) check() error {
 		if p.CPUCount < 0 {
 			return fmt.Errorf("pool cpuCount %d is negative", p.CPUCount)
 		}
-		if _, err := ParseCPUList(p.CPUList); err != nil {
+		if _, err := contract.ParseCPUList(p.CPUList); err != nil {
 			return fmt.Errorf("pool cpuList: %w", err)
 		}
 		if _, err := p.memoryByNode(); err != nil {
@@ -173,7 +175,7 @@ func ParseAllocatorConfig(data []byte) (AllocatorConfig, error) {
 	if a.CPUCount < 0 || a.MemoryMiB < 0 {
 		return AllocatorConfig{}, fmt.Errorf("allocator config has a negative cpu_count (%d) or memory_mib (%d)", a.CPUCount, a.MemoryMiB)
 	}
-	if _, err := ParseCPUList(a.CPUPool); err != nil {
+	if _, err := contract.ParseCPUList(a.CPUPool); err != nil {
 		return AllocatorConfig{}, fmt.Errorf("allocator config cpu_pool: %w", err)
 	}
 	return a, nil

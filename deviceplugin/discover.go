@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/nitropod/nitropod/contract"
 )
 
 // Paths below a sysfs root and a /dev root that discovery reads and pool
@@ -86,7 +88,7 @@ func Discover(roots Roots) (Inventory, error) {
 		case err != nil:
 			return Inventory{}, fmt.Errorf("reading enclave cpu pool: %w", err)
 		default:
-			if inv.Pool, err = ParseCPUList(string(b)); err != nil {
+			if inv.Pool, err = contract.ParseCPUList(string(b)); err != nil {
 				return Inventory{}, fmt.Errorf("reading enclave cpu pool: %w", err)
 			}
 		}
@@ -140,7 +142,7 @@ func readSiblings(cpuPath string) ([]int, error) {
 		if err != nil {
 			return nil, err
 		}
-		return ParseCPUList(string(b))
+		return contract.ParseCPUList(string(b))
 	}
 	return nil, nil
 }
@@ -172,7 +174,7 @@ func readNUMANodes(sysfs string) (map[int]int, error) {
 		if err != nil {
 			return nil, fmt.Errorf("reading cpus of numa node %d: %w", n, err)
 		}
-		cpus, err := ParseCPUList(string(b))
+		cpus, err := contract.ParseCPUList(string(b))
 		if err != nil {
 			return nil, fmt.Errorf("reading cpus of numa node %d: %w", n, err)
 		}
@@ -271,14 +273,14 @@ func PoolProblem(pool []int, cpus map[int]CPU) string {
 	for _, c := range pool {
 		cpu, ok := cpus[c]
 		if !ok {
-			return fmt.Sprintf("enclave cpu pool %s lists cpu %d, which this node does not have: fix ne_cpus", FormatCPUList(pool), c)
+			return fmt.Sprintf("enclave cpu pool %s lists cpu %d, which this node does not have: fix ne_cpus", contract.FormatCPUList(pool), c)
 		}
 		if cpu0, ok := cpus[0]; ok && slices.Contains(cpu0.Siblings, c) {
-			return fmt.Sprintf("enclave cpu pool %s includes cpu %d of cpu 0's core %s, which the host needs: remove %s from ne_cpus", FormatCPUList(pool), c, FormatCPUList(cpu0.Siblings), FormatCPUList(cpu0.Siblings))
+			return fmt.Sprintf("enclave cpu pool %s includes cpu %d of cpu 0's core %s, which the host needs: remove %s from ne_cpus", contract.FormatCPUList(pool), c, contract.FormatCPUList(cpu0.Siblings), contract.FormatCPUList(cpu0.Siblings))
 		}
 		for _, s := range cpu.Siblings {
 			if !inPool[s] {
-				return fmt.Sprintf("enclave cpu pool %s has cpu %d but not its core sibling %d: add or remove the whole core %s", FormatCPUList(pool), c, s, FormatCPUList(cpu.Siblings))
+				return fmt.Sprintf("enclave cpu pool %s has cpu %d but not its core sibling %d: add or remove the whole core %s", contract.FormatCPUList(pool), c, s, contract.FormatCPUList(cpu.Siblings))
 			}
 		}
 	}

@@ -7,6 +7,8 @@ import (
 	"slices"
 
 	"github.com/nitropod/nitropod"
+
+	"github.com/nitropod/nitropod/contract"
 )
 
 // core is one core's CPUs that are all available.
@@ -48,7 +50,7 @@ func PreferCPUs(cpus map[int]CPU, available, mustInclude []int, size int, freeBl
 		}
 		if !whole {
 			if slices.Contains(mustInclude, c) {
-				return nil, fmt.Errorf("cpu %d must be included but its core %s is not free: enclaves get whole cores", c, FormatCPUList(cpu.Siblings))
+				return nil, fmt.Errorf("cpu %d must be included but its core %s is not free: enclaves get whole cores", c, contract.FormatCPUList(cpu.Siblings))
 			}
 			continue
 		}
@@ -108,7 +110,7 @@ func PreferCPUs(cpus map[int]CPU, available, mustInclude []int, size int, freeBl
 	if got, ok := takeCores(ordered, size, func(*core) bool { return true }); ok {
 		return got, nil
 	}
-	return nil, fmt.Errorf("%d enclave cpus requested, but the free cpus %s do not form enough whole cores", size, FormatCPUList(available))
+	return nil, fmt.Errorf("%d enclave cpus requested, but the free cpus %s do not form enough whole cores", size, contract.FormatCPUList(available))
 }
 
 // takeCores takes whole cores in order until exactly size CPUs are taken.
@@ -175,7 +177,7 @@ func CheckCPUs(cpus map[int]CPU, ids []int) error {
 		for _, s := range cpus[c].Siblings {
 			if !set[s] {
 				return fmt.Errorf("enclave cpus %s split core %s (cpu %d without its sibling %d): enclaves get whole cores; enable kubelet's GetPreferredAllocation or free the whole core",
-					FormatCPUList(ids), FormatCPUList(cpus[c].Siblings), c, s)
+					contract.FormatCPUList(ids), contract.FormatCPUList(cpus[c].Siblings), c, s)
 			}
 		}
 	}

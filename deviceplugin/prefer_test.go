@@ -194,17 +194,17 @@ func TestPreferMemory(t *testing.T) {
 		want      []string
 	}{
 		{name: "most available node", available: all, size: 3, hint: NoNUMANode,
-			want: []string{"node1-mem0", "node1-mem1", "node1-mem2"}},
+			want: []string{"node1-mem0-64MiB", "node1-mem1-64MiB", "node1-mem2-64MiB"}},
 		{name: "cpu's node first", available: all, size: 3, hint: 0,
-			want: []string{"node0-mem0", "node0-mem1", "node0-mem2"}},
+			want: []string{"node0-mem0-64MiB", "node0-mem1-64MiB", "node0-mem2-64MiB"}},
 		{name: "cpu's node without room is passed over", available: all, size: 5, hint: 0,
-			want: []string{"node1-mem0", "node1-mem1", "node1-mem2", "node1-mem3", "node1-mem4"}},
+			want: []string{"node1-mem0-64MiB", "node1-mem1-64MiB", "node1-mem2-64MiB", "node1-mem3-64MiB", "node1-mem4-64MiB"}},
 		{name: "lowest free blocks of the node", available: concat(memDevs(0, 4)[2:], memDevs(1, 1)), size: 2, hint: NoNUMANode,
-			want: []string{"node0-mem2", "node0-mem3"}},
+			want: []string{"node0-mem2-64MiB", "node0-mem3-64MiB"}},
 		{name: "must include first, then one node", available: all, must: memDevs(0, 1), size: 3, hint: NoNUMANode,
-			want: []string{"node0-mem0", "node1-mem0", "node1-mem1"}},
+			want: []string{"node0-mem0-64MiB", "node1-mem0-64MiB", "node1-mem1-64MiB"}},
 		{name: "spans nodes when it must", available: all, size: 8, hint: 0,
-			want: []string{"node0-mem0", "node0-mem1", "node1-mem0", "node1-mem1", "node1-mem2", "node1-mem3", "node1-mem4", "node1-mem5"}},
+			want: []string{"node0-mem0-64MiB", "node0-mem1-64MiB", "node1-mem0-64MiB", "node1-mem1-64MiB", "node1-mem2-64MiB", "node1-mem3-64MiB", "node1-mem4-64MiB", "node1-mem5-64MiB"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

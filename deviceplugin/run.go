@@ -22,6 +22,8 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/nitropod/nitropod"
+
+	"github.com/nitropod/nitropod/contract"
 )
 
 // KubeletSocketName is kubelet's registration socket in the plugin dir.
@@ -335,7 +337,7 @@ func (r *runner) setupPool(cfg Config) error {
 	}
 	changed, err := ApplyPool(r.o.Roots, plan, inv)
 	if changed {
-		r.log.WithFields(logrus.Fields{"ne_cpus": FormatCPUList(plan.CPUs), "hugepages": plan.Pages, "page_kib": plan.PageKiB}).Info("enclave pool set up")
+		r.log.WithFields(logrus.Fields{"ne_cpus": contract.FormatCPUList(plan.CPUs), "hugepages": plan.Pages, "page_kib": plan.PageKiB}).Info("enclave pool set up")
 	}
 	return err
 }

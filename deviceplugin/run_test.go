@@ -249,7 +249,7 @@ func TestAllocateOverGRPC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff([]string{"node1-mem0", "node1-mem1", "node1-mem2"}, mem.ContainerResponses[0].DeviceIDs); diff != "" {
+	if diff := cmp.Diff([]string{"node1-mem0-64MiB", "node1-mem1-64MiB", "node1-mem2-64MiB"}, mem.ContainerResponses[0].DeviceIDs); diff != "" {
 		t.Errorf("preferred memory (-want +got):\n%s", diff)
 	}
 	alloc, err = memClient.Allocate(ctx, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: mem.ContainerResponses[0].DeviceIDs}}})
@@ -278,7 +278,7 @@ func TestAllocateOverGRPC(t *testing.T) {
 		{cpuClient, []string{"cpu4", "cpu5"}, "split core 4,12 (cpu 4 without its sibling 12)"},
 		{cpuClient, []string{"cpu0", "cpu8"}, "cpu 0 is not in the enclave cpu pool"},
 		{slotClient, []string{"slot0", "slot1"}, "a container runs exactly one enclave"},
-		{memClient, []string{"node7-mem0"}, `device "node7-mem0" is not advertised`},
+		{memClient, []string{"node7-mem0-64MiB"}, `device "node7-mem0-64MiB" is not advertised`},
 	} {
 		_, err := tc.client.Allocate(ctx, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: tc.ids}}})
 		if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), tc.want) {

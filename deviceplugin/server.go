@@ -14,6 +14,8 @@ import (
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/nitropod/nitropod"
+
+	"github.com/nitropod/nitropod/contract"
 )
 
 // Resources are the three extended resources, in registration order.
@@ -222,7 +224,7 @@ func (v *service) prefer(available, must []string, size int) ([]string, error) {
 		}
 		ids := make([]string, len(got))
 		for i, c := range got {
-			ids[i] = CPUDeviceID(c)
+			ids[i] = contract.CPUDeviceID(c)
 		}
 		return ids, nil
 	default:
@@ -290,9 +292,9 @@ func (s *state) lookup(ids []string) ([]Device, error) {
 func parseCPUDeviceIDs(ids []string) ([]int, error) {
 	out := make([]int, 0, len(ids))
 	for _, id := range ids {
-		n, err := strconv.Atoi(strings.TrimPrefix(id, "cpu"))
-		if err != nil || !strings.HasPrefix(id, "cpu") {
-			return nil, fmt.Errorf("device %q is not an enclave cpu", id)
+		n, err := contract.ParseCPUDeviceID(id)
+		if err != nil {
+			return nil, err
 		}
 		out = append(out, n)
 	}
@@ -333,7 +335,7 @@ func (v *service) allocate(ids []string) (map[string]string, error) {
 			return nil, err
 		}
 		s.pair(&s.cpuHint, &s.memHint, numaNodesOf(cpus, pool))
-		return map[string]string{nitropod.EnvCPUIDs: JoinCPUIDs(cpus)}, nil
+		return map[string]string{nitropod.EnvCPUIDs: contract.JoinCPUIDs(cpus)}, nil
 	case nitropod.ResourceEnclaveMemory:
 		ds, err := s.lookup(ids)
 		if err != nil {

@@ -97,15 +97,15 @@ func TestHintExpires(t *testing.T) {
 	svc, now := newTestServices(t)
 	mem, cpu := svc[nitropod.ResourceEnclaveMemory], svc[nitropod.ResourceEnclaveCPU]
 	allocate(t, cpu, []string{"cpu2", "cpu10"}) // node 0
-	if diff := cmp.Diff([]string{"node0-mem0"}, prefer(t, mem, allMemoryIDs(), 1)); diff != "" {
+	if diff := cmp.Diff([]string{"node0-mem0-64MiB"}, prefer(t, mem, allMemoryIDs(), 1)); diff != "" {
 		t.Errorf("memory right after the cpus (-want +got):\n%s", diff)
 	}
 	*now = now.Add(hintTTL + time.Second)
 	// Too late to be the same container: the node with most free blocks.
-	if diff := cmp.Diff([]string{"node1-mem0"}, prefer(t, mem, allMemoryIDs(), 1)); diff != "" {
+	if diff := cmp.Diff([]string{"node1-mem0-64MiB"}, prefer(t, mem, allMemoryIDs(), 1)); diff != "" {
 		t.Errorf("memory after the hint expired (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff(map[string]string{nitropod.EnvMemoryMiB: "64"}, allocate(t, mem, []string{"node1-mem0"})); diff != "" {
+	if diff := cmp.Diff(map[string]string{nitropod.EnvMemoryMiB: "64"}, allocate(t, mem, []string{"node1-mem0-64MiB"})); diff != "" {
 		t.Errorf("Allocate (-want +got):\n%s", diff)
 	}
 }

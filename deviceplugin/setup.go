@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/nitropod/nitropod/contract"
 )
 
 // PoolPlan is what pool setup writes: the ne_cpus list and nr_hugepages of
@@ -61,7 +63,7 @@ func PlanPool(p PoolConfig, allocator []byte, inv Inventory) (*PoolPlan, error) 
 	plan := &PoolPlan{PageKiB: pageKiB}
 	switch {
 	case list != "":
-		cpus, err := ParseCPUList(list)
+		cpus, err := contract.ParseCPUList(list)
 		if err != nil {
 			return nil, err
 		}
@@ -69,7 +71,7 @@ func PlanPool(p PoolConfig, allocator []byte, inv Inventory) (*PoolPlan, error) 
 			return nil, fmt.Errorf("%s cpu list: %s", srcName, problem)
 		}
 		if nodes := numaNodesOf(cpus, inv.CPUs); len(nodes) > 1 {
-			return nil, fmt.Errorf("%s cpu list %s spans numa nodes %v: the Nitro Enclaves driver needs the pool on one numa node", srcName, FormatCPUList(cpus), slices.Sorted(maps.Keys(nodes)))
+			return nil, fmt.Errorf("%s cpu list %s spans numa nodes %v: the Nitro Enclaves driver needs the pool on one numa node", srcName, contract.FormatCPUList(cpus), slices.Sorted(maps.Keys(nodes)))
 		}
 		plan.CPUs = cpus
 	case count > 0:
@@ -100,7 +102,7 @@ func PlanPool(p PoolConfig, allocator []byte, inv Inventory) (*PoolPlan, error) 
 	for _, node := range slices.Sorted(maps.Keys(byNode)) {
 		mib := byNode[node]
 		if mib > 0 && len(pool) > 0 && !poolNodes[node] {
-			return nil, fmt.Errorf("%s reserves %d MiB on numa node %d, but the enclave cpu pool %s is on node %v: enclaves only use memory of their cpus' node, reserve it there", srcName, mib, node, FormatCPUList(pool), slices.Sorted(maps.Keys(poolNodes)))
+			return nil, fmt.Errorf("%s reserves %d MiB on numa node %d, but the enclave cpu pool %s is on node %v: enclaves only use memory of their cpus' node, reserve it there", srcName, mib, node, contract.FormatCPUList(pool), slices.Sorted(maps.Keys(poolNodes)))
 		}
 		plan.Pages[node] = (mib + pageMiB - 1) / pageMiB
 	}
@@ -173,7 +175,7 @@ func ApplyPool(roots Roots, plan *PoolPlan, inv Inventory) (bool, error) {
 		if !inv.ModuleLoaded {
 			return false, fmt.Errorf("setting the enclave cpu pool: the nitro_enclaves kernel module is not loaded")
 		}
-		val := FormatCPUList(plan.CPUs)
+		val := contract.FormatCPUList(plan.CPUs)
 		if err := os.WriteFile(filepath.Join(roots.Sysfs, NECPUsPath), []byte(val+"\n"), 0o644); err != nil {
 			return false, fmt.Errorf("setting the enclave cpu pool to %s (running enclaves keep the pool busy): %w", val, err)
 		}

@@ -4,6 +4,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/nitropod/nitropod"
+	"github.com/nitropod/nitropod/contract"
 	"github.com/nitropod/nitropod/deviceplugin/fakesysfs"
 )
 
@@ -32,16 +34,21 @@ func pages(kib int, perNode ...int) map[int]map[int]int {
 func cpuDevs(node int, cpus ...int) []Device {
 	var out []Device
 	for _, c := range cpus {
-		out = append(out, Device{ID: CPUDeviceID(c), Num: c, NUMANode: node, Healthy: true})
+		out = append(out, Device{ID: contract.CPUDeviceID(c), Num: c, NUMANode: node, Healthy: true})
 	}
 	return out
 }
 
 // memDevs lists n healthy memory blocks of a node.
 func memDevs(node, n int) []Device {
+	return memDevsOf(node, n, nitropod.DefaultMemoryBlockMiB)
+}
+
+// memDevsOf lists n healthy memory blocks of blockMiB of a node.
+func memDevsOf(node, n, blockMiB int) []Device {
 	var out []Device
 	for i := range n {
-		out = append(out, Device{ID: MemoryDeviceID(node, i), Num: i, NUMANode: node, Healthy: true})
+		out = append(out, Device{ID: contract.MemoryDeviceID(node, i, blockMiB), Num: i, NUMANode: node, Healthy: true})
 	}
 	return out
 }
@@ -49,7 +56,7 @@ func memDevs(node, n int) []Device {
 func slotDevs(n int) []Device {
 	var out []Device
 	for i := range n {
-		out = append(out, Device{ID: SlotDeviceID(i), Num: i, NUMANode: NoNUMANode, Healthy: true})
+		out = append(out, Device{ID: contract.SlotDeviceID(i), Num: i, NUMANode: NoNUMANode, Healthy: true})
 	}
 	return out
 }

@@ -9,15 +9,14 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 
 	nitropod "github.com/nitropod/nitropod"
+	"github.com/nitropod/nitropod/contract"
 )
 
 const (
 	mib          = 1 << 20
 	minMemoryMiB = nitropod.MinEnclaveMemoryMiB
-	// maxCPU and maxMemoryMiB bound what Convert accepts so that arithmetic
-	// on the quantities cannot overflow; both are far above any Nitro host.
-	maxCPU       = 1024
-	maxMemoryMiB = 64 << 20 // 64 TiB
+	maxCPU       = contract.MaxEnclaveCPU
+	maxMemoryMiB = contract.MaxEnclaveMemoryMiB
 )
 
 // Config is what a cluster operator can change about the conversion. The
@@ -161,7 +160,7 @@ func (c *converter) convert() {
 	c.launcherResources()
 	license := c.licenseVolume()
 
-	enclaves := make(map[string]Enclave, len(spec.Containers))
+	enclaves := make(map[string]contract.Enclave, len(spec.Containers))
 	for i := range spec.Containers {
 		ctr := &spec.Containers[i]
 		e, ok := c.container(ctr, license)
@@ -178,7 +177,7 @@ func (c *converter) convert() {
 	if c.pod.Annotations == nil {
 		c.pod.Annotations = map[string]string{}
 	}
-	c.pod.Annotations[nitropod.EnclavesAnnotation] = marshalEnclaves(enclaves)
+	c.pod.Annotations[nitropod.EnclavesAnnotation] = contract.MarshalEnclaves(enclaves)
 }
 
 func (c *converter) imageLocation() {
@@ -186,7 +185,7 @@ func (c *converter) imageLocation() {
 	if !ok {
 		return
 	}
-	if _, _, err := ParseS3Location(loc); err != nil {
+	if _, err := contract.ParseS3Location(loc); err != nil {
 		c.deny("annotation %s: %v", nitropod.ImageLocationAnnotation, err)
 		return
 	}
@@ -245,7 +244,7 @@ func (c *converter) licenseVolume() string {
 
 // container converts one app container and returns its enclave; ok is false
 // when a violation was recorded.
-func (c *converter) container(ctr *corev1.Container, license string) (Enclave, bool) {
+func (c *converter) container(ctr *corev1.Container, license string) (contract.Enclave, bool) {
 	before := len(c.violations)
 	e := c.enclaveSize(ctr)
 	if len(c.violations) == before {
@@ -268,8 +267,8 @@ func (c *converter) container(ctr *corev1.Container, license string) (Enclave, b
 }
 
 // enclaveSize reads the enclave's vCPUs and memory from the container.
-func (c *converter) enclaveSize(ctr *corev1.Container) Enclave {
-	var e Enclave
+func (c *converter) enclaveSize(ctr *corev1.Container) contract.Enclave {
+	var e contract.Enclave
 	lim, req := ctr.Resources.Limits, ctr.Resources.Requests
 	if q, ok := lim[nitropod.ResourceEnclaveCPU]; ok {
 		// Converted before (or written in nitropod's own form).
@@ -381,7 +380,7 @@ func enclaveMemoryMiB(q resource.Quantity) (int64, string) {
 
 // setResources replaces the container's cpu and memory by the enclave
 // resources and the launcher's limits.
-func (c *converter) setResources(ctr *corev1.Container, e Enclave) {
+func (c *converter) setResources(ctr *corev1.Container, e contract.Enclave) {
 	blocks := e.MemoryMiB / c.cfg.MemoryBlockMiB
 	r := &ctr.Resources
 	if r.Limits == nil {

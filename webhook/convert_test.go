@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	nitropod "github.com/nitropod/nitropod"
+	"github.com/nitropod/nitropod/contract"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden *.out.yaml files from the current output")
@@ -159,11 +160,11 @@ func TestConvertGoldenFacts(t *testing.T) {
 	if diff := cmp.Diff([]corev1.VolumeMount{{Name: "anjuna-license", MountPath: nitropod.LicenseDir, ReadOnly: true}}, c.VolumeMounts); diff != "" {
 		t.Errorf("volumeMounts (-want +got):\n%s", diff)
 	}
-	enclaves, err := ParseEnclaves(got.Annotations[nitropod.EnclavesAnnotation])
+	enclaves, err := contract.ParseEnclaves(got.Annotations[nitropod.EnclavesAnnotation])
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff(map[string]Enclave{"nginx-pod": {CPU: 2, MemoryMiB: 2048, Ports: []int32{80}, Debug: true}}, enclaves); diff != "" {
+	if diff := cmp.Diff(map[string]contract.Enclave{"nginx-pod": {CPU: 2, MemoryMiB: 2048, Ports: []int32{80}, Debug: true}}, enclaves); diff != "" {
 		t.Errorf("enclaves (-want +got):\n%s", diff)
 	}
 }
@@ -278,13 +279,13 @@ func TestConvertDenied(t *testing.T) {
 			p.Spec.Containers[0].VolumeMounts = append(p.Spec.Containers[0].VolumeMounts, corev1.VolumeMount{Name: "data", MountPath: nitropod.LicenseDir})
 		}, Config{}, `container nginx-pod: volumeMount data uses /run/nitropod/license, where the licence is mounted; choose another mountPath`},
 		{"image location not s3", annotate(nitropod.ImageLocationAnnotation, "https://example.com/x.eif"), Config{},
-			`annotation nitro.k8s.anjuna.io/imageLocation: "https://example.com/x.eif" must be s3://bucket/key`},
+			`annotation nitro.k8s.anjuna.io/imageLocation: image location "https://example.com/x.eif" is not an S3 URL: write it as s3://BUCKET/KEY`},
 		{"image location bad bucket", annotate(nitropod.ImageLocationAnnotation, "s3://My_Bucket/x.eif"), Config{},
-			`annotation nitro.k8s.anjuna.io/imageLocation: "s3://My_Bucket/x.eif": bucket "My_Bucket" is not a valid S3 bucket name (3-63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit)`},
+			`annotation nitro.k8s.anjuna.io/imageLocation: image location "s3://My_Bucket/x.eif": bucket "My_Bucket" is not a valid S3 bucket name (3-63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit)`},
 		{"image location ip bucket", annotate(nitropod.ImageLocationAnnotation, "s3://192.168.1.1/x.eif"), Config{},
-			`annotation nitro.k8s.anjuna.io/imageLocation: "s3://192.168.1.1/x.eif": bucket "192.168.1.1" is not a valid S3 bucket name (formatted as an IP address)`},
+			`annotation nitro.k8s.anjuna.io/imageLocation: image location "s3://192.168.1.1/x.eif": bucket "192.168.1.1" is not a valid S3 bucket name (formatted as an IP address)`},
 		{"image location no key", annotate(nitropod.ImageLocationAnnotation, "s3://your-eif-bucket/"), Config{},
-			`annotation nitro.k8s.anjuna.io/imageLocation: "s3://your-eif-bucket/" has no object key; use s3://your-eif-bucket/path/to/image.eif`},
+			`annotation nitro.k8s.anjuna.io/imageLocation: image location "s3://your-eif-bucket/" has no object key: write it as s3://your-eif-bucket/path/to/image.eif`},
 		{"image location two containers", func(p *corev1.Pod) {
 			p.Annotations = map[string]string{nitropod.ImageLocationAnnotation: "s3://b-1/k"}
 			c := p.Spec.Containers[0].DeepCopy()
@@ -365,27 +366,6 @@ func TestConfigValidate(t *testing.T) {
 		}
 		if got != tc.want {
 			t.Errorf("Validate() = %q, want %q", got, tc.want)
-		}
-	}
-}
-
-func TestParseEnclaves(t *testing.T) {
-	for _, tc := range []struct {
-		in, err string
-	}{
-		{`{"a":{"cpu":2,"memoryMiB":64}}`, ""},
-		{`{"a":{"cpu":3,"memoryMiB":64}}`, `enclave of container "a": cpu 3 is not an even number ≥ 2`},
-		{`{"a":{"cpu":2,"memoryMiB":8}}`, `enclave of container "a": memoryMiB 8 is below 64`},
-		{`{"a":{"cpu":2,"memoryMiB":64,"ports":[0]}}`, `enclave of container "a": port 0 out of range`},
-		{`[]`, "decoding enclaves annotation: json: cannot unmarshal array into Go value of type map[string]webhook.Enclave"},
-	} {
-		_, err := ParseEnclaves(tc.in)
-		got := ""
-		if err != nil {
-			got = err.Error()
-		}
-		if got != tc.err {
-			t.Errorf("ParseEnclaves(%s) error = %q, want %q", tc.in, got, tc.err)
 		}
 	}
 }

@@ -57,5 +57,5 @@
 // whole blocks, ports the container's TCP containerPorts in spec order (no
 // duplicates; omitted when none), debug true for a debug enclave (omitted
 // otherwise). A container that is not a key runs outside an enclave. The shim
-// reads it from the OCI spec's annotations with [ParseEnclaves].
+// reads it from the OCI spec's annotations with [contract.ParseEnclaves].
 package webhook

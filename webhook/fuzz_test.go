@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 
 	nitropod "github.com/nitropod/nitropod"
+	"github.com/nitropod/nitropod/contract"
 )
 
 // goldenSeeds returns the golden inputs as JSON (and, with -update, writes
@@ -93,7 +94,7 @@ func FuzzConvert(f *testing.F) {
 			if want, _ := json.Marshal(out); canonical(t, want) != canonical(t, patched) {
 				t.Fatalf("patch does not produce Convert's output:\nwant %s\ngot  %s", want, patched)
 			}
-			if _, err := ParseEnclaves(out.Annotations[nitropod.EnclavesAnnotation]); err != nil {
+			if _, err := contract.ParseEnclaves(out.Annotations[nitropod.EnclavesAnnotation]); err != nil {
 				t.Fatalf("annotation the shim cannot read: %v", err)
 			}
 		}
@@ -131,23 +132,6 @@ func FuzzReview(f *testing.F) {
 			if err := json.Unmarshal(r.Patch, &ops); err != nil || len(ops) == 0 {
 				t.Fatalf("bad patch %s: %v", r.Patch, err)
 			}
-		}
-	})
-}
-
-// FuzzParseEnclaves: the shim's reader of the annotation never panics and
-// accepts what marshalEnclaves writes.
-func FuzzParseEnclaves(f *testing.F) {
-	f.Add(`{"nginx-pod":{"cpu":2,"memoryMiB":2048,"ports":[80],"debug":true}}`)
-	f.Add(`{}`)
-	f.Fuzz(func(t *testing.T, s string) {
-		m, err := ParseEnclaves(s)
-		if err != nil {
-			return
-		}
-		again, err := ParseEnclaves(marshalEnclaves(m))
-		if err != nil || len(again) != len(m) {
-			t.Fatalf("re-parse: %v", err)
 		}
 	})
 }
@@ -210,7 +194,7 @@ func FuzzConvertFields(f *testing.F) {
 		if a, b := podJSON(t, out), podJSON(t, again); a != b {
 			t.Fatalf("not idempotent:\nonce:  %s\ntwice: %s", a, b)
 		}
-		enclaves, err := ParseEnclaves(out.Annotations[nitropod.EnclavesAnnotation])
+		enclaves, err := contract.ParseEnclaves(out.Annotations[nitropod.EnclavesAnnotation])
 		if err != nil || len(enclaves) != len(out.Spec.Containers) {
 			t.Fatalf("enclaves annotation %q: %v", out.Annotations[nitropod.EnclavesAnnotation], err)
 		}

@@ -163,7 +163,7 @@ func TestPushPull(t *testing.T) {
 		t.Errorf("object %+v, want size %d and an ETag", obj, fi.Size())
 	}
 	// A failed pull leaves neither the destination nor a part file.
-	_, _, err = f.client.Pull(ctx(t), Location{"eifs", "nope.eif"}, filepath.Join(f.dir, "nope.eif"), Expect{})
+	_, _, err = f.client.Pull(ctx(t), Location{Bucket: "eifs", Key: "nope.eif"}, filepath.Join(f.dir, "nope.eif"), Expect{})
 	if KindOf(err) != KindNotFound {
 		t.Errorf("Pull of a missing key: %v, want NotFound", err)
 	}
@@ -178,7 +178,7 @@ func TestPushPull(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("not an eif"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := f.client.Push(ctx(t), bad, Location{"eifs", "bad.eif"}); err == nil {
+	if _, _, err := f.client.Push(ctx(t), bad, Location{Bucket: "eifs", Key: "bad.eif"}); err == nil {
 		t.Error("Push accepted a file that is not an EIF")
 	}
 }
@@ -258,7 +258,7 @@ func TestFetchRefusals(t *testing.T) {
 	sp := filepath.Join(f.dir, "tampered.eif")
 	s3test.WriteEIF(t, sp, 1<<20, 4, signer)
 	s3test.Tamper(t, sp, eif.HeaderSize+eif.SectionHeaderSize+100)
-	if _, _, err := f.client.Push(ctx(t), sp, Location{"eifs", "tampered.eif"}); KindOf(err) != KindVerification {
+	if _, _, err := f.client.Push(ctx(t), sp, Location{Bucket: "eifs", Key: "tampered.eif"}); KindOf(err) != KindVerification {
 		t.Errorf("Push of a tampered signed EIF: %v, want a Verification error", err)
 	}
 	putRaw(t, f, "tampered.eif", sp)
@@ -325,11 +325,11 @@ func TestFetchRefusals(t *testing.T) {
 		{name: "pcr0 mismatch", client: f.client, loc: loc, exp: Expect{PCR0: strings.Repeat("0", 96)}, kind: KindVerification,
 			want: []string{"PCR0 " + m.PCR0, "expects " + strings.Repeat("0", 96)}},
 		{name: "pcr8 expected on unsigned", client: f.client, loc: loc, exp: Expect{PCR8: signer.PCR8()}, kind: KindVerification, want: []string{"not signed"}},
-		{name: "tampered signed eif", client: f.client, loc: Location{"eifs", "tampered.eif"}, kind: KindVerification, want: []string{"signature does not verify"}},
-		{name: "not an eif", client: f.client, loc: Location{"eifs", "notaneif"}, kind: KindCorrupt, want: []string{"not a valid EIF", "bad magic"}},
-		{name: "corrupt crc", client: f.client, loc: Location{"eifs", "badcrc.eif"}, kind: KindCorrupt, want: []string{"crc mismatch"}},
-		{name: "missing key", client: f.client, loc: Location{"eifs", "missing.eif"}, kind: KindNotFound, want: []string{`no object "missing.eif" in bucket "eifs"`}},
-		{name: "missing bucket", client: f.client, loc: Location{"nobucket", "app.eif"}, kind: KindNotFound, want: []string{`bucket "nobucket" does not exist`}},
+		{name: "tampered signed eif", client: f.client, loc: Location{Bucket: "eifs", Key: "tampered.eif"}, kind: KindVerification, want: []string{"signature does not verify"}},
+		{name: "not an eif", client: f.client, loc: Location{Bucket: "eifs", Key: "notaneif"}, kind: KindCorrupt, want: []string{"not a valid EIF", "bad magic"}},
+		{name: "corrupt crc", client: f.client, loc: Location{Bucket: "eifs", Key: "badcrc.eif"}, kind: KindCorrupt, want: []string{"crc mismatch"}},
+		{name: "missing key", client: f.client, loc: Location{Bucket: "eifs", Key: "missing.eif"}, kind: KindNotFound, want: []string{`no object "missing.eif" in bucket "eifs"`}},
+		{name: "missing bucket", client: f.client, loc: Location{Bucket: "nobucket", Key: "app.eif"}, kind: KindNotFound, want: []string{`bucket "nobucket" does not exist`}},
 		{name: "wrong credentials", client: wrongCreds, loc: loc, kind: KindAccessDenied, want: []string{"access key WRONGKEY"}},
 		{name: "timeout", client: slow, loc: loc, kind: KindTimeout, want: []string{"timed out talking to http://" + hung.Addr().String()}},
 		{name: "bad endpoint", client: dead, loc: loc, kind: KindEndpoint, want: []string{"cannot reach the S3 endpoint " + deadEndpoint}},
@@ -369,7 +369,7 @@ func putRaw(t *testing.T, f *fixture, key, path string) {
 		t.Fatal(err)
 	}
 	defer fh.Close()
-	if err := f.client.putObject(ctx(t), Location{"eifs", key}, fh); err != nil {
+	if err := f.client.putObject(ctx(t), Location{Bucket: "eifs", Key: key}, fh); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -469,5 +469,78 @@ func TestFetchConcurrentOneDownload(t *testing.T) {
 	}
 	if n := f.tr.downloads.Load(); n != 1 || downloaded != 1 {
 		t.Errorf("%d downloads started, %d fetches downloaded; want 1 and 1", n, downloaded)
+	}
+}
+
+// TestFetchSizeLimit: an object larger than MaxObjectSize is refused from
+// its Stat, before any download GET, and leaves nothing in the cache.
+func TestFetchSizeLimit(t *testing.T) {
+	f := newFixture(t, Config{MaxObjectSize: 1 << 20})
+	loc, _, _ := f.push(t, "big.eif", 3<<20, 1, nil)
+	cdir := filepath.Join(f.dir, "cache")
+	cache := openCache(t, cdir)
+	_, err := f.client.Fetch(ctx(t), cache, loc, Expect{})
+	if KindOf(err) != KindTooLarge || !strings.Contains(err.Error(), "s3.max_eif_bytes") || !strings.Contains(err.Error(), "1048576-byte limit") {
+		t.Fatalf("Fetch: %v, want TooLarge naming the limit and s3.max_eif_bytes", err)
+	}
+	if n := f.tr.downloads.Load(); n != 0 {
+		t.Errorf("%d download GETs for a refused object, want 0", n)
+	}
+	if n := f.tr.bytes.Load(); n > 1 {
+		t.Errorf("%d body bytes received, want at most the one-byte Stat", n)
+	}
+	if files := cacheFiles(t, cdir); len(files) != 0 {
+		t.Errorf("cache holds %v after a refused fetch", files)
+	}
+	if _, _, err := f.client.Pull(ctx(t), loc, filepath.Join(f.dir, "pulled.eif"), Expect{}); KindOf(err) != KindTooLarge {
+		t.Errorf("Pull: %v, want TooLarge", err)
+	}
+	// Under the limit it downloads.
+	small, _, _ := f.push(t, "small.eif", 256<<10, 2, nil)
+	r, err := f.client.Fetch(ctx(t), cache, small, Expect{})
+	if err != nil {
+		t.Fatalf("Fetch under the limit: %v", err)
+	}
+	r.Release()
+}
+
+// shrinkingTransport makes the store announce a smaller object than it
+// serves: it rewrites the total of the one-byte Stat's Content-Range.
+type shrinkingTransport struct {
+	base  http.RoundTripper
+	claim string
+}
+
+func (s *shrinkingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := s.base.RoundTrip(r)
+	if err == nil && r.Header.Get("Range") == "bytes=0-0" {
+		if cr := resp.Header.Get("Content-Range"); cr != "" {
+			head, _, _ := strings.Cut(cr, "/")
+			resp.Header.Set("Content-Range", head+"/"+s.claim)
+		}
+	}
+	return resp, err
+}
+
+// TestDownloadStopsAtAnnouncedSize: a store that sends more than the size
+// it announced is cut off there; the surplus is not written.
+func TestDownloadStopsAtAnnouncedSize(t *testing.T) {
+	f := newFixture(t, Config{})
+	loc, _, _ := f.push(t, "app.eif", 8<<20, 1, nil)
+	cl, err := New(context.Background(), Config{Endpoint: f.srv.Endpoint, Credentials: s3test.Credentials(), MaxObjectSize: 2 << 20,
+		HTTPClient: &http.Client{Transport: &shrinkingTransport{base: f.tr, claim: "1000000"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cdir := filepath.Join(f.dir, "cache")
+	_, err = cl.Fetch(ctx(t), openCache(t, cdir), loc, Expect{})
+	if KindOf(err) != KindCorrupt || !strings.Contains(err.Error(), "more bytes than the object's size") {
+		t.Fatalf("Fetch: %v, want Corrupt: more bytes than announced", err)
+	}
+	if n := f.tr.bytes.Load(); n >= 8<<20 {
+		t.Errorf("received %d bytes of an object announced as 1000000: the download was not cut off", n)
+	}
+	if files := cacheFiles(t, cdir); len(files) != 0 {
+		t.Errorf("cache holds %v", files)
 	}
 }

@@ -1,33 +1,20 @@
 package s3
 
 import (
-	"fmt"
-	"strings"
+	"github.com/nitropod/nitropod/contract"
 )
 
-// Location is an object in a bucket, written s3://bucket/key.
-type Location struct {
-	Bucket string
-	Key    string
-}
+// Location is an object in a bucket, written s3://bucket/key. The syntax is
+// the contract package's, shared with the webhook that admits the
+// imageLocation annotation.
+type Location = contract.S3Location
 
-func (l Location) String() string { return "s3://" + l.Bucket + "/" + l.Key }
-
-// ParseLocation parses "s3://bucket/key".
+// ParseLocation parses "s3://bucket/key" (contract.ParseS3Location) and
+// reports a bad value as an *Error of KindInvalidLocation.
 func ParseLocation(s string) (Location, error) {
-	rest, ok := strings.CutPrefix(s, "s3://")
-	if !ok {
-		return Location{}, &Error{Kind: KindInvalidLocation, Location: s,
-			Msg: fmt.Sprintf("image location %q is not an S3 URL: write it as s3://BUCKET/KEY", s)}
+	l, err := contract.ParseS3Location(s)
+	if err != nil {
+		return Location{}, &Error{Kind: KindInvalidLocation, Location: s, Msg: err.Error()}
 	}
-	bucket, key, _ := strings.Cut(rest, "/")
-	if bucket == "" || key == "" || strings.HasSuffix(key, "/") {
-		return Location{}, &Error{Kind: KindInvalidLocation, Location: s,
-			Msg: fmt.Sprintf("image location %q needs a bucket and an object key: write it as s3://BUCKET/KEY", s)}
-	}
-	if len(bucket) < 3 || len(bucket) > 63 || strings.ContainsAny(bucket, " /\\?#") {
-		return Location{}, &Error{Kind: KindInvalidLocation, Location: s,
-			Msg: fmt.Sprintf("image location %q: %q is not a valid bucket name", s, bucket)}
-	}
-	return Location{Bucket: bucket, Key: key}, nil
+	return l, nil
 }

@@ -23,8 +23,8 @@ func TestParseLocation(t *testing.T) {
 		want Location
 		bad  bool
 	}{
-		{in: "s3://bucket/key", want: Location{"bucket", "key"}},
-		{in: "s3://my-bucket/path/to/app.eif", want: Location{"my-bucket", "path/to/app.eif"}},
+		{in: "s3://bucket/key", want: Location{Bucket: "bucket", Key: "key"}},
+		{in: "s3://my-bucket/path/to/app.eif", want: Location{Bucket: "my-bucket", Key: "path/to/app.eif"}},
 		{in: "s3://bucket/", bad: true},
 		{in: "s3://bucket", bad: true},
 		{in: "s3:///key", bad: true},
@@ -41,7 +41,7 @@ func TestParseLocation(t *testing.T) {
 				if KindOf(err) != KindInvalidLocation {
 					t.Fatalf("ParseLocation(%q) = %v, %v; want an InvalidLocation error", tc.in, got, err)
 				}
-				if !strings.Contains(err.Error(), "s3://BUCKET/KEY") && !strings.Contains(err.Error(), "bucket name") {
+				if !strings.Contains(err.Error(), "s3://BUCKET/KEY") && !strings.Contains(err.Error(), "bucket name") && !strings.Contains(err.Error(), "/path/to/image.eif") {
 					t.Errorf("error %q does not say how to write a location", err)
 				}
 				return
@@ -80,7 +80,7 @@ func FuzzParseLocation(f *testing.F) {
 func TestExpectCheck(t *testing.T) {
 	m := eif.Measurements{PCR0: strings.Repeat("a", 96), PCR8: strings.Repeat("8", 96)}
 	unsigned := eif.Measurements{PCR0: m.PCR0}
-	loc := Location{"b", "k"}
+	loc := Location{Bucket: "b", Key: "k"}
 	tests := []struct {
 		name string
 		exp  Expect
@@ -277,5 +277,35 @@ func mustWrite(t *testing.T, p, s string) {
 	t.Helper()
 	if err := os.WriteFile(p, []byte(s), 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestCheckNodeIdentity(t *testing.T) {
+	loc := Location{Bucket: "releases", Key: "app.eif"}
+	wi := &WebIdentity{RoleARN: "arn:aws:iam::1:role/r", TokenFile: "/t"}
+	for _, tc := range []struct {
+		name  string
+		wi    *WebIdentity
+		allow []string
+		ok    bool
+	}{
+		{"pod identity, no allowlist", wi, nil, true},
+		{"node identity, no allowlist", nil, nil, false},
+		{"node identity, other bucket allowed", nil, []string{"other"}, false},
+		{"node identity, bucket allowed", nil, []string{"other", "releases"}, true},
+		{"node identity, any bucket", nil, []string{AnyBucket}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := CheckNodeIdentity(loc, tc.wi, tc.allow)
+			if tc.ok {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if KindOf(err) != KindNotAllowed || !strings.Contains(err.Error(), "s3.node_identity_buckets") || !strings.Contains(err.Error(), `bucket "releases"`) {
+				t.Fatalf("err = %v, want NotAllowed naming the bucket and s3.node_identity_buckets", err)
+			}
+		})
 	}
 }
