@@ -1,10 +1,13 @@
 package shim
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -214,10 +217,113 @@ func removeCgroups(paths ...string) error {
 	return errors.Join(errs...)
 }
 
-// enclavesOnNode counts the enclave containers running on the node: one
-// enclave cgroup each (/nitropod/<namespace>/<id>, every shim's), in the
-// memory hierarchy under root. 0 when unknown (cgroup v2).
-func enclavesOnNode(root string) int {
+// nodeEnclaves says where enclavesOnNode looks for the enclave containers
+// running on the node. The count does not depend on the cgroup version:
+// every enclave container's bundle holds the state file the shim wrote
+// (stateFile, with the launcher's pid) for as long as the task exists, and
+// its launcher is a live process. Tests point the roots at temporary trees.
+type nodeEnclaves struct {
+	// CgroupRoot is the cgroupfs mount (/sys/fs/cgroup). On cgroup v1 every
+	// enclave also has an enclave cgroup there, which outlives a crashed shim.
+	CgroupRoot string
+	// TaskRoot holds containerd's task bundles as <namespace>/<id> (every
+	// shim's, so every Pod's): the parent of a bundle's parent.
+	TaskRoot string
+	// ProcRoot is procfs (/proc).
+	ProcRoot string
+	// Launcher is the launcher executable's file name (its comm in procfs).
+	Launcher string
+}
+
+// maxStateFileBytes bounds what enclavesOnNode reads of one state file.
+const maxStateFileBytes = 64 << 10
+
+// nodeEnclavesFor is the production view for a container whose bundle is
+// bundle (containerd's <task root>/<namespace>/<id>), started with the
+// launcher at launcherPath.
+func nodeEnclavesFor(bundle, launcherPath string) nodeEnclaves {
+	return nodeEnclaves{
+		CgroupRoot: "/sys/fs/cgroup",
+		TaskRoot:   filepath.Dir(filepath.Dir(filepath.Clean(bundle))),
+		ProcRoot:   "/proc",
+		Launcher:   filepath.Base(launcherPath),
+	}
+}
+
+// enclavesOnNode counts the enclave containers running on the node: the
+// bundles whose state file names a live launcher process, or on cgroup v1
+// the enclave cgroups if there are more of those (a shim that crashed left
+// its enclave running). The container being created is not counted yet.
+func (n nodeEnclaves) enclavesOnNode() int {
+	return max(n.liveEnclaveRecords(), enclaveCgroupsV1(n.CgroupRoot))
+}
+
+// liveEnclaveRecords counts the bundles under TaskRoot with a state file
+// whose launcher is still running.
+func (n nodeEnclaves) liveEnclaveRecords() int {
+	if n.TaskRoot == "" {
+		return 0
+	}
+	files, _ := filepath.Glob(filepath.Join(n.TaskRoot, "*", "*", stateFile))
+	count := 0
+	for _, f := range files {
+		st, err := readStateFile(f)
+		if err != nil || st.LauncherPid <= 0 {
+			continue
+		}
+		if n.launcherRunning(st.LauncherPid) {
+			count++
+		}
+	}
+	return count
+}
+
+func readStateFile(path string) (bundleState, error) {
+	var st bundleState
+	f, err := os.Open(path)
+	if err != nil {
+		return st, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxStateFileBytes+1))
+	if err != nil {
+		return st, err
+	}
+	if len(b) > maxStateFileBytes {
+		return st, fmt.Errorf("%s is larger than %d bytes", path, maxStateFileBytes)
+	}
+	err = json.Unmarshal(b, &st)
+	return st, err
+}
+
+// launcherRunning says whether pid is a running (not zombie) process whose
+// command name is the launcher's, so that a recycled pid is not counted.
+func (n nodeEnclaves) launcherRunning(pid int) bool {
+	b, err := os.ReadFile(filepath.Join(n.ProcRoot, strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return false
+	}
+	// "pid (comm) state ...": comm may itself hold parentheses.
+	s := string(b)
+	open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+	if open < 0 || end < open || end+2 >= len(s) {
+		return false
+	}
+	comm, state := s[open+1:end], s[end+2]
+	want := n.Launcher
+	if want == "" {
+		want = LauncherBinary
+	}
+	if len(want) > 15 { // TASK_COMM_LEN - 1
+		want = want[:15]
+	}
+	return comm == want && state != 'Z' && state != 'X'
+}
+
+// enclaveCgroupsV1 counts the enclave cgroups (/nitropod/<namespace>/<id>,
+// every shim's) in the memory hierarchy of a cgroup v1 mount at root. It is
+// 0 on cgroup v2, where no enclave cgroup is made (createEnclaveCgroup).
+func enclaveCgroupsV1(root string) int {
 	dirs, _ := filepath.Glob(filepath.Join(root, "memory", "nitropod", "*", "*"))
 	n := 0
 	for _, d := range dirs {

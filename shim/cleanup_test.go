@@ -84,18 +84,3 @@ func TestCheckLicense(t *testing.T) {
 		t.Errorf("enforced, no licence mounted: err = %v, want a refusal naming the %s Secret", err, nitropod.LicenseSecretName)
 	}
 }
-
-func TestEnclavesOnNode(t *testing.T) {
-	root := t.TempDir()
-	for _, d := range []string{"memory/nitropod/k8s.io/a", "memory/nitropod/k8s.io/b", "memory/nitropod/default/c", "cpu/nitropod/k8s.io/a"} {
-		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if n := enclavesOnNode(root); n != 3 {
-		t.Errorf("enclavesOnNode = %d, want 3", n)
-	}
-	if n := enclavesOnNode(filepath.Join(root, "none")); n != 0 {
-		t.Errorf("enclavesOnNode of an empty root = %d, want 0", n)
-	}
-}

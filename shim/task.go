@@ -67,7 +67,12 @@ type enclaveTask struct {
 func (s *service) createEnclave(ctx context.Context, r *taskAPI.CreateTaskRequest, spec *specs.Spec, plan Plan, cfg Config) (_ *enclaveTask, retErr error) {
 	logger := log.G(ctx).WithField("id", r.ID)
 	t0 := time.Now()
-	if err := checkLicense(ctx, spec, cfg, s.enclaveCount()+1, enclavesOnNode("/sys/fs/cgroup")+1); err != nil {
+	launcherPath, err := findLauncher(cfg)
+	if err != nil {
+		return nil, err
+	}
+	onNode := nodeEnclavesFor(r.Bundle, launcherPath).enclavesOnNode()
+	if err := checkLicense(ctx, spec, cfg, s.enclaveCount()+1, onNode+1); err != nil {
 		return nil, err
 	}
 	cache, err := s.cache(cfg)
@@ -89,10 +94,6 @@ func (s *service) createEnclave(ctx context.Context, r *taskAPI.CreateTaskReques
 	}
 	logger.WithFields(fields).Info("enclave image ready")
 
-	launcherPath, err := findLauncher(cfg)
-	if err != nil {
-		return nil, err
-	}
 	netns := ""
 	cgroupsPath := ""
 	var resources *specs.LinuxResources
