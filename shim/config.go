@@ -73,6 +73,31 @@ type S3Config struct {
 	Endpoint string `toml:"endpoint"`
 	// Region of the buckets; "" resolves it.
 	Region string `toml:"region"`
+	// NodeIdentityBuckets are the buckets a Pod without its own AWS
+	// identity (IRSA) may boot EIFs from, downloaded with the node's
+	// credentials; "*" allows every bucket. Empty (the default): every
+	// imageLocation download needs the Pod's own web identity.
+	NodeIdentityBuckets []string `toml:"node_identity_buckets"`
+	// MaxEIFBytes refuses a prebuilt EIF larger than this, before it is
+	// downloaded (default DefaultMaxEIFBytes; never more than
+	// cache_max_bytes when that is set).
+	MaxEIFBytes int64 `toml:"max_eif_bytes"`
+}
+
+// DefaultMaxEIFBytes is the default s3.max_eif_bytes.
+const DefaultMaxEIFBytes = 4 << 30
+
+// MaxEIFDownload is the effective limit of a prebuilt EIF download:
+// s3.max_eif_bytes (or its default), capped by cache_max_bytes.
+func (c Config) MaxEIFDownload() int64 {
+	n := c.S3.MaxEIFBytes
+	if n <= 0 {
+		n = DefaultMaxEIFBytes
+	}
+	if c.CacheMaxBytes > 0 && c.CacheMaxBytes < n {
+		n = c.CacheMaxBytes
+	}
+	return n
 }
 
 // QEMUConfig configures the emulated enclave.
@@ -148,6 +173,9 @@ func (c Config) Validate() error {
 	}
 	if c.CacheMaxBytes < 0 {
 		return fmt.Errorf("shim config: cache_max_bytes %d is negative: use 0 for no cap", c.CacheMaxBytes)
+	}
+	if c.S3.MaxEIFBytes < 0 {
+		return fmt.Errorf("shim config: s3.max_eif_bytes %d is negative: use 0 for the default (%d)", c.S3.MaxEIFBytes, DefaultMaxEIFBytes)
 	}
 	if c.DefaultCPUs < 1 {
 		return fmt.Errorf("shim config: default_cpus %d must be at least 1", c.DefaultCPUs)

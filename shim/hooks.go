@@ -70,7 +70,12 @@ func fetchPrebuilt(ctx context.Context, cache *eifcache.Cache, spec *specs.Spec,
 	if err != nil {
 		return nil, fmt.Errorf("pod web identity for %s: %w", plan.ImageLocation, err)
 	}
-	cl, err := s3.New(ctx, s3.Config{Endpoint: cfg.S3.Endpoint, Region: cfg.S3.Region, WebIdentity: wi})
+	// Without one, the node's credentials are used only for buckets the
+	// operator allowed.
+	if err := s3.CheckNodeIdentity(loc, wi, cfg.S3.NodeIdentityBuckets); err != nil {
+		return nil, err
+	}
+	cl, err := s3.New(ctx, s3.Config{Endpoint: cfg.S3.Endpoint, Region: cfg.S3.Region, WebIdentity: wi, MaxObjectSize: cfg.MaxEIFDownload()})
 	if err != nil {
 		return nil, fmt.Errorf("s3 client: %w", err)
 	}

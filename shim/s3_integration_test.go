@@ -30,7 +30,7 @@ func TestImageLocation(t *testing.T) {
 		"AWS_ACCESS_KEY_ID=" + s3test.AccessKey,
 		"AWS_SECRET_ACCESS_KEY=" + s3test.SecretKey,
 	}})
-	e.Configure(t, "[s3]\nendpoint = \""+srv.Endpoint+"\"")
+	e.Configure(t, "[s3]\nendpoint = \""+srv.Endpoint+"\"\nnode_identity_buckets = [\"eifs\"]")
 
 	// A prebuilt EIF whose process differs from the container's command.
 	rootfs := t.TempDir()

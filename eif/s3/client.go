@@ -32,6 +32,10 @@ const (
 	DefaultDialTimeout  = 10 * time.Second
 	// DefaultRegion is used with a custom endpoint when no region is configured.
 	DefaultRegion = "us-east-1"
+	// DefaultMaxObjectSize bounds an EIF download when Config.MaxObjectSize
+	// is zero. An EIF holds the kernel and the whole root filesystem of an
+	// enclave, whose memory is the upper bound of what it can use.
+	DefaultMaxObjectSize = 4 << 30
 )
 
 // WebIdentity are per-Pod IRSA credentials: the role to assume with the
@@ -105,6 +109,10 @@ type Config struct {
 	StallTimeout time.Duration
 	// HTTPClient overrides the HTTP client (e.g. to count requests).
 	HTTPClient *http.Client
+	// MaxObjectSize refuses, before downloading anything, an object larger
+	// than this many bytes (default DefaultMaxObjectSize); a store that then
+	// sends more than the size it announced is cut off.
+	MaxObjectSize int64
 }
 
 // Client talks to one S3 endpoint with one identity.
@@ -129,6 +137,9 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	if cfg.StallTimeout <= 0 {
 		cfg.StallTimeout = DefaultStallTimeout
+	}
+	if cfg.MaxObjectSize <= 0 {
+		cfg.MaxObjectSize = DefaultMaxObjectSize
 	}
 	hc := cfg.HTTPClient
 	if hc == nil {
@@ -296,4 +307,15 @@ func (c *Client) Stat(ctx context.Context, loc Location) (Object, error) {
 		return Object{}, &Error{Kind: KindEndpoint, Location: loc.String(), Msg: fmt.Sprintf("reading %s: %s returned no ETag: is the endpoint an S3 store?", loc, c.endpointName())}
 	}
 	return obj, nil
+}
+
+// checkSize refuses an object larger than MaxObjectSize, before a byte of
+// it is downloaded.
+func (c *Client) checkSize(obj Object) error {
+	if obj.Size > c.cfg.MaxObjectSize {
+		return &Error{Kind: KindTooLarge, Location: obj.Location.String(),
+			Msg: fmt.Sprintf("%s is %d bytes, more than the %d-byte limit for an EIF download: push a smaller image, or raise the limit (s3.max_eif_bytes in the shim config, at most cache_max_bytes)",
+				obj.Location, obj.Size, c.cfg.MaxObjectSize)}
+	}
+	return nil
 }

@@ -22,6 +22,12 @@
 // publishes it, so a failed or corrupt download leaves nothing in the cache.
 // The cache makes concurrent fetches of one object download it once.
 //
+// Objects larger than Config.MaxObjectSize are refused from their size,
+// before anything is downloaded, and a store that sends more than the size it
+// announced is cut off. CheckNodeIdentity is the shim's rule for Pods
+// without their own identity: the node's credentials only for allowed
+// buckets. The Pod's token file is read beneath its volume (WebIdentity).
+//
 // Failures a user can act on are *Error values with a Kind and a message
 // that names the location, the endpoint or the identity used, and the fix.
 package s3

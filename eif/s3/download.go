@@ -23,8 +23,11 @@ import (
 // caller must discard what was written.
 func (c *Client) Download(ctx context.Context, obj Object, w io.Writer) error {
 	loc := obj.Location
+	if err := c.checkSize(obj); err != nil {
+		return err
+	}
 	chk := &crcWriter{}
-	ww := &recordingWriter{w: io.MultiWriter(w, chk)}
+	ww := &recordingWriter{w: &capWriter{w: io.MultiWriter(w, chk), left: obj.Size, loc: loc}}
 	var off int64
 	var lastErr error
 	for attempt := 0; off < obj.Size; attempt++ {
@@ -141,6 +144,23 @@ func (r *recordingWriter) Write(p []byte) (int, error) {
 	if err != nil && r.err == nil {
 		r.err = err
 	}
+	return n, err
+}
+
+// capWriter refuses bytes beyond the object's announced size: a store that
+// sends more than it announced is not written past it.
+type capWriter struct {
+	w    io.Writer
+	left int64
+	loc  Location
+}
+
+func (c *capWriter) Write(p []byte) (int, error) {
+	if int64(len(p)) > c.left {
+		return 0, &Error{Kind: KindCorrupt, Location: c.loc.String(), Msg: fmt.Sprintf("downloading %s: the store sent more bytes than the object's size", c.loc)}
+	}
+	n, err := c.w.Write(p)
+	c.left -= int64(n)
 	return n, err
 }
 

@@ -26,6 +26,8 @@ const (
 	KindCorrupt         Kind = "Corrupt"      // size, CRC or structure of the download
 	KindChanged         Kind = "Changed"      // the object was replaced during the download
 	KindVerification    Kind = "Verification" // expected PCRs, signature
+	KindTooLarge        Kind = "TooLarge"     // larger than Config.MaxObjectSize
+	KindNotAllowed      Kind = "NotAllowed"   // node credentials for a bucket not allowed (NodeIdentityAllowed)
 	KindOther           Kind = "Other"
 )
 

@@ -53,6 +53,9 @@ func (c *Client) Fetch(ctx context.Context, cache *eifcache.Cache, loc Location,
 	if err != nil {
 		return nil, err
 	}
+	if err := c.checkSize(obj); err != nil {
+		return nil, err
+	}
 	var rep *eif.Report
 	downloaded := false
 	entry, err := cache.Get(ctx, CacheKey(obj), func(ctx context.Context, w io.Writer) error {
@@ -140,6 +143,9 @@ func normHex(s string) string { return strings.ToLower(strings.TrimSpace(s)) }
 func (c *Client) Pull(ctx context.Context, loc Location, dst string, exp Expect) (Object, *eif.Report, error) {
 	obj, err := c.Stat(ctx, loc)
 	if err != nil {
+		return Object{}, nil, err
+	}
+	if err := c.checkSize(obj); err != nil {
 		return Object{}, nil, err
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".part-*")

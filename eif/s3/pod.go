@@ -82,3 +82,26 @@ func hasBind(opts []string) bool {
 	}
 	return false
 }
+
+// AnyBucket in an allowlist allows every bucket.
+const AnyBucket = "*"
+
+// CheckNodeIdentity decides whether loc may be downloaded for a Pod. A Pod
+// with its own web identity (wi, from PodWebIdentity) downloads with it and
+// S3 decides. A Pod without one would download with the node's credentials,
+// which can read more than any one Pod should boot: that is allowed only for
+// a bucket in nodeBuckets (the shim's s3.node_identity_buckets; AnyBucket
+// allows all). The refusal is a KindNotAllowed *Error naming both fixes.
+func CheckNodeIdentity(loc Location, wi *WebIdentity, nodeBuckets []string) error {
+	if wi != nil {
+		return nil
+	}
+	for _, b := range nodeBuckets {
+		if b == AnyBucket || b == loc.Bucket {
+			return nil
+		}
+	}
+	return &Error{Kind: KindNotAllowed, Location: loc.String(), Msg: fmt.Sprintf(
+		"%s: the Pod has no AWS identity of its own (%s and %s from a service account with an IAM role), and bucket %q is not in s3.node_identity_buckets of the shim config, so the node's credentials may not be used for it: give the Pod's service account an IAM role that can read the object, or add the bucket to s3.node_identity_buckets",
+		loc, EnvRoleARN, EnvWebIdentityTokenFile, loc.Bucket)}
+}

@@ -73,10 +73,14 @@ func TestPrebuiltEIFThroughShim(t *testing.T) {
 
 	srv := s3test.Start(t)
 	srv.CreateBucket(t, "releases")
+	srv.CreateBucket(t, "private")
+	// The Pods here have no IRSA identity: the node's credentials are
+	// allowed for "releases" only.
+	shimConfig := fmt.Sprintf("[s3]\nendpoint = %q\nnode_identity_buckets = [\"releases\"]", srv.Endpoint)
 	e := shimtest.Start(t, shimtest.Options{
 		ExtraPackages: []string{"./cmd/nitropod"},
 		Containerd:    ctrtest.Options{Env: awsEnv},
-		Config:        fmt.Sprintf("[s3]\nendpoint = %q", srv.Endpoint),
+		Config:        shimConfig,
 	})
 	bin, blobs, initBin, cacheDir, ctrd := e.Bin, e.Blobs, e.InitPath, e.CacheDir, e.Ctrd
 	dir := t.TempDir()
@@ -124,6 +128,7 @@ func TestPrebuiltEIFThroughShim(t *testing.T) {
 	v1 := filepath.Join(dir, "v1.eif")
 	m1 := buildEIF(t, v1, blobs, initBin, "echo from the prebuilt eif v1", signer)
 	push(t, v1, "s3://releases/app.eif")
+	push(t, v1, "s3://private/app.eif")
 	loc := nitropod.ImageLocationAnnotation + "=s3://releases/app.eif"
 	pins := []string{loc, nitropod.ExpectedPCR0Annotation + "=" + m1.PCR0, nitropod.ExpectedPCR8Annotation + "=" + m1.PCR8}
 
@@ -160,16 +165,25 @@ func TestPrebuiltEIFThroughShim(t *testing.T) {
 		}
 	})
 	refusals := []struct {
-		name string
-		ann  []string
-		want []string
+		name   string
+		ann    []string
+		want   []string
+		config string // shim config for this case only
 	}{
-		{"expected PCR0 mismatch", []string{loc, nitropod.ExpectedPCR0Annotation + "=" + m1.PCR0}, []string{"but the Pod expects " + m1.PCR0, "has PCR0 "}},
-		{"missing key", []string{nitropod.ImageLocationAnnotation + "=s3://releases/missing.eif"}, []string{`no object "missing.eif" in bucket "releases"`}},
-		{"bad location", []string{nitropod.ImageLocationAnnotation + "=releases/app.eif"}, []string{"write it as s3://BUCKET/KEY"}},
+		{name: "node identity for a bucket not allowed", ann: []string{nitropod.ImageLocationAnnotation + "=s3://private/app.eif"},
+			want: []string{`bucket "private" is not in s3.node_identity_buckets`, "AWS_ROLE_ARN"}},
+		{name: "larger than max_eif_bytes", ann: []string{loc}, config: shimConfig + "\nmax_eif_bytes = 4096",
+			want: []string{"more than the 4096-byte limit", "s3.max_eif_bytes"}},
+		{"expected PCR0 mismatch", []string{loc, nitropod.ExpectedPCR0Annotation + "=" + m1.PCR0}, []string{"but the Pod expects " + m1.PCR0, "has PCR0 "}, ""},
+		{"missing key", []string{nitropod.ImageLocationAnnotation + "=s3://releases/missing.eif"}, []string{`no object "missing.eif" in bucket "releases"`}, ""},
+		{"bad location", []string{nitropod.ImageLocationAnnotation + "=releases/app.eif"}, []string{"write it as s3://BUCKET/KEY"}, ""},
 	}
 	for i, r := range refusals {
 		t.Run(r.name, func(t *testing.T) {
+			if r.config != "" {
+				e.Configure(t, r.config)
+				defer e.Configure(t, shimConfig)
+			}
 			before := cacheState()
 			out, err := run(fmt.Sprintf("s3-refused-%d", i), r.ann...)
 			if err == nil {
@@ -276,7 +290,7 @@ func TestConcurrentImageLocationThroughShim(t *testing.T) {
 	e := shimtest.Start(t, shimtest.Options{
 		MemoryMiB:  128,
 		Containerd: ctrtest.Options{Env: awsEnv},
-		Config:     fmt.Sprintf("[s3]\nendpoint = %q", front.URL),
+		Config:     fmt.Sprintf("[s3]\nendpoint = %q\nnode_identity_buckets = [\"shared\"]", front.URL),
 	})
 	img, err := images.Busybox(testenv.Binary(t, "busybox"), t.TempDir())
 	if err != nil {
