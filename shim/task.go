@@ -277,10 +277,8 @@ func (t *enclaveTask) handleExit(s *service, status int, at time.Time) {
 		}
 	}
 	if status != 0 {
-		if b, err := os.ReadFile(filepath.Join(t.bundle, launcher.LogFile)); err == nil {
-			if len(b) > 65536 {
-				b = b[len(b)-65536:]
-			}
+		// Only the tail: the log holds a debug enclave's console too.
+		if b, err := launcher.ReadLogTail(filepath.Join(t.bundle, launcher.LogFile), 65536); err == nil {
 			log.G(s.ctx).WithFields(log.Fields{"id": t.id, "exit_status": status, "launcher_log": string(b)}).Warn("enclave container exited")
 		}
 	}

@@ -32,9 +32,11 @@ func Main(args []string) int {
 		fmt.Fprintln(os.Stderr, "nitropod-launcher:", err)
 		return ExitSetupFailed
 	}
-	logf, err := os.OpenFile(filepath.Join(spec.Bundle, LogFile), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		logf = os.Stderr
+	// The log also takes a debug enclave's console: capped (LogWriter), so
+	// that a flooding app cannot fill the bundle's tmpfs.
+	var logf io.WriteCloser = os.Stderr
+	if lw, err := OpenLog(filepath.Join(spec.Bundle, LogFile), MaxLogBytes); err == nil {
+		logf = lw
 	}
 	defer logf.Close()
 	logger := log.New(logf, "nitropod-launcher["+strconv.Itoa(os.Getpid())+"] ", log.LstdFlags|log.Lmicroseconds)
