@@ -1,7 +1,7 @@
 // Package nitropod holds the names that the webhook, device plugin, shim and
 // CLI share: labels, annotations, resource names, environment variables and
 // well-known paths. It imports nothing else of this module, so every other
-// package can use it and no name is spelled twice (ARCHITECTURE.md §8).
+// package can use it and no name is spelled twice (docs/ARCHITECTURE.md §8).
 package nitropod
 
 // The Anjuna Nitro Kubernetes API that user Pods are written against.

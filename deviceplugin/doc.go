@@ -10,7 +10,7 @@
 //   - nitropod.io/enclave: enclave slots (default 4).
 //
 // Allocate hands the shim the chosen CPUs, memory and slot through the
-// NITROPOD_* environment variables (ARCHITECTURE.md §3 and §8).
+// NITROPOD_* environment variables (docs/ARCHITECTURE.md §3 and §8).
 //
 // The decisions (which devices exist, which are healthy, which CPUs and blocks
 // to prefer, whether an allocation is acceptable) are plain functions over

@@ -23,7 +23,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-// The test vector of EIF-FORMAT.md "Measurements".
+// The test vector of docs/EIF-FORMAT.md "Measurements".
 var vector = Measurements{
 	HashAlgorithm: HashAlgorithm,
 	PCR0:          "a65ec572727fe7199e8b03384cd7681d8cf70426ad14efc9199f9334d636389ca2d30ebd5274c846f5f51bb16eac6b91",
@@ -68,7 +68,7 @@ func TestVector(t *testing.T) {
 	}
 }
 
-// TestLayout checks the bytes of a small EIF against the layout in EIF-FORMAT.md.
+// TestLayout checks the bytes of a small EIF against the layout in docs/EIF-FORMAT.md.
 func TestLayout(t *testing.T) {
 	p, _ := writeFile(t, vectorImage(), WriterOptions{})
 	b, err := os.ReadFile(p)

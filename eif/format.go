@@ -6,7 +6,7 @@ import (
 	"fmt"
 )
 
-// The file layout (EIF-FORMAT.md "File layout"). All integers are big-endian.
+// The file layout (docs/EIF-FORMAT.md "File layout"). All integers are big-endian.
 const (
 	// Magic starts every EIF.
 	Magic = ".eif"

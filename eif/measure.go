@@ -15,7 +15,7 @@ import (
 const HashAlgorithm = "Sha384 { ... }"
 
 // Measurements are the PCRs of an EIF in nitro-cli's JSON form: lowercase hex
-// SHA-384 values (EIF-FORMAT.md "Measurements").
+// SHA-384 values (docs/EIF-FORMAT.md "Measurements").
 type Measurements struct {
 	HashAlgorithm string `json:"HashAlgorithm"`
 	PCR0          string `json:"PCR0"`

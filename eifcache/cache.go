@@ -1,5 +1,5 @@
 // Package eifcache is the node's cache of Enclave Image Files
-// (ARCHITECTURE.md §7). Entries are addressed by a content key computed from
+// (docs/ARCHITECTURE.md §7). Entries are addressed by a content key computed from
 // everything that goes into the EIF (Key), written atomically (temp file +
 // rename), filled once per key even when several goroutines or processes ask
 // for the same key at once (an in-process wait plus a per-key file lock),

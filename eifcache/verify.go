@@ -12,7 +12,7 @@ import (
 	"github.com/nitropod/nitropod/eif"
 )
 
-// EIF header facts (EIF-FORMAT.md): magic at 0, CRC-32 at 544 over the
+// EIF header facts (docs/EIF-FORMAT.md): magic at 0, CRC-32 at 544 over the
 // whole file except bytes 544..547.
 const (
 	eifHeaderSize = 548

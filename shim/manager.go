@@ -1,3 +1,25 @@
+// Adapted from containerd v1.7.30, runtime/v2/runc/manager/manager_linux.go
+// (Copyright The containerd Authors, Apache License 2.0, the licence of this
+// repository too). Start keeps that file's sequence: read the bundle's
+// config.json, derive the shim socket from a grouping id, join a shim that
+// already listens there or replace a stale socket, start this binary as the
+// shim server with the socket as an extra file, and adjust its OOM score.
+//
+// What differs from containerd's runc manager:
+//   - Grouping uses only the io.kubernetes.cri.sandbox-id annotation (not
+//     io.containerd.runc.v2.group), so one shim serves exactly one Pod.
+//   - The server gets GOMAXPROCS=2 (containerd: 4); there is no SCHED_CORE
+//     support, and the runtime options are not read from stdin, so runc's
+//     ShimCgroup option does not apply (the nitro runtime's only option is
+//     ConfigPath).
+//   - Stop (`delete`) looks at the bundle first: an enclave container (the
+//     shim's state file is there) is cleaned up by CleanupBundle — launcher,
+//     cgroups, a Nitro enclave by its recorded id, the rootfs mount; a runc
+//     container (its "runtime" file is there) is handed to containerd's own
+//     runc manager; anything else only has its rootfs unmounted.
+//   - Name is io.containerd.nitro.v1, and the runc manager is kept only for
+//     that delegated Stop.
+
 package shim
 
 import (

@@ -1,7 +1,7 @@
 // Package webhook is nitropod's admission webhook: it converts a Pod written
 // for Anjuna Nitro Kubernetes into one that the scheduler, the kubelet and the
 // nitro runtime understand, and refuses, with a message that says why and how
-// to fix it, a Pod that cannot run in an enclave (ARCHITECTURE.md §1, §3).
+// to fix it, a Pod that cannot run in an enclave (docs/ARCHITECTURE.md §1, §3).
 //
 // The conversion is the plain function [Convert] over a corev1.Pod; the HTTP
 // side ([Handler], [Run]) only decodes AdmissionReview v1, calls Convert and

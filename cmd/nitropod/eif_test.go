@@ -76,7 +76,7 @@ func testCertFiles(t *testing.T, dir string) (cert, key string) {
 	return cert, key
 }
 
-// TestEIFBuildVector reproduces the test vector of EIF-FORMAT.md.
+// TestEIFBuildVector reproduces the test vector of docs/EIF-FORMAT.md.
 func TestEIFBuildVector(t *testing.T) {
 	d := writeFiles(t, map[string]string{"kernel": "KERNEL", "r0": "R0", "r1": "R1"})
 	out, err := runEIFCLI(t, "eif", "build", "--kernel", filepath.Join(d, "kernel"), "--cmdline", "console=ttyS0",

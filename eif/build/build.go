@@ -30,7 +30,7 @@ const Tool = "nitropod"
 const SourceDateEpochEnv = "SOURCE_DATE_EPOCH"
 
 // BlobSet is a directory with a kernel, its default command line and the
-// kernel modules init loads at boot (ARCHITECTURE.md §6): `bzImage`,
+// kernel modules init loads at boot (docs/ARCHITECTURE.md §6): `bzImage`,
 // `cmdline`, `*.ko`, and optionally `modules.order` (module file names, one
 // per line, in load order; without it the modules load in lexical order).
 // AWS's /usr/share/nitro_enclaves/blobs (bzImage, cmdline, nsm.ko) is one.

@@ -1,6 +1,6 @@
 // Package cpio reads and writes cpio archives in the "newc" format (magic
 // 070701), the format of Linux initramfs images and of EIF ramdisks
-// (EIF-FORMAT.md "Ramdisks"). The writer is deterministic: it writes exactly
+// (docs/EIF-FORMAT.md "Ramdisks"). The writer is deterministic: it writes exactly
 // the header fields it is given, numbers inodes itself unless told otherwise,
 // sets no device numbers, and pads the archive to 512 bytes like AWS's
 // images. The reader checks every field and bounds every size, so it can

@@ -14,7 +14,7 @@ import (
 )
 
 // RequiredDirs are created in /rootfs when the image lacks them: init mounts
-// filesystems there (EIF-FORMAT.md "Ramdisks").
+// filesystems there (docs/EIF-FORMAT.md "Ramdisks").
 var RequiredDirs = []string{"dev", "proc", "run", "sys", "tmp", "var"}
 
 func requiredDirMode(name string) uint32 {

@@ -1,7 +1,7 @@
 package ramdisk
 
 // The layout that nitropod's builder writes and nitropod-init reads. It follows
-// AWS's (EIF-FORMAT.md "Ramdisks"): the bootstrap ramdisk (ramdisk 0, measured
+// AWS's (docs/EIF-FORMAT.md "Ramdisks"): the bootstrap ramdisk (ramdisk 0, measured
 // in PCR0 and PCR1) holds the init and the blob set's kernel modules, the
 // customer ramdisk (ramdisk 1.., measured in PCR0 and PCR2) holds the image's
 // filesystem under /rootfs and the process to run. AWS's /cmd and /env are

@@ -166,7 +166,7 @@ func (c *capWriter) Write(p []byte) (int, error) {
 
 // crcWriter computes an EIF's CRC-32 as it streams by: IEEE over the whole
 // file except header bytes 544..547, where the expected value is stored
-// (EIF-FORMAT.md).
+// (docs/EIF-FORMAT.md).
 type crcWriter struct {
 	n      int64
 	hdr    [eif.HeaderSize]byte

@@ -1,5 +1,5 @@
 // Package agent is the channel between the host and nitropod-init inside an
-// enclave (ARCHITECTURE.md §5): one byte stream (AF_VSOCK on Nitro, a
+// enclave (docs/ARCHITECTURE.md §5): one byte stream (AF_VSOCK on Nitro, a
 // virtio-serial port in emulation) multiplexed with yamux into streams.
 //
 // The host is the yamux client and opens every stream; init is the server.

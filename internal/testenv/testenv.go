@@ -2,7 +2,7 @@
 // against (QEMU, containerd, kube-apiserver, the emulation kernel, …) and
 // decides what happens when one is missing: on a developer machine the test
 // skips and says what to install; with NITROPOD_REQUIRE_INTEGRATION=1 (set by
-// .ci/run) the test fails, so CI never passes by skipping (TESTENV.md).
+// .ci/run) the test fails, so CI never passes by skipping (docs/TESTENV.md).
 package testenv
 
 import (
