@@ -15,11 +15,11 @@ import (
 const Version = 1
 
 const (
-	// VsockPort is the AF_VSOCK port init listens on inside a Nitro enclave.
-	VsockPort = 7100
+	// ParentCID is the parent instance's vsock CID as an enclave sees it.
+	ParentCID = 3
 	// HeartbeatCID and HeartbeatPort are where init sends the Nitro boot
 	// heartbeat (the parent instance, as nitro-cli listens).
-	HeartbeatCID  = 3
+	HeartbeatCID  = ParentCID
 	HeartbeatPort = 9000
 	// HeartbeatByte is sent by init and echoed by the host.
 	HeartbeatByte = 0xB7

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -141,41 +140,18 @@ func loadModule(path string) error {
 	return nil
 }
 
-// openChannel finds the transport, sends the heartbeat and returns the
-// channel: the named virtio-serial port in emulation, vsock on Nitro. The
-// port appears shortly after virtio_console loads; a Nitro enclave has
-// /dev/vsock and no such port (it may have other virtio ports).
+// openChannel finds the transport (see pickTransport), sends the heartbeat
+// and returns the channel: the named virtio-serial port in emulation, a
+// vsock connection to the launcher on Nitro.
 func openChannel() (io.ReadWriteCloser, error) {
-	const portsDir = "/sys/class/virtio-ports"
-	start := time.Now()
-	for {
-		if dev := findPort(portsDir, agent.PortName); dev != "" {
-			return openPort(dev)
-		}
-		_, noPorts := os.Stat(portsDir)
-		_, noVsock := os.Stat("/dev/vsock")
-		waited := time.Since(start)
-		switch {
-		case noVsock == nil && (noPorts != nil || waited > time.Second):
-			return openVsock()
-		case waited > 10*time.Second:
-			return nil, fmt.Errorf("neither the virtio-serial port %q (under %s) nor /dev/vsock appeared", agent.PortName, portsDir)
-		}
-		time.Sleep(20 * time.Millisecond)
+	t, err := waitTransport("/", time.Now, time.Sleep)
+	if err != nil {
+		return nil, err
 	}
-}
-
-func findPort(dir, name string) string {
-	ents, _ := os.ReadDir(dir)
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(dir, e.Name(), "name"))
-		if err == nil && strings.TrimSpace(string(b)) == name {
-			if _, err := os.Stat("/dev/" + e.Name()); err == nil {
-				return "/dev/" + e.Name()
-			}
-		}
+	if t.vsock {
+		return dialVsockChannel(kernelVsock{})
 	}
-	return ""
+	return openPort(t.port)
 }
 
 func openPort(dev string) (io.ReadWriteCloser, error) {
@@ -190,40 +166,13 @@ func openPort(dev string) (io.ReadWriteCloser, error) {
 	return f, nil
 }
 
-func heartbeat(rw io.ReadWriter) error {
-	if _, err := rw.Write([]byte{agent.HeartbeatByte}); err != nil {
-		return err
-	}
-	b := make([]byte, 1)
-	if _, err := io.ReadFull(rw, b); err != nil {
-		return err
-	}
-	if b[0] != agent.HeartbeatByte {
-		return fmt.Errorf("echo is %#x, want %#x", b[0], agent.HeartbeatByte)
-	}
-	return nil
-}
+// kernelVsock is the enclave kernel's AF_VSOCK.
+type kernelVsock struct{}
 
-func openVsock() (io.ReadWriteCloser, error) {
-	l, err := vsock.Listen(agent.VsockPort, nil)
-	if err != nil {
-		return nil, fmt.Errorf("listening on vsock port %d: %w", agent.VsockPort, err)
-	}
-	defer l.Close()
-	hb, err := vsock.Dial(agent.HeartbeatCID, agent.HeartbeatPort, nil)
-	if err != nil {
-		return nil, fmt.Errorf("heartbeat to vsock %d:%d: %w", agent.HeartbeatCID, agent.HeartbeatPort, err)
-	}
-	err = heartbeat(hb)
-	hb.Close()
-	if err != nil {
-		return nil, fmt.Errorf("heartbeat to vsock %d:%d: %w", agent.HeartbeatCID, agent.HeartbeatPort, err)
-	}
-	c, err := l.Accept()
-	if err != nil {
-		return nil, fmt.Errorf("accepting the host on vsock port %d: %w", agent.VsockPort, err)
-	}
-	return c, nil
+func (kernelVsock) LocalCID() (uint32, error) { return vsock.ContextID() }
+
+func (kernelVsock) Dial(cid, port uint32) (io.ReadWriteCloser, error) {
+	return vsock.Dial(cid, port, nil)
 }
 
 // setup switches into the image and prepares its environment.

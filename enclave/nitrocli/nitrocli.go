@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"os"
 	"os/exec"
@@ -16,11 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/mdlayher/vsock"
-
 	"github.com/nitropod/nitropod"
 	"github.com/nitropod/nitropod/enclave"
-	"github.com/nitropod/nitropod/enclave/agent"
 )
 
 // Defaults for Config fields left zero.
@@ -44,18 +42,23 @@ type Runner interface {
 type Config struct {
 	// Binary is the nitro-cli executable (default DefaultBinary, from PATH).
 	Binary string
-	// Port is the agent's AF_VSOCK port inside the enclave (default agent.VsockPort).
-	Port uint32
 	// PollInterval is how often describe-enclaves is asked whether the
 	// enclave still runs (default DefaultPollInterval).
 	PollInterval time.Duration
-	// DialTimeout bounds Dial's retries while init starts listening
-	// (default DefaultDialTimeout).
+	// DialTimeout bounds how long Dial waits for init to connect to the
+	// agent channel port (default DefaultDialTimeout).
 	DialTimeout time.Duration
 	// Runner runs nitro-cli (default: exec of Binary).
 	Runner Runner
-	// DialVsock opens a vsock connection (default mdlayher/vsock.Dial).
-	DialVsock func(ctx context.Context, cid, port uint32) (net.Conn, error)
+	// ListenVsock binds the agent channel port on the host (default: a
+	// vsock listener on every CID; see channel.go).
+	ListenVsock func(port uint32) (net.Listener, error)
+	// NewCID picks the CID of an enclave whose request names none (default:
+	// random, see channel.go).
+	NewCID func() (uint32, error)
+	// Logf logs refused connections to an agent channel port (default
+	// log.Printf).
+	Logf func(format string, args ...any)
 }
 
 // Backend boots enclaves with nitro-cli.
@@ -70,9 +73,6 @@ func New(cfg Config) *Backend {
 	if cfg.Binary == "" {
 		cfg.Binary = DefaultBinary
 	}
-	if cfg.Port == 0 {
-		cfg.Port = agent.VsockPort
-	}
 	if cfg.PollInterval <= 0 {
 		cfg.PollInterval = DefaultPollInterval
 	}
@@ -82,33 +82,16 @@ func New(cfg Config) *Backend {
 	if cfg.Runner == nil {
 		cfg.Runner = execRunner{bin: cfg.Binary}
 	}
-	if cfg.DialVsock == nil {
-		cfg.DialVsock = dialVsock
+	if cfg.ListenVsock == nil {
+		cfg.ListenVsock = listenVsock
+	}
+	if cfg.NewCID == nil {
+		cfg.NewCID = randomCID
+	}
+	if cfg.Logf == nil {
+		cfg.Logf = log.Printf
 	}
 	return &Backend{cfg: cfg}
-}
-
-func dialVsock(ctx context.Context, cid, port uint32) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		c, err := vsock.Dial(cid, port, nil)
-		ch <- result{c, err}
-	}()
-	select {
-	case r := <-ch:
-		return r.c, r.err
-	case <-ctx.Done():
-		go func() {
-			if r := <-ch; r.c != nil {
-				r.c.Close()
-			}
-		}()
-		return nil, ctx.Err()
-	}
 }
 
 // RunInfo is nitro-cli run-enclave's JSON output.
@@ -293,10 +276,10 @@ func truncate(b []byte) string {
 	return string(b)
 }
 
-// Boot runs nitro-cli run-enclave (which returns after the enclave's boot
+// bootCLI runs nitro-cli run-enclave (which returns after the enclave's boot
 // heartbeat), starts the console when Debug and Console are set, and watches
-// the enclave with describe-enclaves.
-func (b *Backend) Boot(ctx context.Context, req enclave.Request) (enclave.Enclave, error) {
+// the enclave with describe-enclaves. Boot (channel.go) wraps it.
+func (b *Backend) bootCLI(ctx context.Context, req enclave.Request) (*nitroEnclave, error) {
 	fi, err := os.Stat(req.EIFPath)
 	if err != nil {
 		return nil, fmt.Errorf("booting enclave: %w", err)
@@ -343,31 +326,6 @@ func (e *nitroEnclave) ID() string  { return e.info.EnclaveID }
 func (e *nitroEnclave) CID() uint32 { return uint32(e.info.EnclaveCID) }
 
 func (e *nitroEnclave) Done() <-chan struct{} { return e.done }
-
-// Dial connects to the agent's vsock port, retrying while init starts to
-// listen, for at most DialTimeout.
-func (e *nitroEnclave) Dial(ctx context.Context) (net.Conn, error) {
-	if !e.dialed.CompareAndSwap(false, true) {
-		return nil, errors.New("the agent channel of this enclave was already dialled")
-	}
-	ctx, cancel := context.WithTimeout(ctx, e.b.cfg.DialTimeout)
-	defer cancel()
-	delay := 50 * time.Millisecond
-	for {
-		c, err := e.b.cfg.DialVsock(ctx, e.CID(), e.b.cfg.Port)
-		if err == nil {
-			return c, nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("dialling enclave %s agent at vsock %d:%d: %w (last error: %w)", e.ID(), e.CID(), e.b.cfg.Port, ctx.Err(), err)
-		case <-e.done:
-			return nil, fmt.Errorf("dialling enclave %s agent: the enclave stopped", e.ID())
-		case <-time.After(delay):
-		}
-		delay = min(2*delay, time.Second)
-	}
-}
 
 // watch polls describe-enclaves until the enclave is gone or stopping.
 func (e *nitroEnclave) watch() {

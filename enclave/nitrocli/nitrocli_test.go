@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -186,33 +185,29 @@ func TestBootDescribeTerminate(t *testing.T) {
 		"describe-enclaves": {{stdout: testdata(t, "describe-enclaves-running.stdout")}},
 		"terminate-enclave": {{stdout: testdata(t, "terminate-enclave.stdout")}},
 	}}
-	var dialed [2]uint32
-	server, client := net.Pipe()
-	defer server.Close()
-	attempts := 0
-	b := New(Config{Runner: fake, PollInterval: 10 * time.Millisecond, DialVsock: func(ctx context.Context, cid, port uint32) (net.Conn, error) {
-		attempts++
-		if attempts < 3 { // init not listening yet
-			return nil, errors.New("connection refused")
-		}
-		dialed = [2]uint32{cid, port}
-		return client, nil
-	}})
+	h := newFakeVsockHost()
+	cfg := Config{Runner: fake, PollInterval: 10 * time.Millisecond}
+	h.config(&cfg)
+	b := New(cfg)
 	var console bytes.Buffer
 	eifPath := eifFile(t, 1<<20)
-	e, err := b.Boot(context.Background(), enclave.Request{Name: "c0ffee", EIFPath: eifPath, CPUs: 2, CPUIDs: []int{1, 3}, MemoryMiB: 512, Debug: true, Console: &console})
+	e, err := b.Boot(context.Background(), enclave.Request{Name: "c0ffee", EIFPath: eifPath, CPUs: 2, CPUIDs: []int{1, 3}, MemoryMiB: 512, Debug: true, Console: &console, CID: 16})
 	if err != nil {
 		t.Fatalf("Boot: %v", err)
 	}
 	if e.ID() != testID || e.CID() != 16 {
 		t.Errorf("enclave %s CID %d, want %s CID 16", e.ID(), e.CID(), testID)
 	}
+	// Init connects to the launcher's port for CID 16.
+	if _, err := h.connect(16, agent.ChannelPortBase+16); err != nil {
+		t.Fatalf("connecting as the enclave: %v", err)
+	}
 	c, err := e.Dial(context.Background())
-	if err != nil || c != client {
+	if err != nil {
 		t.Fatalf("Dial: %v", err)
 	}
-	if dialed != [2]uint32{16, agent.VsockPort} {
-		t.Errorf("dialled vsock %v, want CID 16 port %d", dialed, agent.VsockPort)
+	if peer, _ := peerCID(c.RemoteAddr()); peer != 16 {
+		t.Errorf("Dial returned a connection from CID %d, want 16", peer)
 	}
 	if _, err := e.Dial(context.Background()); err == nil {
 		t.Error("second Dial succeeded")
@@ -240,7 +235,7 @@ func TestBootDescribeTerminate(t *testing.T) {
 	}
 	calls := fake.callLog()
 	wantFirst := [][]string{
-		{"run-enclave", "--eif-path", eifPath, "--memory", "512", "--cpu-ids", "1", "3", "--enclave-name", "c0ffee", "--debug-mode"},
+		{"run-enclave", "--eif-path", eifPath, "--memory", "512", "--cpu-ids", "1", "3", "--enclave-cid", "16", "--enclave-name", "c0ffee", "--debug-mode"},
 		{"console", "--enclave-id", testID},
 	}
 	if diff := cmp.Diff(wantFirst, calls[:2]); diff != "" {
@@ -264,7 +259,9 @@ func TestBootErrors(t *testing.T) {
 	fake := &fakeNitroCLI{answers: map[string][]answer{
 		"run-enclave": {{stderr: testdata(t, "run-enclave-E26.stderr"), err: errors.New("exit status 26")}},
 	}}
-	b := New(Config{Runner: fake})
+	cfg := Config{Runner: fake}
+	newFakeVsockHost().config(&cfg)
+	b := New(cfg)
 	_, err := b.Boot(context.Background(), enclave.Request{EIFPath: eifFile(t, 1<<20), CPUs: 2, MemoryMiB: 256})
 	var ce *CommandError
 	if !errors.As(err, &ce) || !strings.Contains(err.Error(), "[ E26 ] Insufficient memory requested.") || strings.Contains(err.Error(), "support ticket") {
@@ -289,8 +286,10 @@ func TestTerminateAlreadyGone(t *testing.T) {
 		"describe-enclaves": {{stdout: testdata(t, "describe-enclaves-empty.stdout")}},
 		"terminate-enclave": {{stderr: []byte("[ E39 ] Enclave process connection failure."), err: errors.New("exit status 39")}},
 	}}
-	b := New(Config{Runner: fake, PollInterval: time.Hour})
-	e, err := b.Boot(context.Background(), enclave.Request{EIFPath: eifFile(t, 1<<20), CPUs: 2, MemoryMiB: 512})
+	cfg := Config{Runner: fake, PollInterval: time.Hour}
+	newFakeVsockHost().config(&cfg)
+	b := New(cfg)
+	e, err := b.Boot(context.Background(), enclave.Request{EIFPath: eifFile(t, 1<<20), CPUs: 2, MemoryMiB: 512, CID: 16})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -301,30 +300,6 @@ func TestTerminateAlreadyGone(t *testing.T) {
 	case <-e.Done():
 	default:
 		t.Error("Done not closed after Terminate")
-	}
-}
-
-func TestDialGivesUp(t *testing.T) {
-	fake := &fakeNitroCLI{answers: map[string][]answer{
-		"run-enclave":       {{stdout: testdata(t, "run-enclave.stdout")}},
-		"describe-enclaves": {{stdout: testdata(t, "describe-enclaves-running.stdout")}},
-		"terminate-enclave": {{stdout: testdata(t, "terminate-enclave.stdout")}},
-	}}
-	b := New(Config{Runner: fake, PollInterval: time.Hour, DialTimeout: 200 * time.Millisecond, Port: 5005,
-		DialVsock: func(ctx context.Context, cid, port uint32) (net.Conn, error) {
-			if port != 5005 {
-				t.Errorf("dialled port %d, want the configured 5005", port)
-			}
-			return nil, errors.New("connection refused")
-		}})
-	e, err := b.Boot(context.Background(), enclave.Request{EIFPath: eifFile(t, 1<<20), CPUs: 2, MemoryMiB: 512})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = e.Terminate(context.Background()) }()
-	_, err = e.Dial(context.Background())
-	if err == nil || !strings.Contains(err.Error(), "vsock 16:5005") || !strings.Contains(err.Error(), "connection refused") {
-		t.Errorf("Dial error %v", err)
 	}
 }
 
