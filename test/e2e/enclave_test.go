@@ -101,7 +101,7 @@ func TestEnclavePods(t *testing.T) {
 	t.Run("deploy/manifests validate against the API server", func(t *testing.T) {
 		e := e.sub(t)
 		out := e.mustKubectl("", "apply", "--dry-run=server", "-f", filepath.Join(testenv.RepoRoot(), "deploy", "manifests", "nitropod.yaml"))
-		for _, want := range []string{"deployment.apps/nitropod-webhook", "daemonset.apps/nitropod-device-plugin", "daemonset.apps/nitropod-node-installer", "runtimeclass.node.k8s.io/nitro", "poddisruptionbudget.policy/nitropod-webhook"} {
+		for _, want := range []string{"deployment.apps/nitropod-webhook", "daemonset.apps/nitropod-device-plugin", "daemonset.apps/nitropod-node-installer", "runtimeclass.node.k8s.io/nitro", "clusterrolebinding.rbac.authorization.k8s.io/nitropod-webhook-cabundle"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("kubectl apply --dry-run=server of deploy/manifests/nitropod.yaml does not list %s:\n%s", want, out)
 			}
