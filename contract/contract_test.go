@@ -138,10 +138,12 @@ func TestAllocationFromDevices(t *testing.T) {
 		mutate func(map[string][]string)
 		err    string
 	}{
-		"no cpu":      {func(m map[string][]string) { delete(m, nitropod.ResourceEnclaveCPU) }, "no nitropod.io/enclave-cpu allocated"},
-		"no slot":     {func(m map[string][]string) { m[nitropod.ResourceEnclave] = nil }, "no nitropod.io/enclave allocated"},
-		"two slots":   {func(m map[string][]string) { m[nitropod.ResourceEnclave] = []string{"slot1", "slot2"} }, "2 enclave slots allocated"},
-		"mixed sizes": {func(m map[string][]string) { m[nitropod.ResourceEnclaveMemory] = []string{MemoryDeviceID(0, 1, 64), MemoryDeviceID(0, 2, 1024)} }, "of 64 and 1024 MiB"},
+		"no cpu":    {func(m map[string][]string) { delete(m, nitropod.ResourceEnclaveCPU) }, "no nitropod.io/enclave-cpu allocated"},
+		"no slot":   {func(m map[string][]string) { m[nitropod.ResourceEnclave] = nil }, "no nitropod.io/enclave allocated"},
+		"two slots": {func(m map[string][]string) { m[nitropod.ResourceEnclave] = []string{"slot1", "slot2"} }, "2 enclave slots allocated"},
+		"mixed sizes": {func(m map[string][]string) {
+			m[nitropod.ResourceEnclaveMemory] = []string{MemoryDeviceID(0, 1, 64), MemoryDeviceID(0, 2, 1024)}
+		}, "of 64 and 1024 MiB"},
 		"foreign cpu": {func(m map[string][]string) { m[nitropod.ResourceEnclaveCPU] = []string{"0000:00:1f.0"} }, "is not an enclave cpu"},
 	} {
 		m := map[string][]string{}

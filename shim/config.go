@@ -10,12 +10,27 @@ import (
 	"github.com/pelletier/go-toml/v2"
 
 	nitropod "github.com/nitropod/nitropod"
+	"github.com/nitropod/nitropod/contract"
 )
 
-// Backend names accepted in Config.Backend.
+// Backend names accepted in Config.Backend (package contract's).
 const (
-	BackendQEMU     = "qemu"
-	BackendNitroCLI = "nitro-cli"
+	BackendQEMU     = contract.BackendQEMU
+	BackendNitroCLI = contract.BackendNitroCLI
+)
+
+// Allocation sources accepted in AllocationConfig.Source.
+const (
+	// AllocationKubelet sizes every CRI enclave container from the devices
+	// kubelet's pod-resources API says the device plugin allocated to it.
+	AllocationKubelet = "kubelet"
+	// AllocationFromConfig sizes every enclave from default_cpus and
+	// default_memory_mib: for nodes without kubelet (containerd alone,
+	// crictl), where no Pod author can reach the runtime.
+	AllocationFromConfig = "config"
+	// DefaultPodResourcesSocket is kubelet's pod-resources socket under its
+	// default root directory.
+	DefaultPodResourcesSocket = "/var/lib/kubelet/pod-resources/kubelet.sock"
 )
 
 // ConfigEnv overrides the config file path when set in the shim's
@@ -42,17 +57,29 @@ type Config struct {
 	QEMU QEMUConfig `toml:"qemu"`
 	// NitroCLI is the nitro-cli executable for the nitro-cli backend.
 	NitroCLI string `toml:"nitro_cli"`
-	// DefaultCPUs and DefaultMemoryMiB size an enclave when the device
-	// plugin did not (no NITROPOD_CPU_IDS / NITROPOD_MEMORY_MIB in the env).
+	// DefaultCPUs and DefaultMemoryMiB size an enclave that is not sized by
+	// an allocation: containers not created through CRI (ctr run), and every
+	// container when allocation.source is "config".
 	DefaultCPUs      int `toml:"default_cpus"`
 	DefaultMemoryMiB int `toml:"default_memory_mib"`
 	// RunDir holds per-enclave runtime files (the QEMU backend's channel
 	// sockets); a short path, as unix socket paths are limited to 108 bytes.
 	RunDir string `toml:"run_dir"`
+	// Allocation says where a CRI container's enclave size comes from.
+	Allocation AllocationConfig `toml:"allocation"`
 	// License configures the licence check (package license).
 	License LicenseConfig `toml:"license"`
 	// S3 configures downloads of prebuilt EIFs (imageLocation).
 	S3 S3Config `toml:"s3"`
+}
+
+// AllocationConfig says where an enclave's size comes from.
+type AllocationConfig struct {
+	// Source is AllocationKubelet (default) or AllocationFromConfig.
+	Source string `toml:"source"`
+	// PodResourcesSocket is kubelet's pod-resources socket
+	// (default DefaultPodResourcesSocket; under kubelet's --root-dir).
+	PodResourcesSocket string `toml:"pod_resources_socket"`
 }
 
 // LicenseConfig is the node's licence policy.
@@ -118,6 +145,7 @@ func DefaultConfig() Config {
 		CacheMaxBytes:    10 << 30,
 		QEMU:             QEMUConfig{Binary: "qemu-system-x86_64", Accel: "tcg"},
 		NitroCLI:         "nitro-cli",
+		Allocation:       AllocationConfig{Source: AllocationKubelet, PodResourcesSocket: DefaultPodResourcesSocket},
 		DefaultCPUs:      2,
 		DefaultMemoryMiB: 512,
 		RunDir:           "/run/nitropod",
@@ -176,6 +204,15 @@ func (c Config) Validate() error {
 	}
 	if c.S3.MaxEIFBytes < 0 {
 		return fmt.Errorf("shim config: s3.max_eif_bytes %d is negative: use 0 for the default (%d)", c.S3.MaxEIFBytes, DefaultMaxEIFBytes)
+	}
+	switch c.Allocation.Source {
+	case AllocationKubelet:
+		if !filepath.IsAbs(c.Allocation.PodResourcesSocket) {
+			return fmt.Errorf("shim config: allocation.pod_resources_socket %q must be an absolute path, such as %s", c.Allocation.PodResourcesSocket, DefaultPodResourcesSocket)
+		}
+	case AllocationFromConfig:
+	default:
+		return fmt.Errorf("shim config: allocation.source %q is not supported: use %q (nodes with kubelet) or %q (containerd alone)", c.Allocation.Source, AllocationKubelet, AllocationFromConfig)
 	}
 	if c.DefaultCPUs < 1 {
 		return fmt.Errorf("shim config: default_cpus %d must be at least 1", c.DefaultCPUs)

@@ -16,6 +16,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	nitropod "github.com/nitropod/nitropod"
+	"github.com/nitropod/nitropod/contract"
 	"github.com/nitropod/nitropod/eif/build"
 	"github.com/nitropod/nitropod/eif/s3"
 	"github.com/nitropod/nitropod/eifcache"
@@ -87,6 +88,36 @@ func fetchPrebuilt(ctx context.Context, cache *eifcache.Cache, spec *specs.Spec,
 		return nil, fmt.Errorf("fetching prebuilt EIF %s: %w", plan.ImageLocation, err)
 	}
 	return res.Entry, nil
+}
+
+// sizeEnclave sizes a CRI container's enclave from the devices kubelet says
+// the device plugin allocated to it (nitropod-fetch pod-devices asks
+// kubelet's pod-resources API). Nothing the Pod's author wrote takes part:
+// not its env, not its annotations. Containers not created through CRI keep
+// the config defaults, as does every container when allocation.source is
+// "config".
+func sizeEnclave(ctx context.Context, cfg Config, spec *specs.Spec, plan *Plan) error {
+	if cfg.Allocation.Source != AllocationKubelet || spec.Annotations[nitropod.CRIContainerType] != nitropod.CRIContainerTypeApp {
+		return nil
+	}
+	if !plan.Pod.IsSet() {
+		return fmt.Errorf("the container spec lacks containerd's CRI annotations %s, %s and %s, so its enclave allocation cannot be looked up in kubelet",
+			nitropod.CRISandboxNamespace, nitropod.CRISandboxName, nitropod.CRIContainerName)
+	}
+	var devs map[string][]string
+	if err := runFetch(ctx, cfg, &devs, "pod-devices", cfg.Allocation.PodResourcesSocket, plan.Pod.Namespace, plan.Pod.Name, plan.Pod.Container); err != nil {
+		return fmt.Errorf("reading the enclave allocation of %s from kubelet (allocation.pod_resources_socket in the shim config): %w", plan.Pod, err)
+	}
+	a, err := contract.AllocationFromDevices(devs)
+	if err != nil {
+		return fmt.Errorf("enclave allocation of %s: %w", plan.Pod, err)
+	}
+	if err := plan.ApplyAllocation(a); err != nil {
+		return fmt.Errorf("enclave allocation of %s: %w", plan.Pod, err)
+	}
+	log.G(ctx).WithFields(log.Fields{"pod": plan.Pod.Namespace + "/" + plan.Pod.Name, "container": plan.Pod.Container,
+		"cpus": contract.JoinCPUIDs(a.CPUIDs), "memory_mib": a.MemoryMiB, "slot": a.Slot}).Info("enclave sized from kubelet's allocation")
+	return nil
 }
 
 // imagePorts returns the TCP ports the container's image EXPOSEs, looked

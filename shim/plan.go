@@ -1,7 +1,6 @@
 package shim
 
 import (
-	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -12,6 +11,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	nitropod "github.com/nitropod/nitropod"
+	"github.com/nitropod/nitropod/contract"
 	"github.com/nitropod/nitropod/eif/ramdisk"
 )
 
@@ -21,11 +21,17 @@ type Plan struct {
 	// Enclave is false for the pause container and for app containers the
 	// webhook left out of nitropod.io/enclaves; those run through runc.
 	Enclave bool
-	// CPUs, CPUIDs, MemoryMiB size the enclave (device plugin env, else the
-	// webhook annotation, else the config defaults).
+	// CPUs, CPUIDs, MemoryMiB size the enclave: the config defaults until
+	// ApplyAllocation replaces them by what the device plugin allocated.
+	// Nothing the Pod's author writes (env, annotations) sizes an enclave.
 	CPUs      int
 	CPUIDs    []int
 	MemoryMiB int
+	// Allocated is set by ApplyAllocation.
+	Allocated bool
+	// Pod names the container as kubelet knows it, when containerd's CRI
+	// created it (empty for direct use such as ctr run).
+	Pod PodRef
 	// Debug is ANJ_ENCLAVE_DEBUG_MODE=yes in the process env.
 	Debug bool
 	// Ports are the TCP ports the launcher listens on in the Pod's network
@@ -38,20 +44,27 @@ type Plan struct {
 	ImageLocation string
 	// Process is what runs inside the enclave (measured into the EIF).
 	Process ramdisk.Process
+	// allocationEnv holds the NITROPOD_* values of the container env, which
+	// the device plugin sets and a Pod author could override; they are only
+	// compared with the authoritative allocation.
+	allocationEnv map[string]string
 }
 
-// EnclaveAnnotation is one container's entry in nitropod.EnclavesAnnotation,
-// written by the webhook.
-type EnclaveAnnotation struct {
-	CPU       int      `json:"cpu"`
-	MemoryMiB int      `json:"memoryMiB"`
-	Ports     []uint16 `json:"ports,omitempty"`
-	Debug     bool     `json:"debug,omitempty"`
+// PodRef names a CRI container: its Pod's namespace and name and its own
+// name, from the annotations containerd's CRI sets (from kubelet's sandbox
+// metadata, not from the Pod's annotations).
+type PodRef struct {
+	Namespace, Name, Container string
 }
+
+// IsSet reports whether the container came through CRI.
+func (r PodRef) IsSet() bool { return r.Namespace != "" && r.Name != "" && r.Container != "" }
+
+func (r PodRef) String() string { return r.Namespace + "/" + r.Name + " container " + r.Container }
 
 // runtimeEnv names are set per allocation by the device plugin; they are
 // not part of the measured process (they would make every allocation a new
-// EIF) but size the enclave.
+// EIF) and never size the enclave.
 var runtimeEnv = map[string]bool{
 	nitropod.EnvCPUIDs:      true,
 	nitropod.EnvMemoryMiB:   true,
@@ -65,11 +78,11 @@ func PlanContainer(spec *specs.Spec, cfg Config) (Plan, error) {
 	case nitropod.CRIContainerTypePod:
 		return Plan{}, nil
 	}
-	var entry *EnclaveAnnotation
+	var entry *contract.Enclave
 	if raw, ok := ann[nitropod.EnclavesAnnotation]; ok && ann[nitropod.CRIContainerType] == nitropod.CRIContainerTypeApp {
-		all := map[string]EnclaveAnnotation{}
-		if err := json.Unmarshal([]byte(raw), &all); err != nil {
-			return Plan{}, fmt.Errorf("parsing annotation %s=%q: %w (it is written by the nitropod webhook; re-create the Pod)", nitropod.EnclavesAnnotation, raw, err)
+		all, err := contract.ParseEnclaves(raw)
+		if err != nil {
+			return Plan{}, fmt.Errorf("annotation %s: %w (it is written by the nitropod webhook; re-create the Pod)", nitropod.EnclavesAnnotation, err)
 		}
 		e, ok := all[ann[nitropod.CRIContainerName]]
 		if !ok {
@@ -81,14 +94,13 @@ func PlanContainer(spec *specs.Spec, cfg Config) (Plan, error) {
 		return Plan{}, fmt.Errorf("container spec has no process args: an enclave container needs a command")
 	}
 	p := Plan{Enclave: true, CPUs: cfg.DefaultCPUs, MemoryMiB: cfg.DefaultMemoryMiB, ImageLocation: ann[nitropod.ImageLocationAnnotation]}
+	if ann[nitropod.CRIContainerType] == nitropod.CRIContainerTypeApp {
+		p.Pod = PodRef{Namespace: ann[nitropod.CRISandboxNamespace], Name: ann[nitropod.CRISandboxName], Container: ann[nitropod.CRIContainerName]}
+	}
 	if entry != nil {
-		if entry.CPU > 0 {
-			p.CPUs = entry.CPU
+		for _, port := range entry.Ports {
+			p.Ports = append(p.Ports, uint16(port)) // 1..65535, checked by ParseEnclaves
 		}
-		if entry.MemoryMiB > 0 {
-			p.MemoryMiB = entry.MemoryMiB
-		}
-		p.Ports = append(p.Ports, entry.Ports...)
 		p.Debug = entry.Debug
 	}
 	env := map[string]string{}
@@ -113,27 +125,17 @@ func PlanContainer(spec *specs.Spec, cfg Config) (Plan, error) {
 	// from maps): one entry per name, the last value winning as in
 	// containerd's WithEnv, sorted by name.
 	for _, k := range slices.Sorted(maps.Keys(env)) {
-		if !runtimeEnv[k] {
-			proc.Env = append(proc.Env, k+"="+env[k])
+		if runtimeEnv[k] {
+			if p.allocationEnv == nil {
+				p.allocationEnv = map[string]string{}
+			}
+			p.allocationEnv[k] = env[k]
+			continue
 		}
+		proc.Env = append(proc.Env, k+"="+env[k])
 	}
 	if env[nitropod.DebugModeEnv] == nitropod.DebugModeValue {
 		p.Debug = true
-	}
-	if s := env[nitropod.EnvCPUIDs]; s != "" {
-		ids, err := ParseCPUList(s)
-		if err != nil {
-			return Plan{}, fmt.Errorf("env %s=%q from the device plugin: %w", nitropod.EnvCPUIDs, s, err)
-		}
-		p.CPUIDs = ids
-		p.CPUs = len(ids)
-	}
-	if s := env[nitropod.EnvMemoryMiB]; s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n < nitropod.MinEnclaveMemoryMiB {
-			return Plan{}, fmt.Errorf("env %s=%q from the device plugin: want a number of MiB ≥ %d", nitropod.EnvMemoryMiB, s, nitropod.MinEnclaveMemoryMiB)
-		}
-		p.MemoryMiB = n
 	}
 	p.PortsFromImage = entry == nil || entry.Ports == nil
 	p.Ports = uniquePorts(p.Ports)
@@ -142,31 +144,31 @@ func PlanContainer(spec *specs.Spec, cfg Config) (Plan, error) {
 	return p, nil
 }
 
-// ParseCPUList parses a Linux cpu-list ("1,3", "2-5,8") into sorted ids.
-func ParseCPUList(s string) ([]int, error) {
-	seen := map[int]bool{}
-	for _, part := range strings.Split(strings.TrimSpace(s), ",") {
-		lo, hi, isRange := strings.Cut(part, "-")
-		a, err := strconv.Atoi(lo)
-		if err != nil || a < 0 {
-			return nil, fmt.Errorf("bad cpu id %q in cpu list %q", part, s)
-		}
-		b := a
-		if isRange {
-			if b, err = strconv.Atoi(hi); err != nil || b < a || b-a > 4096 {
-				return nil, fmt.Errorf("bad cpu range %q in cpu list %q", part, s)
-			}
-		}
-		for i := a; i <= b; i++ {
-			seen[i] = true
+// ApplyAllocation sizes the enclave from a, the device plugin's allocation
+// as kubelet recorded it. NITROPOD_* values in the container's env must
+// agree with it: they are the device plugin's, and a Pod that overrides
+// them is trying to claim CPUs or memory it was not given.
+func (p *Plan) ApplyAllocation(a contract.Allocation) error {
+	if s, ok := p.allocationEnv[nitropod.EnvCPUIDs]; ok {
+		ids, err := contract.ParseCPUList(s)
+		if err != nil || !slices.Equal(ids, a.CPUIDs) {
+			return fmt.Errorf("env %s=%s does not match the cpus %s the device plugin allocated: NITROPOD_* variables are set by nitropod, remove them from the Pod",
+				nitropod.EnvCPUIDs, contract.Clip(s), contract.JoinCPUIDs(a.CPUIDs))
 		}
 	}
-	ids := make([]int, 0, len(seen))
-	for i := range seen {
-		ids = append(ids, i)
+	if s, ok := p.allocationEnv[nitropod.EnvMemoryMiB]; ok && s != strconv.Itoa(a.MemoryMiB) {
+		return fmt.Errorf("env %s=%s does not match the %d MiB the device plugin allocated: NITROPOD_* variables are set by nitropod, remove them from the Pod",
+			nitropod.EnvMemoryMiB, contract.Clip(s), a.MemoryMiB)
 	}
-	sort.Ints(ids)
-	return ids, nil
+	if s, ok := p.allocationEnv[nitropod.EnvEnclaveSlot]; ok && s != strconv.Itoa(a.Slot) {
+		return fmt.Errorf("env %s=%s does not match the enclave slot %d the device plugin allocated: NITROPOD_* variables are set by nitropod, remove them from the Pod",
+			nitropod.EnvEnclaveSlot, contract.Clip(s), a.Slot)
+	}
+	p.CPUIDs = slices.Clone(a.CPUIDs)
+	p.CPUs = len(a.CPUIDs)
+	p.MemoryMiB = a.MemoryMiB
+	p.Allocated = true
+	return nil
 }
 
 func uniquePorts(ps []uint16) []uint16 {

@@ -5,9 +5,11 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	nitropod "github.com/nitropod/nitropod"
+	"github.com/nitropod/nitropod/contract"
 	"github.com/nitropod/nitropod/eif/ramdisk"
 )
 
@@ -27,7 +29,8 @@ func testSpec(ann map[string]string, env ...string) *specs.Spec {
 func TestPlanContainer(t *testing.T) {
 	cfg := DefaultConfig()
 	cri := func(kind, name string, extra map[string]string) map[string]string {
-		m := map[string]string{nitropod.CRIContainerType: kind, nitropod.CRIContainerName: name, nitropod.CRISandboxID: "sb"}
+		m := map[string]string{nitropod.CRIContainerType: kind, nitropod.CRIContainerName: name, nitropod.CRISandboxID: "sb",
+			nitropod.CRISandboxNamespace: "ns", nitropod.CRISandboxName: "pod"}
 		for k, v := range extra {
 			m[k] = v
 		}
@@ -58,18 +61,18 @@ func TestPlanContainer(t *testing.T) {
 			}},
 		},
 		{
-			name: "webhook annotation sizes the enclave and lists ports",
+			name: "webhook annotation lists ports but does not size the enclave",
 			spec: testSpec(cri(nitropod.CRIContainerTypeApp, "app", map[string]string{nitropod.EnclavesAnnotation: enclaves}), "A=1"),
-			want: Plan{Enclave: true, CPUs: 4, MemoryMiB: 2048, Ports: []uint16{80, 8080}, Process: ramdisk.Process{
+			want: Plan{Enclave: true, CPUs: 2, MemoryMiB: 512, Pod: PodRef{"ns", "pod", "app"}, Ports: []uint16{80, 8080}, Process: ramdisk.Process{
 				Args: []string{"sh", "-c", "echo hi"}, Env: []string{"A=1"}, Cwd: "/work", UID: 1000, GID: 1000,
 				AdditionalGIDs: []uint32{10}, Hostname: "pod-a", Ports: []uint16{80, 8080},
 			}},
 		},
 		{
-			name: "device plugin env wins and stays out of the measured env; debug mode",
+			name: "device plugin env neither sizes the enclave nor enters the measured env; debug mode",
 			spec: testSpec(cri(nitropod.CRIContainerTypeApp, "app", map[string]string{nitropod.EnclavesAnnotation: enclaves}),
 				"A=1", nitropod.EnvCPUIDs+"=2-3,6,7", nitropod.EnvMemoryMiB+"=1024", nitropod.EnvEnclaveSlot+"=1", nitropod.DebugModeEnv+"=yes"),
-			want: Plan{Enclave: true, CPUs: 4, CPUIDs: []int{2, 3, 6, 7}, MemoryMiB: 1024, Debug: true, Ports: []uint16{80, 8080}, Process: ramdisk.Process{
+			want: Plan{Enclave: true, CPUs: 2, MemoryMiB: 512, Pod: PodRef{"ns", "pod", "app"}, Debug: true, Ports: []uint16{80, 8080}, Process: ramdisk.Process{
 				Args: []string{"sh", "-c", "echo hi"}, Env: []string{"A=1", nitropod.DebugModeEnv + "=yes"}, Cwd: "/work", UID: 1000, GID: 1000,
 				AdditionalGIDs: []uint32{10}, Hostname: "pod-a", Ports: []uint16{80, 8080},
 			}},
@@ -97,7 +100,7 @@ func TestPlanContainer(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if diff := cmp.Diff(tc.want, got); diff != "" {
+			if diff := cmp.Diff(tc.want, got, cmpopts.IgnoreUnexported(Plan{})); diff != "" {
 				t.Errorf("plan (-want +got):\n%s", diff)
 			}
 		})
@@ -111,8 +114,8 @@ func TestPlanContainerErrors(t *testing.T) {
 		spec       *specs.Spec
 	}{
 		{"bad annotation", nitropod.EnclavesAnnotation, testSpec(map[string]string{nitropod.CRIContainerType: nitropod.CRIContainerTypeApp, nitropod.EnclavesAnnotation: "{"})},
-		{"bad cpu ids", "NITROPOD_CPU_IDS", testSpec(nil, nitropod.EnvCPUIDs+"=a,b")},
-		{"small memory", "NITROPOD_MEMORY_MIB", testSpec(nil, nitropod.EnvMemoryMiB+"=8")},
+		{"annotation of an impossible size", "cpu 3 is not an even number", testSpec(map[string]string{nitropod.CRIContainerType: nitropod.CRIContainerTypeApp, nitropod.CRIContainerName: "a",
+			nitropod.EnclavesAnnotation: `{"a":{"cpu":3,"memoryMiB":64}}`})},
 		{"no args", "no process args", &specs.Spec{Process: &specs.Process{}}},
 	}
 	for _, tc := range tests {
@@ -122,34 +125,6 @@ func TestPlanContainerErrors(t *testing.T) {
 				t.Fatalf("err = %v, want one mentioning %q", err, tc.want)
 			}
 		})
-	}
-}
-
-func TestParseCPUList(t *testing.T) {
-	tests := []struct {
-		in   string
-		want []int
-		ok   bool
-	}{
-		{"1,3", []int{1, 3}, true},
-		{"2-5,8", []int{2, 3, 4, 5, 8}, true},
-		{" 7 ", []int{7}, true},
-		{"3,1,3", []int{1, 3}, true},
-		{"5-2", nil, false},
-		{"", nil, false},
-		{"-1", nil, false},
-	}
-	for _, tc := range tests {
-		got, err := ParseCPUList(tc.in)
-		if (err == nil) != tc.ok {
-			t.Errorf("ParseCPUList(%q) err = %v, want ok=%v", tc.in, err, tc.ok)
-			continue
-		}
-		if tc.ok {
-			if diff := cmp.Diff(tc.want, got); diff != "" {
-				t.Errorf("ParseCPUList(%q) (-want +got):\n%s", tc.in, diff)
-			}
-		}
 	}
 }
 
@@ -163,6 +138,8 @@ cache_max_bytes = 1000
 nitro_cli = "/usr/bin/nitro-cli"
 default_cpus = 4
 default_memory_mib = 1024
+[allocation]
+pod_resources_socket = "/k/pod-resources/kubelet.sock"
 [qemu]
 binary = "/q"
 accel = "kvm"
@@ -171,7 +148,8 @@ accel = "kvm"
 		t.Fatal(err)
 	}
 	want := Config{Backend: "nitro-cli", BlobsDir: "/b", InitPath: "/i", CacheDir: "/c", CacheMaxBytes: 1000,
-		QEMU: QEMUConfig{Binary: "/q", Accel: "kvm"}, NitroCLI: "/usr/bin/nitro-cli", DefaultCPUs: 4, DefaultMemoryMiB: 1024, RunDir: DefaultConfig().RunDir}
+		QEMU: QEMUConfig{Binary: "/q", Accel: "kvm"}, NitroCLI: "/usr/bin/nitro-cli", DefaultCPUs: 4, DefaultMemoryMiB: 1024, RunDir: DefaultConfig().RunDir,
+		Allocation: AllocationConfig{Source: AllocationKubelet, PodResourcesSocket: "/k/pod-resources/kubelet.sock"}}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("config (-want +got):\n%s", diff)
 	}
@@ -181,6 +159,8 @@ accel = "kvm"
 		{`default_memory_mib = 10`, "default_memory_mib 10"},
 		{"[qemu]\naccel = \"hvf\"", `qemu.accel "hvf"`},
 		{`cache_max_bytes = -1`, "cache_max_bytes -1"},
+		{"[allocation]\nsource = \"env\"", `allocation.source "env" is not supported`},
+		{"[allocation]\npod_resources_socket = \"kubelet.sock\"", `must be an absolute path`},
 		{`backend = `, "parsing shim config"},
 	} {
 		_, err := ParseConfig([]byte(bad.in), DefaultConfig())
@@ -216,5 +196,47 @@ func TestPlanContainerEnvOrderIsCanonical(t *testing.T) {
 	}
 	if diff := cmp.Diff(a.Process, b.Process); diff != "" {
 		t.Errorf("process differs with env order (-a +b):\n%s", diff)
+	}
+}
+
+// TestApplyAllocation: only the allocation sizes the enclave, and device
+// plugin variables a Pod overrode are refused rather than believed.
+func TestApplyAllocation(t *testing.T) {
+	cfg := DefaultConfig()
+	ann := map[string]string{nitropod.CRIContainerType: nitropod.CRIContainerTypeApp, nitropod.CRIContainerName: "app",
+		nitropod.CRISandboxNamespace: "ns", nitropod.CRISandboxName: "pod"}
+	alloc := contract.Allocation{CPUIDs: []int{2, 3}, MemoryMiB: 1024, Slot: 1}
+
+	// The device plugin's own values agree with kubelet's record.
+	p, err := PlanContainer(testSpec(ann, nitropod.EnvCPUIDs+"=2,3", nitropod.EnvMemoryMiB+"=1024", nitropod.EnvEnclaveSlot+"=1"), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.ApplyAllocation(alloc); err != nil {
+		t.Fatal(err)
+	}
+	if p.CPUs != 2 || !cmp.Equal(p.CPUIDs, []int{2, 3}) || p.MemoryMiB != 1024 || !p.Allocated {
+		t.Errorf("plan after allocation: cpus %d %v, memory %d, allocated %t", p.CPUs, p.CPUIDs, p.MemoryMiB, p.Allocated)
+	}
+
+	// A Pod author who sets the variables (kubelet puts the container's own
+	// env after the device plugin's, so the Pod's value wins) is refused.
+	for _, env := range []string{
+		nitropod.EnvCPUIDs + "=0-7",
+		nitropod.EnvCPUIDs + "=junk",
+		nitropod.EnvMemoryMiB + "=65536",
+		nitropod.EnvEnclaveSlot + "=3",
+	} {
+		p, err := PlanContainer(testSpec(ann, env), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = p.ApplyAllocation(alloc)
+		if err == nil || !strings.Contains(err.Error(), "remove them from the Pod") {
+			t.Errorf("env %s: error %v, want a refusal", env, err)
+		}
+		if p.Allocated || p.MemoryMiB != cfg.DefaultMemoryMiB {
+			t.Errorf("env %s: the refused plan was sized anyway: %+v", env, p)
+		}
 	}
 }

@@ -194,6 +194,10 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 		r.Options = runcOptions(r.Options)
 		return s.runc.Create(ctx, r)
 	}
+	if err := sizeEnclave(ctx, cfg, spec, &plan); err != nil {
+		log.G(ctx).WithError(err).WithField("id", r.ID).Error("sizing the enclave")
+		return nil, errdefs.ToGRPCf(errdefs.ErrFailedPrecondition, "%v", err)
+	}
 	if plan.PortsFromImage && spec.Annotations[nitropod.CRIImageName] != "" && s.address != "" {
 		ns, _ := namespaces.Namespace(ctx)
 		ports, err := imagePorts(ctx, cfg, s.address, ns, spec.Annotations[nitropod.CRIImageName])

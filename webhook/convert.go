@@ -3,6 +3,9 @@ package webhook
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"path"
+	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -156,6 +159,8 @@ func (c *converter) convert() {
 		c.deny("the Pod has %d containers but a node runs at most %d enclaves; use at most %d containers (init containers do not count)",
 			n, c.cfg.MaxEnclaves, c.cfg.MaxEnclaves)
 	}
+	c.reservedAnnotations()
+	c.reservedEnv()
 	c.imageLocation()
 	c.launcherResources()
 	license := c.licenseVolume()
@@ -179,6 +184,53 @@ func (c *converter) convert() {
 	}
 	c.pod.Annotations[nitropod.EnclavesAnnotation] = contract.MarshalEnclaves(enclaves)
 }
+
+// userAnnotations are the nitropod.io/ annotations a Pod's author may
+// write; every other name under that prefix is nitropod's own, and a Pod
+// that brings one is refused rather than believed (nitropod.io/enclaves is
+// written by Convert itself, over whatever the Pod had).
+var userAnnotations = map[string]bool{
+	nitropod.ExpectedPCR0Annotation: true,
+	nitropod.ExpectedPCR8Annotation: true,
+	nitropod.EnclavesAnnotation:     true,
+}
+
+func (c *converter) reservedAnnotations() {
+	for _, k := range slices.Sorted(maps.Keys(c.pod.Annotations)) {
+		if strings.HasPrefix(k, nitropod.AnnotationPrefix) && !userAnnotations[k] {
+			c.deny("annotation %s is reserved for nitropod; remove it (a Pod may set only %s and %s)",
+				k, nitropod.ExpectedPCR0Annotation, nitropod.ExpectedPCR8Annotation)
+		}
+	}
+}
+
+// reservedEnv refuses NITROPOD_* variables in any container: they carry the
+// device plugin's allocation to the shim, and kubelet puts a container's own
+// env after the device plugin's, so a Pod could otherwise try to override
+// its enclave's size.
+func (c *converter) reservedEnv() {
+	each := func(kind, name string, env []corev1.EnvVar, from []corev1.EnvFromSource) {
+		for _, e := range env {
+			if strings.HasPrefix(e.Name, reservedEnvPrefix) {
+				c.deny("%s %s: env %s is reserved for nitropod (NITROPOD_* variables carry the enclave allocation); rename it", kind, name, e.Name)
+			}
+		}
+		for _, f := range from {
+			if strings.HasPrefix(f.Prefix, reservedEnvPrefix) {
+				c.deny("%s %s: envFrom prefix %q is reserved for nitropod (NITROPOD_* variables carry the enclave allocation); choose another prefix", kind, name, f.Prefix)
+			}
+		}
+	}
+	for _, ctr := range c.pod.Spec.InitContainers {
+		each("init container", ctr.Name, ctr.Env, ctr.EnvFrom)
+	}
+	for _, ctr := range c.pod.Spec.Containers {
+		each("container", ctr.Name, ctr.Env, ctr.EnvFrom)
+	}
+}
+
+// reservedEnvPrefix starts the names of the device plugin's variables.
+const reservedEnvPrefix = "NITROPOD_"
 
 func (c *converter) imageLocation() {
 	loc, ok := c.pod.Annotations[nitropod.ImageLocationAnnotation]
@@ -401,6 +453,14 @@ func (c *converter) setResources(ctr *corev1.Container, e contract.Enclave) {
 	}
 }
 
+// underLicenseDir reports whether a mountPath, cleaned as the runtime
+// cleans it, is the licence directory or inside it (where a second mount
+// would hide or replace the licence the shim checks).
+func underLicenseDir(p string) bool {
+	p = path.Clean("/" + p)
+	return p == nitropod.LicenseDir || strings.HasPrefix(p, nitropod.LicenseDir+"/")
+}
+
 func (c *converter) mountLicense(ctr *corev1.Container, volume string) {
 	found := false
 	for i := range ctr.VolumeMounts {
@@ -413,8 +473,8 @@ func (c *converter) mountLicense(ctr *corev1.Container, volume string) {
 			m.SubPath, m.SubPathExpr = "", ""
 			m.MountPropagation = nil
 			m.RecursiveReadOnly = nil
-		case m.MountPath == nitropod.LicenseDir:
-			c.deny("container %s: volumeMount %s uses %s, where the licence is mounted; choose another mountPath", ctr.Name, m.Name, nitropod.LicenseDir)
+		case underLicenseDir(m.MountPath):
+			c.deny("container %s: volumeMount %s at %s is at or under %s, where the licence is mounted; choose another mountPath", ctr.Name, m.Name, m.MountPath, nitropod.LicenseDir)
 		}
 	}
 	if !found {

@@ -277,7 +277,24 @@ func TestConvertDenied(t *testing.T) {
 			"the Pod has no volume for the licence Secret \"anjuna-license\"; create it with `kubectl create secret generic anjuna-license --from-file=license.yaml=anjuna-license.yaml` and add the volume {name: anjuna-license, secret: {secretName: anjuna-license}} to the Pod"},
 		{"licence path taken", func(p *corev1.Pod) {
 			p.Spec.Containers[0].VolumeMounts = append(p.Spec.Containers[0].VolumeMounts, corev1.VolumeMount{Name: "data", MountPath: nitropod.LicenseDir})
-		}, Config{}, `container nginx-pod: volumeMount data uses /run/nitropod/license, where the licence is mounted; choose another mountPath`},
+		}, Config{}, `container nginx-pod: volumeMount data at /run/nitropod/license is at or under /run/nitropod/license, where the licence is mounted; choose another mountPath`},
+		{"licence path taken, spelled differently", func(p *corev1.Pod) {
+			p.Spec.Containers[0].VolumeMounts = append(p.Spec.Containers[0].VolumeMounts, corev1.VolumeMount{Name: "data", MountPath: "/run//nitropod/./license/"})
+		}, Config{}, `container nginx-pod: volumeMount data at /run//nitropod/./license/ is at or under /run/nitropod/license, where the licence is mounted; choose another mountPath`},
+		{"mount under the licence directory", func(p *corev1.Pod) {
+			p.Spec.Containers[0].VolumeMounts = append(p.Spec.Containers[0].VolumeMounts, corev1.VolumeMount{Name: "data", MountPath: "/run/nitropod/license/license.yaml"})
+		}, Config{}, `container nginx-pod: volumeMount data at /run/nitropod/license/license.yaml is at or under /run/nitropod/license, where the licence is mounted; choose another mountPath`},
+		{"device plugin env set by the Pod", func(p *corev1.Pod) {
+			p.Spec.Containers[0].Env = append(p.Spec.Containers[0].Env, corev1.EnvVar{Name: nitropod.EnvCPUIDs, Value: "0-7"})
+		}, Config{}, `container nginx-pod: env NITROPOD_CPU_IDS is reserved for nitropod (NITROPOD_* variables carry the enclave allocation); rename it`},
+		{"device plugin env in an init container", func(p *corev1.Pod) {
+			p.Spec.InitContainers = append(p.Spec.InitContainers, corev1.Container{Name: "init", Image: "busybox", Env: []corev1.EnvVar{{Name: nitropod.EnvMemoryMiB, Value: "99999"}}})
+		}, Config{}, `init container init: env NITROPOD_MEMORY_MIB is reserved for nitropod (NITROPOD_* variables carry the enclave allocation); rename it`},
+		{"envFrom with the reserved prefix", func(p *corev1.Pod) {
+			p.Spec.Containers[0].EnvFrom = append(p.Spec.Containers[0].EnvFrom, corev1.EnvFromSource{Prefix: "NITROPOD_", ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "x"}}})
+		}, Config{}, `container nginx-pod: envFrom prefix "NITROPOD_" is reserved for nitropod (NITROPOD_* variables carry the enclave allocation); choose another prefix`},
+		{"nitropod annotation the Pod may not write", annotate("nitropod.io/allocation", `{"cpus":"0-7"}`), Config{},
+			`annotation nitropod.io/allocation is reserved for nitropod; remove it (a Pod may set only nitropod.io/expected-pcr0 and nitropod.io/expected-pcr8)`},
 		{"image location not s3", annotate(nitropod.ImageLocationAnnotation, "https://example.com/x.eif"), Config{},
 			`annotation nitro.k8s.anjuna.io/imageLocation: image location "https://example.com/x.eif" is not an S3 URL: write it as s3://BUCKET/KEY`},
 		{"image location bad bucket", annotate(nitropod.ImageLocationAnnotation, "s3://My_Bucket/x.eif"), Config{},
@@ -394,5 +411,23 @@ func TestConvertPortsAndDebug(t *testing.T) {
 	want := []string{"container nginx-pod: ANJ_ENCLAVE_DEBUG_MODE comes from valueFrom, which admission cannot see; the enclave is recorded as production mode"}
 	if diff := cmp.Diff(want, warnings); diff != "" {
 		t.Errorf("warnings (-want +got):\n%s", diff)
+	}
+}
+
+// TestConvertOverwritesForgedEnclaves: an enclaves annotation the Pod brings
+// is replaced by the one computed from its limits, never believed.
+func TestConvertOverwritesForgedEnclaves(t *testing.T) {
+	pod := basePod()
+	pod.Annotations = map[string]string{nitropod.EnclavesAnnotation: `{"nginx-pod":{"cpu":64,"memoryMiB":262144,"debug":true}}`}
+	got, _, err := Convert(pod, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _, err := Convert(basePod(), Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, w := got.Annotations[nitropod.EnclavesAnnotation], want.Annotations[nitropod.EnclavesAnnotation]; g != w {
+		t.Errorf("enclaves annotation = %s, want %s (the forged value must be replaced)", g, w)
 	}
 }

@@ -113,7 +113,8 @@ func Start(t testing.TB, opts Options) *Env {
 }
 
 // Configure rewrites the shim config: the QEMU backend with one CPU, the
-// memory of Options.MemoryMiB, the test's blobs, init, cache and run
+// memory of Options.MemoryMiB, sizes from the config (there is no kubelet
+// to ask for allocations), the test's blobs, init, cache and run
 // directory, then extra. The shim reads it at every Create.
 func (e *Env) Configure(t testing.TB, extra string) {
 	t.Helper()
@@ -126,6 +127,8 @@ default_cpus = 1
 default_memory_mib = %d
 [qemu]
 accel = "tcg"
+[allocation]
+source = "config"
 `, e.Blobs, e.InitPath, e.CacheDir, e.RunDir, e.memoryMiB)
 	if extra != "" {
 		cfg += strings.TrimRight(extra, "\n") + "\n"

@@ -1,11 +1,15 @@
-// Package fetch is nitropod-fetch, the shim's short-lived helper for a
-// lookup that needs a large client library: an image's EXPOSEd ports
-// through containerd's gRPC image and content API. Running it in a process
-// that exits keeps the gRPC client (about 4 MiB of resident memory) out of
-// the Pod-lifetime shim.
+// Package fetch is nitropod-fetch, the shim's short-lived helper for
+// lookups that need a large client library: an image's EXPOSEd ports
+// through containerd's gRPC image and content API, and a container's device
+// allocation through kubelet's gRPC pod-resources API. Running them in a
+// process that exits keeps the gRPC client (about 4 MiB of resident memory)
+// out of the Pod-lifetime shim.
 //
 //	nitropod-fetch image-ports ADDRESS NAMESPACE IMAGE
 //	    prints the image's EXPOSEd TCP ports as a JSON array
+//	nitropod-fetch pod-devices SOCKET NAMESPACE POD CONTAINER
+//	    prints the devices kubelet allocated to the container as a JSON
+//	    object from resource name to device IDs
 //
 // Errors go to stderr, one line, and the exit code is 1.
 package fetch
@@ -40,18 +44,25 @@ func Main(args []string, stdout, stderr io.Writer) int {
 }
 
 func run(ctx context.Context, args []string) (any, error) {
+	const usage = "usage: nitropod-fetch image-ports ADDRESS NAMESPACE IMAGE | pod-devices SOCKET NAMESPACE POD CONTAINER (run by containerd-shim-nitro-v1)"
 	if len(args) == 0 {
-		return nil, errors.New("usage: nitropod-fetch image-ports ADDRESS NAMESPACE IMAGE (run by containerd-shim-nitro-v1)")
+		return nil, errors.New(usage)
 	}
-	if args[0] != "image-ports" {
-		return nil, fmt.Errorf("unknown nitropod-fetch command %q: use image-ports", args[0])
+	switch args[0] {
+	case "image-ports":
+		if len(args) != 4 {
+			return nil, errors.New(usage)
+		}
+		ports, err := ImageExposedPorts(ctx, args[1], args[2], args[3])
+		if ports == nil {
+			ports = []uint16{}
+		}
+		return ports, err
+	case "pod-devices":
+		if len(args) != 5 {
+			return nil, errors.New(usage)
+		}
+		return PodDevices(ctx, args[1], args[2], args[3], args[4])
 	}
-	if len(args) != 4 {
-		return nil, errors.New("usage: nitropod-fetch image-ports ADDRESS NAMESPACE IMAGE")
-	}
-	ports, err := ImageExposedPorts(ctx, args[1], args[2], args[3])
-	if ports == nil {
-		ports = []uint16{}
-	}
-	return ports, err
+	return nil, fmt.Errorf("unknown nitropod-fetch command %q: use image-ports or pod-devices", args[0])
 }

@@ -673,13 +673,22 @@ func RenderDropIn(path, shim, shimConfig string) (string, error) {
 	return s, nil
 }
 
+// KubeletRoot is the kubelet --root-dir of a cluster in dir.
+func KubeletRoot(dir string) string { return filepath.Join(dir, "kubelet") }
+
+// PodResourcesSocket is kubelet's pod-resources socket of a cluster in dir,
+// where the shim looks up each enclave's allocation.
+func PodResourcesSocket(dir string) string {
+	return filepath.Join(KubeletRoot(dir), "pod-resources", "kubelet.sock")
+}
+
 // StartKubelet starts (or restarts) kubelet in the node's network namespace.
 func (c *Cluster) StartKubelet(ctx context.Context) error {
 	bin, err := c.bin("kubelet")
 	if err != nil {
 		return err
 	}
-	c.KubeletRoot = filepath.Join(c.opts.Dir, "kubelet")
+	c.KubeletRoot = KubeletRoot(c.opts.Dir)
 	cfg := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 address: %s

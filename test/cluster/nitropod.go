@@ -54,8 +54,9 @@ const (
 // runs for cache hits). licenseKeys, when not empty, is a PEM file of
 // trusted licence issuer keys and switches licence enforcement on (the
 // shim then refuses enclave containers without a valid licence); empty
-// leaves it off.
-func ShimConfig(path, bin, blobs, cache, runDir, licenseKeys string) error {
+// leaves it off. Enclaves are sized from kubelet's pod-resources API at
+// podResources (PodResourcesSocket of the cluster's directory).
+func ShimConfig(path, bin, blobs, cache, runDir, licenseKeys, podResources string) error {
 	cfg := fmt.Sprintf(`# Written by the e2e harness: emulated enclaves.
 backend = "qemu"
 blobs_dir = %q
@@ -68,11 +69,15 @@ run_dir = %q
 binary = "qemu-system-x86_64"
 accel = "tcg"
 
+[allocation]
+source = "kubelet"
+pod_resources_socket = %q
+
 [license]
 enforce = %t
 keys_file = %q
 `, blobs, filepath.Join(bin, "nitropod-init"), filepath.Join(bin, "nitropod-launcher"), cache, runDir,
-		licenseKeys != "", licenseKeys)
+		podResources, licenseKeys != "", licenseKeys)
 	return writeFile(path, cfg, 0o644)
 }
 

@@ -110,7 +110,7 @@ func run() error {
 		return err
 	}
 	shimCfg := filepath.Join(dir, "nitropod", "shim.toml")
-	if err := cluster.ShimConfig(shimCfg, filepath.Dir(shim), blobs, filepath.Join(out, "cache", "eif"), runDir, issuer.PublicKey); err != nil {
+	if err := cluster.ShimConfig(shimCfg, filepath.Dir(shim), blobs, filepath.Join(out, "cache", "eif"), runDir, issuer.PublicKey, cluster.PodResourcesSocket(dir)); err != nil {
 		return err
 	}
 	start := time.Now()

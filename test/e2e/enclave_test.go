@@ -61,7 +61,7 @@ func startNitroCluster(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cluster.ShimConfig(opts.ShimConfig, bin, blobs, cache, runDir, issuer.PublicKey); err != nil {
+	if err := cluster.ShimConfig(opts.ShimConfig, bin, blobs, cache, runDir, issuer.PublicKey, cluster.PodResourcesSocket(dir)); err != nil {
 		t.Fatal(err)
 	}
 	e := startCluster(t, opts)
