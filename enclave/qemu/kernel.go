@@ -115,19 +115,44 @@ func bzImagePayload(b []byte) ([]byte, error) {
 	return b[start:end], nil
 }
 
+// maxNoteSegment bounds a PT_NOTE segment of the unpacked kernel (Linux's
+// are a few hundred bytes).
+const maxNoteSegment = 1 << 20
+
 // checkPVH checks that path is an x86-64 ELF with a PVH entry note.
 func checkPVH(path string) error {
-	f, err := elf.Open(path)
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	return checkPVHReader(f, fi.Size())
+}
+
+// checkPVHReader is checkPVH of an ELF of size bytes. The kernel comes from
+// an EIF, which may come from anywhere: every size in its headers is checked
+// against the file and maxNoteSegment before anything is allocated.
+func checkPVHReader(r io.ReaderAt, size int64) error {
+	f, err := elf.NewFile(r)
 	if err != nil {
 		return fmt.Errorf("unpacked kernel is not an ELF: %w", err)
 	}
-	defer f.Close()
 	if f.Machine != elf.EM_X86_64 {
 		return fmt.Errorf("unpacked kernel is for %v", f.Machine)
 	}
 	for _, p := range f.Progs {
 		if p.Type != elf.PT_NOTE {
 			continue
+		}
+		if p.Off > uint64(size) || p.Filesz > uint64(size)-p.Off {
+			return fmt.Errorf("unpacked kernel: a note segment of %d bytes at offset %d lies outside the %d-byte file", p.Filesz, p.Off, size)
+		}
+		if p.Filesz > maxNoteSegment {
+			return fmt.Errorf("unpacked kernel: a note segment of %d bytes is larger than %d", p.Filesz, maxNoteSegment)
 		}
 		notes := make([]byte, p.Filesz)
 		if _, err := p.ReadAt(notes, 0); err != nil {

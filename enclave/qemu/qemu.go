@@ -457,6 +457,25 @@ func (e *qemuEnclave) Terminate(ctx context.Context) error {
 	return err
 }
 
+// stoppedErr explains a QEMU that exited during boot: its wait error
+// (wrapped) or, when it exited with status 0 (the guest powered off or
+// rebooted, e.g. after a kernel panic with panic=-1), that fact, never a
+// formatted nil; then QEMU's stderr, or a hint to see the console.
+func stoppedErr(what string, waitErr error, stderr string) error {
+	var cause error = errQEMUExitedCleanly
+	if waitErr != nil {
+		cause = fmt.Errorf("qemu exited: %w", waitErr)
+	}
+	if stderr != "" {
+		return fmt.Errorf("%s: the enclave stopped during boot (%w): %s", what, cause, stderr)
+	}
+	return fmt.Errorf("%s: the enclave stopped during boot (%w); boot it in debug mode to see its console", what, cause)
+}
+
+// errQEMUExitedCleanly is the cause of a boot that ended with QEMU's exit
+// status 0.
+var errQEMUExitedCleanly = errors.New("qemu exited with status 0: the guest shut down or rebooted, for example after a kernel panic or an init that exited")
+
 // bootErr explains a boot that did not reach the heartbeat.
 func (e *qemuEnclave) bootErr(ctx context.Context, what string, err error) error {
 	// A closed channel usually means QEMU is exiting: give it a moment so
@@ -470,11 +489,7 @@ func (e *qemuEnclave) bootErr(ctx context.Context, what string, err error) error
 	}
 	select {
 	case <-e.done:
-		msg := strings.TrimSpace(e.stderr.String())
-		if msg != "" {
-			return fmt.Errorf("%s: qemu exited (%w): %s", what, e.waitErr, msg)
-		}
-		return fmt.Errorf("%s: the enclave stopped during boot (%w); boot it in debug mode to see its console", what, e.waitErr)
+		return stoppedErr(what, e.waitErr, strings.TrimSpace(e.stderr.String()))
 	default:
 	}
 	if ctx.Err() != nil {
