@@ -210,5 +210,72 @@ func podPatch(raw []byte, orig, out *corev1.Pod) ([]PatchOp, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encoding converted pod: %w", err)
 	}
-	return CreatePatch(raw, to)
+	a, err := decodeJSON(raw)
+	if err != nil {
+		return nil, fmt.Errorf("decoding original object: %w", err)
+	}
+	b, err := decodeJSON(to)
+	if err != nil {
+		return nil, fmt.Errorf("decoding patched object: %w", err)
+	}
+	// Encoding the typed Pod writes members the request did not have
+	// (status: {}, creationTimestamp: null, resources: {}): they carry no
+	// change, so the patch leaves them out rather than adding them.
+	b = dropAddedEmpty(a, b)
+	ops = ops[:0] // the full diff replaces the fast path's operations
+	if err := diff(&ops, "", a, b); err != nil {
+		return nil, err
+	}
+	return ops, nil
+}
+
+// dropAddedEmpty returns b without the members that a lacks and that hold
+// nothing (null, {}, [], "" or false, or objects of only such members).
+func dropAddedEmpty(a, b any) any {
+	if as, ok := a.([]any); ok {
+		bs, ok := b.([]any)
+		if !ok || len(as) != len(bs) {
+			return b
+		}
+		out := make([]any, len(bs))
+		for i := range bs {
+			out[i] = dropAddedEmpty(as[i], bs[i])
+		}
+		return out
+	}
+	am, aok := a.(map[string]any)
+	bm, bok := b.(map[string]any)
+	if !aok || !bok {
+		return b
+	}
+	out := make(map[string]any, len(bm))
+	for k, v := range bm {
+		if av, ok := am[k]; ok {
+			out[k] = dropAddedEmpty(av, v)
+		} else if !isEmptyJSON(v) {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+func isEmptyJSON(v any) bool {
+	switch x := v.(type) {
+	case nil:
+		return true
+	case string:
+		return x == ""
+	case bool:
+		return !x
+	case []any:
+		return len(x) == 0
+	case map[string]any:
+		for _, e := range x {
+			if !isEmptyJSON(e) {
+				return false
+			}
+		}
+		return true
+	}
+	return false
 }

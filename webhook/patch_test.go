@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 )
 
 // applyPatch is an independent RFC 6902 applier for add/remove/replace, used
@@ -195,5 +196,44 @@ func TestPodPatch(t *testing.T) {
 				t.Errorf("patched (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestPodPatchTouchesOnlyChanges: a request as a client writes it (no
+// status, no creationTimestamp, no empty resources) gets a patch with
+// operations only where the conversion changed something, on the fast path
+// and on the full-diff fallback.
+func TestPodPatchTouchesOnlyChanges(t *testing.T) {
+	raw := []byte(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"default","labels":{"nitro.k8s.anjuna.io/managed":"yes"}},
+"spec":{"containers":[{"name":"app","image":"busybox","resources":{"limits":{"cpu":"2","memory":"512Mi"}}},{"name":"b","image":"busybox"}]}}`)
+	var orig corev1.Pod
+	if err := json.Unmarshal(raw, &orig); err != nil {
+		t.Fatal(err)
+	}
+	out := orig.DeepCopy()
+	out.Annotations = map[string]string{"x": "1"}
+	out.Spec.NodeName = "n" // outside the fast path: the full diff runs
+	ops, err := PodPatch(raw, &orig, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var paths []string
+	for _, o := range ops {
+		paths = append(paths, o.Op+" "+o.Path)
+	}
+	want := []string{"add /metadata/annotations", "add /spec/nodeName"}
+	if diff := cmp.Diff(want, paths); diff != "" {
+		t.Errorf("patch operations (-want +got):\n%s", diff)
+	}
+	got, err := applyPatch(raw, ops)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var patched corev1.Pod
+	if err := json.Unmarshal(got, &patched); err != nil {
+		t.Fatal(err)
+	}
+	if !equality.Semantic.DeepEqual(&patched, out) {
+		t.Errorf("patched Pod differs from the converted one")
 	}
 }
