@@ -86,6 +86,9 @@ The same inputs give a byte-identical EIF; SOURCE_DATE_EPOCH fixes the metadata 
 			if initPath == "" || output == "" {
 				return errors.New("--init and --output are required")
 			}
+			if err := build.CheckInit(initPath); err != nil {
+				return fmt.Errorf("--init: %w", err)
+			}
 			signer, err := sf.signer()
 			if err != nil {
 				return err

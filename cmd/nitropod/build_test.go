@@ -2,11 +2,13 @@ package main
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"io"
 	"log"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -20,7 +22,7 @@ import (
 )
 
 func fakeBlobSet(t *testing.T) (blobs, initPath string) {
-	d := writeFiles(t, map[string]string{"blobs/bzImage": "kernel", "blobs/cmdline": "console=ttyS0 quiet\n", "blobs/virtio.ko": "mod", "init": "init"})
+	d := writeFiles(t, map[string]string{"blobs/bzImage": "kernel", "blobs/cmdline": "console=ttyS0 quiet\n", "blobs/virtio.ko": "mod", "init": string(staticELF())})
 	return filepath.Join(d, "blobs"), filepath.Join(d, "init")
 }
 
@@ -117,6 +119,8 @@ func TestBuildCommandErrors(t *testing.T) {
 		{[]string{"--oci-layout", "a", "--tarball", "b", "--init", initPath, "--output", out}, "only one"},
 		{[]string{"--rootfs", t.TempDir(), "--init", initPath, "--output", out, "--blobs", blobs}, "--process or the command"},
 		{[]string{"--oci-layout", t.TempDir(), "--output", out}, "--init and --output"},
+		{[]string{"--oci-layout", t.TempDir(), "--output", out, "--blobs", blobs, "--init", dynamicExecutable(t)}, "is dynamically linked"},
+		{[]string{"--oci-layout", t.TempDir(), "--output", out, "--blobs", blobs, "--init", filepath.Join(filepath.Dir(blobs), "blobs", "cmdline")}, "not an ELF executable"},
 		{[]string{"--oci-layout", t.TempDir(), "--init", initPath, "--output", out, "--blobs", blobs, "--signing-certificate", "c"}, "both"},
 	} {
 		_, err := runEIFCLI(t, append([]string{"build"}, tc.args...)...)
@@ -127,4 +131,28 @@ func TestBuildCommandErrors(t *testing.T) {
 	if _, err := os.Stat(out); err == nil {
 		t.Error("a failed build left its output")
 	}
+}
+
+// staticELF is a minimal statically linked x86-64 ELF header: what the
+// build's init check needs to see (the fake blob set never boots).
+func staticELF() []byte {
+	b := make([]byte, 64)
+	copy(b, "\x7fELF")
+	b[4], b[5], b[6] = 2, 1, 1
+	binary.LittleEndian.PutUint16(b[16:], 2)  // ET_EXEC
+	binary.LittleEndian.PutUint16(b[18:], 62) // EM_X86_64
+	binary.LittleEndian.PutUint32(b[20:], 1)
+	binary.LittleEndian.PutUint16(b[52:], 64)
+	binary.LittleEndian.PutUint16(b[54:], 56)
+	return b
+}
+
+// dynamicExecutable is a real dynamically linked executable of the host.
+func dynamicExecutable(t *testing.T) string {
+	t.Helper()
+	p, err := exec.LookPath("true")
+	if err != nil {
+		t.Skip("no `true` executable on this host")
+	}
+	return p
 }
