@@ -22,4 +22,45 @@
 // for its echo: on Nitro to CID 3 port 9000 (nitro-cli answers), in emulation
 // as the first byte on the virtio-serial port (the QEMU backend answers), so
 // the host learns that the enclave booted at the same point in both.
+//
+// # Who gets the channel on Nitro
+//
+// vsock is not network-namespaced: every process on the parent instance that
+// may create an AF_VSOCK socket, in any Pod, can dial any enclave's CID and
+// bind any free port, and all of them show the parent's CID (3) to an
+// enclave, so init cannot tell the launcher from another Pod by its address,
+// and nothing secret can be given to init per boot (everything in the EIF is
+// measured and the same for every boot). Were init to listen and take the
+// first connection, another Pod could race the launcher for a booting
+// enclave and drive its app: start it, read its output, feed its input.
+//
+// So the direction is reversed, and the launcher's proof is the port it
+// holds plus the peer CID the hypervisor stamps:
+//
+//   - Before booting, the launcher picks the enclave's CID (nitro-cli
+//     --enclave-cid) and binds vsock port ChannelPort(CID) on VMADDR_CID_ANY,
+//     which makes that port its own on every CID of the host: no other socket
+//     can bind it afterwards. If the bind fails (someone holds the port) it
+//     does not boot, and says so: failing closed, and visibly.
+//   - Init reads its own CID (IOCTL_VM_SOCKETS_GET_LOCAL_CID), sends the
+//     heartbeat, and dials ParentCID at ChannelPort(its CID), once. Init never
+//     listens on vsock, so nothing on the host can reach into the enclave.
+//   - The launcher accepts on that port only a connection whose peer is the
+//     enclave's CID. The source CID of a packet from an enclave is set by the
+//     hypervisor, and a process on the host always has the host's CID (or
+//     the loopback CID 1), so no Pod can pass for the enclave; every other
+//     connection is closed and logged. Other enclaves have other CIDs: the
+//     hypervisor gives a CID to one running enclave at a time, and nitro-cli
+//     refuses a CID in use.
+//   - The launcher stops listening once the enclave connected. Init does not
+//     dial again, so whoever binds the port later reaches nothing.
+//
+// This keeps other Pods from the channel; it is not a trust boundary for the
+// enclave, which does not trust the node at all: nothing that arrives over
+// the channel changes the measured code that runs. Keeping Pods on enclave
+// nodes from opening AF_VSOCK sockets at all (docs/SECURITY.md) also keeps
+// them from squatting channel ports, which would make boots fail.
+//
+// In emulation the channel is a virtio-serial port whose host end is a unix
+// socket in the launcher's private directory, so only the launcher reaches it.
 package agent

@@ -1,7 +1,9 @@
 // Package initproc is nitropod-init, PID 1 inside every enclave. From the
 // bootstrap ramdisk it mounts devtmpfs, loads the blob set's kernel modules
 // in order, sends the Nitro heartbeat and opens the agent channel (vsock on
-// Nitro, the virtio-serial port in emulation); then it switches root into the
+// Nitro, dialled out to the launcher, never listened for; the virtio-serial
+// port in emulation: see pickTransport and the agent package doc); then it
+// switches root into the
 // image's filesystem, mounts /proc /sys /dev/pts /dev/shm /run /tmp, brings up
 // loopback, sets the hostname and /etc/hosts, and, when the host asks, runs
 // the measured process (eif/ramdisk.Process) with its argv, env, working
