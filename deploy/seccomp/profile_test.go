@@ -209,7 +209,7 @@ func runProbe(t *testing.T, runc, dir, name string, profile *specs.LinuxSeccomp)
 		Root:    &specs.Root{Path: filepath.Join(dir, "rootfs"), Readonly: true},
 		Process: &specs.Process{
 			Args: []string{"/probe"}, Cwd: "/", Env: []string{"PATH=/"},
-			Capabilities: &specs.LinuxCapabilities{Bounding: defaultCaps, Effective: defaultCaps, Permitted: defaultCaps},
+			Capabilities:    &specs.LinuxCapabilities{Bounding: defaultCaps, Effective: defaultCaps, Permitted: defaultCaps},
 			NoNewPrivileges: true,
 		},
 		Mounts: []specs.Mount{{Destination: "/proc", Type: "proc", Source: "proc"}},
