@@ -156,3 +156,18 @@ func dynamicExecutable(t *testing.T) string {
 	}
 	return p
 }
+
+// TestRunRefusesDynamicInit: `nitropod run` builds an EIF too and checks
+// its --init the same way, before anything is built or booted.
+func TestRunRefusesDynamicInit(t *testing.T) {
+	blobs, _ := fakeBlobSet(t)
+	cmd := newRunCommand()
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	cmd.SilenceUsage = true
+	cmd.SetArgs([]string{"--oci-layout", t.TempDir(), "--blobs", blobs, "--init", dynamicExecutable(t)})
+	if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), "is dynamically linked") {
+		t.Errorf("run with a dynamic init: %v, want a refusal", err)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/nitropod/nitropod/eif/build"
 	"github.com/nitropod/nitropod/enclave/local"
 	"github.com/nitropod/nitropod/enclave/qemu"
 )
@@ -158,6 +159,13 @@ mode. Flags given explicitly override the manifest.`,
 			defer signal.Stop(sigs)
 			o.Signals = sigs
 
+			if o.EIF == "" {
+				if _, err := os.Stat(o.Init); err == nil {
+					if err := build.CheckInit(o.Init); err != nil {
+						return fmt.Errorf("--init: %w", err)
+					}
+				}
+			}
 			st, err := local.Run(context.Background(), o)
 			if err != nil {
 				return err
