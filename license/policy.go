@@ -73,10 +73,14 @@ func ContextFromSpec(spec *specs.Spec) Context {
 	return c
 }
 
-// ReadFile reads a licence file of at most MaxFileSize bytes (beneath its
-// own directory: see ReadFileBeneath). A missing file is an *Error with
-// ReasonMissing.
+// ReadFile reads a licence file the caller chose (the CLI's argument):
+// symlinks in p are followed, then it must be a regular file of at most
+// MaxFileSize bytes. A missing file is an *Error with ReasonMissing. The
+// shim reads a Pod's licence with ReadFileBeneath instead.
 func ReadFile(p string) ([]byte, error) {
+	if real, err := filepath.EvalSymlinks(p); err == nil {
+		p = real
+	}
 	root, rel := filepath.Split(filepath.Clean(p))
 	if root == "" {
 		root = "."
