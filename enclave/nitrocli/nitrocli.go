@@ -24,8 +24,17 @@ import (
 // Defaults for Config fields left zero.
 const (
 	DefaultBinary       = "nitro-cli"
-	DefaultPollInterval = 2 * time.Second
+	DefaultPollInterval = 5 * time.Second
 	DefaultDialTimeout  = 30 * time.Second
+	// DefaultCleanupWait bounds the search for an enclave that a cancelled
+	// boot left booting: nitro-cli's own heartbeat wait is at least two
+	// minutes (v1.5 calculate_necessary_timeout).
+	DefaultCleanupWait = 2 * time.Minute
+	DefaultCleanupPoll = time.Second
+	// DefaultRetryDelay is the pause before the one retry of a boot that
+	// lost the heartbeat port to another boot.
+	DefaultRetryDelay  = time.Second
+	DefaultGiveUpAfter = time.Minute
 )
 
 // Runner runs nitro-cli. The default runs the binary; tests substitute a
@@ -43,8 +52,35 @@ type Config struct {
 	// Binary is the nitro-cli executable (default DefaultBinary, from PATH).
 	Binary string
 	// PollInterval is how often describe-enclaves is asked whether the
-	// enclave still runs (default DefaultPollInterval).
+	// enclave still runs (default DefaultPollInterval). With StateDir set,
+	// all launchers of the node share one describe-enclaves call per
+	// PollInterval.
 	PollInterval time.Duration
+	// StateDir is a root-only node directory shared by every launcher
+	// (the shim's run_dir): it holds the boot lock and the shared
+	// describe-enclaves answer. "" serialises and shares nothing (tests).
+	StateDir string
+	// Cgroup is the node-level cgroup nitro-cli and its enclave processes
+	// run in, relative to each hierarchy's root (default DefaultCgroup).
+	Cgroup string
+	// CgroupRoot is where the cgroup hierarchies are mounted (default
+	// DefaultCgroupRoot).
+	CgroupRoot string
+	// KeepCgroup runs nitro-cli in the caller's cgroup instead (tests that
+	// cannot create cgroups; not for Nitro nodes).
+	KeepCgroup bool
+	// CleanupWait bounds how long a cancelled boot waits for run-enclave,
+	// and then looks for the enclave it may have left (default
+	// DefaultCleanupWait); CleanupPoll is the look's interval.
+	CleanupWait time.Duration
+	CleanupPoll time.Duration
+	// RetryDelay is the pause before retrying a boot that failed with
+	// nitro-cli's vsock bind error (default DefaultRetryDelay).
+	RetryDelay time.Duration
+	// GiveUpAfter is how long describe-enclaves may fail, or answer
+	// without telling about this enclave, before the enclave is taken for
+	// stopped (default DefaultGiveUpAfter).
+	GiveUpAfter time.Duration
 	// DialTimeout bounds how long Dial waits for init to connect to the
 	// agent channel port (default DefaultDialTimeout).
 	DialTimeout time.Duration
@@ -79,8 +115,30 @@ func New(cfg Config) *Backend {
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = DefaultDialTimeout
 	}
+	if cfg.CleanupWait <= 0 {
+		cfg.CleanupWait = DefaultCleanupWait
+	}
+	if cfg.CleanupPoll <= 0 {
+		cfg.CleanupPoll = DefaultCleanupPoll
+	}
+	if cfg.RetryDelay <= 0 {
+		cfg.RetryDelay = DefaultRetryDelay
+	}
+	if cfg.GiveUpAfter <= 0 {
+		cfg.GiveUpAfter = DefaultGiveUpAfter
+	}
 	if cfg.Runner == nil {
-		cfg.Runner = execRunner{bin: cfg.Binary}
+		r := execRunner{bin: cfg.Binary}
+		if !cfg.KeepCgroup {
+			r.cg = &nodeCgroup{root: cfg.CgroupRoot, path: strings.TrimPrefix(cfg.Cgroup, "/")}
+			if r.cg.root == "" {
+				r.cg.root = DefaultCgroupRoot
+			}
+			if r.cg.path == "" {
+				r.cg.path = DefaultCgroup
+			}
+		}
+		cfg.Runner = r
 	}
 	if cfg.ListenVsock == nil {
 		cfg.ListenVsock = listenVsock
@@ -288,15 +346,16 @@ func (b *Backend) bootCLI(ctx context.Context, req enclave.Request) (*nitroEncla
 	if err != nil {
 		return nil, fmt.Errorf("booting enclave: %w", err)
 	}
-	out, stderr, err := b.cfg.Runner.Output(ctx, args)
-	if err != nil {
-		return nil, fmt.Errorf("booting enclave: %w", &CommandError{Args: args, Err: err, Stderr: string(stderr)})
-	}
-	ri, err := ParseRun(out)
+	unlock, err := b.lockBoot(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("booting enclave: %w", err)
 	}
-	e := &nitroEnclave{b: b, info: *ri, done: make(chan struct{}), stop: make(chan struct{})}
+	ri, err := b.runEnclave(ctx, req.Name, args)
+	unlock()
+	if err != nil {
+		return nil, fmt.Errorf("booting enclave: %w", err)
+	}
+	e := &nitroEnclave{b: b, info: *ri, booted: time.Now(), done: make(chan struct{}), stop: make(chan struct{})}
 	if req.Debug && req.Console != nil {
 		stop, err := b.cfg.Runner.Stream([]string{"console", "--enclave-id", ri.EnclaveID}, req.Console)
 		if err != nil {
@@ -312,6 +371,7 @@ func (b *Backend) bootCLI(ctx context.Context, req enclave.Request) (*nitroEncla
 type nitroEnclave struct {
 	b           *Backend
 	info        RunInfo
+	booted      time.Time
 	done        chan struct{}
 	doneOnce    sync.Once
 	stop        chan struct{}
@@ -327,11 +387,15 @@ func (e *nitroEnclave) CID() uint32 { return uint32(e.info.EnclaveCID) }
 
 func (e *nitroEnclave) Done() <-chan struct{} { return e.done }
 
-// watch polls describe-enclaves until the enclave is gone or stopping.
+// watch polls describe-enclaves until the enclave is gone or stopping. It
+// acts only on an answer that shows this enclave not RUNNING, or that
+// lists every enclave (exit 0) and not this one: when some other enclave
+// process fails to answer, nitro-cli still prints the others but exits
+// non-zero, and that must not end this enclave.
 func (e *nitroEnclave) watch() {
 	t := time.NewTicker(e.b.cfg.PollInterval)
 	defer t.Stop()
-	failures := 0
+	var failingSince time.Time
 	for {
 		select {
 		case <-e.stop:
@@ -339,37 +403,37 @@ func (e *nitroEnclave) watch() {
 		case <-t.C:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		out, _, err := e.b.cfg.Runner.Output(ctx, []string{"describe-enclaves"})
+		r := e.b.pollDescribe(ctx, e.booted)
 		cancel()
-		var ds []DescribeInfo
-		if err == nil {
-			ds, err = ParseDescribe(out)
-		}
-		if err != nil {
-			// A broken nitro-cli must not make a running enclave look
-			// stopped at once; give up after a minute of failures.
-			failures++
-			if failures*int(e.b.cfg.PollInterval) >= int(time.Minute) {
-				e.markDone()
-				return
-			}
+		d, found := find(r.Enclaves, e.info.EnclaveID)
+		switch {
+		case r.Err == nil && found && d.State == StateRunning:
+			failingSince = time.Time{}
 			continue
+		case r.Err == nil && (found || r.Complete):
+			e.markDone() // not RUNNING, or really absent
+			return
 		}
-		failures = 0
-		if !running(ds, e.info.EnclaveID) {
+		// No answer, or one that cannot tell (this enclave's own process
+		// may be the one that did not answer): a broken nitro-cli must not
+		// make a running enclave look stopped at once; give up after
+		// GiveUpAfter of such answers.
+		if failingSince.IsZero() {
+			failingSince = time.Now()
+		} else if time.Since(failingSince) >= e.b.cfg.GiveUpAfter {
 			e.markDone()
 			return
 		}
 	}
 }
 
-func running(ds []DescribeInfo, id string) bool {
+func find(ds []DescribeInfo, id string) (DescribeInfo, bool) {
 	for _, d := range ds {
 		if d.EnclaveID == id {
-			return d.State == StateRunning
+			return d, true
 		}
 	}
-	return false
+	return DescribeInfo{}, false
 }
 
 func (e *nitroEnclave) markDone() {
@@ -433,21 +497,47 @@ func listed(ds []DescribeInfo, id string) bool {
 	return false
 }
 
-// execRunner runs the real nitro-cli.
-type execRunner struct{ bin string }
+// execRunner runs the real nitro-cli, in the node-level cgroup cg (nil:
+// the caller's).
+type execRunner struct {
+	bin string
+	cg  *nodeCgroup
+}
+
+// commandEnv is nitro-cli's environment for subcommand cmd. describe-enclaves
+// runs with RUST_LOG=warn: nitro-cli logs every command at info level to
+// /var/log/nitro_enclaves/nitro_enclaves.log and RUST_LOG sets that level
+// (v1.5 src/common/logger.rs); the launchers' polling would fill it.
+// run-enclave runs with BACKTRACE=1 so that its error output names the
+// failure under the E36 code (src/common/mod.rs construct_error_message).
+func commandEnv(cmd string) []string {
+	env := os.Environ()
+	switch cmd {
+	case "describe-enclaves":
+		env = append(env, "RUST_LOG=warn")
+	case "run-enclave":
+		env = append(env, "BACKTRACE=1")
+	}
+	return env
+}
 
 func (r execRunner) Output(ctx context.Context, args []string) ([]byte, []byte, error) {
 	var stdout, stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, r.bin, args...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
+	cmd.Env = commandEnv(args[0])
+	if err := r.cg.start(cmd); err != nil {
+		return nil, nil, err
+	}
+	err := cmd.Wait()
 	return stdout.Bytes(), stderr.Bytes(), err
 }
 
 func (r execRunner) Stream(args []string, w io.Writer) (func(), error) {
 	cmd := exec.Command(r.bin, args...)
 	cmd.Stdout = w
-	if err := cmd.Start(); err != nil {
+	cmd.Env = commandEnv(args[0])
+	if err := r.cg.start(cmd); err != nil {
 		return nil, err
 	}
 	waited := make(chan struct{})
