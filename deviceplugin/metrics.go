@@ -13,10 +13,12 @@ type metrics struct {
 	allocErrors   *prometheus.CounterVec
 	registered    *prometheus.GaugeVec
 	registrations *prometheus.CounterVec
-	supported     prometheus.Gauge
-	unsupported   *prometheus.GaugeVec
-	blockMiB      prometheus.Gauge
-	allocSeconds  *prometheus.HistogramVec
+	// reloadFailures counts config reloads refused (previous config kept).
+	reloadFailures prometheus.Counter
+	supported      prometheus.Gauge
+	unsupported    *prometheus.GaugeVec
+	blockMiB       prometheus.Gauge
+	allocSeconds   *prometheus.HistogramVec
 }
 
 func newMetrics() *metrics {
@@ -35,6 +37,8 @@ func newMetrics() *metrics {
 			Help: "1 while the resource is registered with kubelet."}, []string{"resource"}),
 		registrations: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "registrations_total",
 			Help: "Successful registrations with kubelet, per resource."}, []string{"resource"}),
+		reloadFailures: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "config_reload_failures_total",
+			Help: "Config file reloads refused because the file was unreadable or invalid (the previous config stays)."}),
 		supported: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "nitro_supported",
 			Help: "1 when the node can run enclaves, 0 when it advertises nothing healthy (see nitropod_deviceplugin_unsupported)."}),
 		unsupported: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub, Name: "unsupported",
@@ -53,7 +57,7 @@ func newMetrics() *metrics {
 		m.allocErrors.WithLabelValues(r)
 	}
 	m.reg.MustRegister(m.capacity, m.allocatable, m.allocations, m.allocErrors, m.registered,
-		m.registrations, m.supported, m.unsupported, m.blockMiB, m.allocSeconds)
+		m.registrations, m.reloadFailures, m.supported, m.unsupported, m.blockMiB, m.allocSeconds)
 	return m
 }
 

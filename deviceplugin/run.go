@@ -156,7 +156,7 @@ func Run(ctx context.Context, o Options) error {
 			r.event(ev, reloadAt)
 		case <-reloadAt.C:
 			if err := r.reload(false); err != nil {
-				o.Log.WithError(err).Error("config reload failed; keeping the previous config")
+				r.reloadFailed(err)
 			}
 		case <-tick.C:
 			r.rescan()
@@ -247,7 +247,7 @@ func (r *runner) rescan() {
 	alloc, _ := readConfigFile(r.allocatorPath())
 	if err == nil && (!bytes.Equal(data, r.cfgData) || !bytes.Equal(alloc, r.allocData)) {
 		if err := r.reload(false); err != nil {
-			r.log.WithError(err).Error("config reload failed; keeping the previous config")
+			r.reloadFailed(err)
 		}
 	} else {
 		r.refresh(false)
@@ -260,6 +260,13 @@ func (r *runner) rescan() {
 			}
 		}
 	}
+}
+
+// reloadFailed reports a config reload that was refused (the previous
+// config stays): a log line and nitropod_deviceplugin_config_reload_failures_total.
+func (r *runner) reloadFailed(err error) {
+	r.m.reloadFailures.Inc()
+	r.log.WithError(err).Error("config reload failed; keeping the previous config")
 }
 
 // allocatorPath is allocator.yaml's path when it is the pool source.
@@ -577,11 +584,14 @@ func (s *resourceServer) registrar(ctx context.Context) {
 			err := s.register(ctx, kubelet)
 			if err == nil {
 				s.m.registrations.WithLabelValues(s.resource).Inc()
-				s.log.Info("registered with kubelet")
 				if s.registeredIn(epoch) {
+					// Logged only once kubelet accepted this registration
+					// and no restart invalidated it (tests wait for it).
+					s.log.Info("registered with kubelet")
 					break
 				}
-				continue // kubelet restarted meanwhile: register again
+				s.log.Info("kubelet restarted during registration: registering again")
+				continue
 			}
 			if attempt%20 == 0 {
 				s.log.WithError(err).Warn("registering with kubelet, retrying")
