@@ -54,9 +54,17 @@ type enclaveTask struct {
 	terminal      bool
 	entry         *eifcache.Entry
 
-	mu         sync.Mutex
-	status     taskStatus
-	startW     *os.File
+	mu     sync.Mutex
+	status taskStatus
+	startW *os.File
+	// ready is the launcher's status pipe: "ok" after Create, then
+	// "started" or "error: …" after Start.
+	ready     *os.File
+	readyLine *bufio.Reader
+	// starting is set while Start waits for the app; startDone closes when
+	// it has finished, so that TaskStart precedes TaskExit.
+	starting   bool
+	startDone  chan struct{}
 	exited     chan struct{}
 	exitStatus int
 	exitedAt   time.Time
@@ -128,8 +136,9 @@ func (s *service) createEnclave(ctx context.Context, r *taskAPI.CreateTaskReques
 			Name:       cfg.Backend,
 			QEMUBinary: cfg.QEMU.Binary,
 			QEMUAccel:  cfg.QEMU.Accel,
-			NitroCLI:   cfg.NitroCLI,
-			StateDir:   cfg.RunDir,
+			NitroCLI:    cfg.NitroCLI,
+			NitroCgroup: cfg.NitroCgroup,
+			StateDir:    cfg.RunDir,
 		},
 		Stdin:         r.Stdin,
 		Stdout:        r.Stdout,
@@ -151,7 +160,11 @@ func (s *service) createEnclave(ctx context.Context, r *taskAPI.CreateTaskReques
 		startW.Close()
 		return nil, err
 	}
-	defer readyR.Close()
+	defer func() {
+		if retErr != nil {
+			readyR.Close()
+		}
+	}()
 
 	cmd := exec.Command(launcherPath, filepath.Join(r.Bundle, launcher.SpecFile))
 	cmd.Dir = r.Bundle
@@ -162,7 +175,7 @@ func (s *service) createEnclave(ctx context.Context, r *taskAPI.CreateTaskReques
 	t := &enclaveTask{
 		id: r.ID, bundle: r.Bundle, cgroupsPath: cgroupsPath, enclaveCgroup: enclaveCgroup, backend: cfg.Backend,
 		stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal,
-		entry: entry, startW: startW, exited: make(chan struct{}),
+		entry: entry, startW: startW, ready: readyR, readyLine: bufio.NewReader(readyR), exited: make(chan struct{}),
 	}
 	// Hold s.mu across Start and registration so the exit of a launcher
 	// that dies at once is not missed by processExits.
@@ -201,7 +214,7 @@ func (s *service) createEnclave(ctx context.Context, r *taskAPI.CreateTaskReques
 	// The launcher answers once it has opened the stdio FIFOs.
 	line := make(chan string, 1)
 	go func() {
-		l, _ := bufio.NewReader(readyR).ReadString('\n')
+		l, _ := t.readyLine.ReadString('\n')
 		line <- strings.TrimSpace(l)
 	}()
 	select {
@@ -228,29 +241,84 @@ func (s *service) createEnclave(ctx context.Context, r *taskAPI.CreateTaskReques
 	return t, nil
 }
 
-// start publishes TaskStart, then lets the launcher boot the enclave, so
-// TaskStart always precedes TaskExit.
+// StartTimeout bounds how long Start waits for the enclave to boot and
+// init to start the app (an emulated boot under TCG on a loaded machine
+// takes seconds; a Nitro boot of a large EIF tens of seconds).
+var StartTimeout = 5 * time.Minute
+
+// start lets the launcher boot the enclave and returns once init has
+// started the app inside it, as runc's start returns once the process was
+// exec'd. A boot or start failure is Start's error, with the launcher's
+// reason (containerd's CRI reports it as the container's StartError), and
+// the launcher is stopped. TaskStart is published only for a started app,
+// and always before its TaskExit.
 func (t *enclaveTask) start(s *service) error {
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	switch t.status {
-	case statusRunning:
+	switch {
+	case t.status == statusRunning || t.starting:
+		t.mu.Unlock()
 		return fmt.Errorf("container %s: %w", t.id, errdefs.ErrAlreadyExists)
-	case statusStopped:
+	case t.status == statusStopped:
+		t.mu.Unlock()
 		return fmt.Errorf("container %s exited before it was started: %w", t.id, errdefs.ErrFailedPrecondition)
 	}
-	t.status = statusRunning
-	s.send(&eventstypes.TaskStart{ContainerID: t.id, Pid: uint32(t.pid)})
+	t.starting = true
+	t.startDone = make(chan struct{})
+	t.mu.Unlock()
+
 	_, err := t.startW.Write([]byte{1})
 	t.startW.Close()
+	line := ""
 	if err != nil {
-		return fmt.Errorf("starting launcher: %w", err)
+		err = fmt.Errorf("starting launcher: %w", err)
+	} else {
+		got := make(chan string, 1)
+		go func() {
+			l, _ := t.readyLine.ReadString('\n')
+			got <- strings.TrimSpace(l)
+		}()
+		select {
+		case line = <-got:
+		case <-time.After(StartTimeout):
+			line = fmt.Sprintf("error: the enclave did not start the app within %v", StartTimeout)
+		}
+		switch {
+		case line == "started":
+		case strings.HasPrefix(line, "error: "):
+			err = errors.New(strings.TrimPrefix(line, "error: "))
+		default:
+			err = fmt.Errorf("the launcher exited before the app started; see %s", filepath.Join(t.bundle, launcher.LogFile))
+		}
+	}
+	t.ready.Close()
+
+	t.mu.Lock()
+	t.starting = false
+	if err == nil {
+		t.status = statusRunning
+		s.send(&eventstypes.TaskStart{ContainerID: t.id, Pid: uint32(t.pid)})
+	}
+	close(t.startDone)
+	t.mu.Unlock()
+	if err != nil {
+		// Nothing of a failed start keeps running: the launcher, QEMU, and
+		// on Nitro the enclave it recorded.
+		_ = t.kill(s.ctx, uint32(unix.SIGKILL))
+		return err
 	}
 	return nil
 }
 
 func (t *enclaveTask) handleExit(s *service, status int, at time.Time) {
 	t.mu.Lock()
+	if t.starting {
+		// Start is reading the launcher's last words: let it publish
+		// TaskStart (or fail) first.
+		done := t.startDone
+		t.mu.Unlock()
+		<-done
+		t.mu.Lock()
+	}
 	if t.status == statusStopped {
 		t.mu.Unlock()
 		return
@@ -339,6 +407,7 @@ func (t *enclaveTask) delete(ctx context.Context) (int, time.Time) {
 		log.G(ctx).WithError(err).Warn("unmounting rootfs")
 	}
 	t.entry.Release()
+	t.ready.Close() // a container deleted without Start still holds it
 	_ = os.Remove(filepath.Join(t.bundle, stateFile))
 	t.mu.Lock()
 	defer t.mu.Unlock()

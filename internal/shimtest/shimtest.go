@@ -138,6 +138,17 @@ source = "config"
 	}
 }
 
+// ConfigureMemory rewrites the shim config as Configure does, with
+// default_memory_mib set to mib from now on.
+func (e *Env) ConfigureMemory(t testing.TB, mib int, extra string) {
+	t.Helper()
+	e.memoryMiB = mib
+	e.Configure(t, extra)
+}
+
+// MemoryMiB is the shim's current default_memory_mib.
+func (e *Env) MemoryMiB() int { return e.memoryMiB }
+
 // Build builds the Go packages (static, -trimpath) into dir.
 func Build(dir string, pkgs ...string) error {
 	cmd := exec.Command("go", append([]string{"build", "-trimpath", "-o", dir + "/"}, pkgs...)...)

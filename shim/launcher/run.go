@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -46,6 +47,11 @@ func Main(args []string) int {
 		logger.Print("start/ready pipes missing: the launcher is started by containerd-shim-nitro-v1 only")
 		return ExitSetupFailed
 	}
+	// Inherited without close-on-exec: set it, so that QEMU (forked by the
+	// launcher) does not hold the pipes and the shim sees them close when
+	// the launcher dies.
+	unix.CloseOnExec(StartFD)
+	unix.CloseOnExec(ReadyFD)
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2, unix.SIGWINCH)
 	signal.Ignore(unix.SIGPIPE)
@@ -70,8 +76,12 @@ func Run(ctx context.Context, spec Spec, start io.Reader, ready io.WriteCloser, 
 		ready.Close()
 		return ExitSetupFailed
 	}
+	// "ok" now; after the shim's Start, "started" once init has exec'd the
+	// app, or "error: …" if the enclave could not start it. Only then is
+	// the pipe closed (it is close-on-exec, so a crashed launcher closes it
+	// even with QEMU still running).
 	fmt.Fprintln(ready, "ok")
-	ready.Close()
+	defer ready.Close()
 
 	// Created: wait for the shim's Start (or a signal, or the shim's death).
 	started := make(chan bool, 1)
@@ -133,6 +143,7 @@ func Run(ctx context.Context, spec Spec, start io.Reader, ready io.WriteCloser, 
 				if rio.Stderr != nil {
 					fmt.Fprintf(rio.Stderr, "nitropod: starting enclave: %v\n", r.err)
 				}
+				fmt.Fprintf(ready, "error: starting enclave: %s\n", oneLine(r.err.Error()))
 				return ExitSetupFailed
 			}
 			sess = r.s
@@ -156,6 +167,8 @@ func Run(ctx context.Context, spec Spec, start io.Reader, ready io.WriteCloser, 
 	runtime.ReadMemStats(&ms)
 	logger.Printf("memory: heap in use %d KiB, stacks %d KiB, runtime total %d KiB", ms.HeapInuse>>10, ms.StackInuse>>10, ms.Sys>>10)
 	logger.Printf("app started in enclave %s (cid %d) after %v", sess.Enclave().ID(), sess.Enclave().CID(), time.Since(t0).Round(time.Millisecond))
+	fmt.Fprintln(ready, "started")
+	ready.Close()
 	if err := writeRecord(spec.Bundle, Record{Backend: spec.Backend.Name, EnclaveID: sess.Enclave().ID(), CID: sess.Enclave().CID(), NitroCLI: spec.Backend.NitroCLI}); err != nil {
 		logger.Printf("writing enclave record: %v", err)
 	}
@@ -178,6 +191,11 @@ func Run(ctx context.Context, spec Spec, start io.Reader, ready io.WriteCloser, 
 	}
 	logger.Printf("app exited: code %d signal %d", st.Code, st.Signal)
 	return st.Code
+}
+
+// oneLine makes an error message fit the one-line pipe protocol.
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
 }
 
 // openStdio opens containerd's FIFOs. stdout/stderr are opened for writing

@@ -1,6 +1,7 @@
 package launcher
 
 import (
+	"bufio"
 	"context"
 	"io"
 	"log"
@@ -49,13 +50,23 @@ func created(t *testing.T) (spec Spec, startW *os.File, readyR *os.File, run fun
 	return spec, startW, readyR, run
 }
 
+// readers keeps one buffered reader per pipe, so that consecutive lines
+// are read from the same buffer.
+var readers = map[io.Reader]*bufio.Reader{}
+
+// readyLine reads the launcher's next status line ("" at EOF).
 func readyLine(t *testing.T, r io.Reader) string {
 	t.Helper()
-	b, err := io.ReadAll(r)
-	if err != nil {
+	br, ok := readers[r]
+	if !ok {
+		br = bufio.NewReader(r)
+		readers[r] = br
+	}
+	l, err := br.ReadString('\n')
+	if err != nil && err != io.EOF {
 		t.Fatal(err)
 	}
-	return strings.TrimSpace(string(b))
+	return strings.TrimSpace(l)
 }
 
 func TestRunNotStarted(t *testing.T) {
@@ -108,5 +119,34 @@ func TestRunReportsSetupErrors(t *testing.T) {
 	}
 	if l := readyLine(t, readyR2); !strings.HasPrefix(l, "error: ") || !strings.Contains(l, "missing-fifo") {
 		t.Errorf("ready line %q, want an error naming the fifo", l)
+	}
+}
+
+// TestRunReportsStartErrors: a boot that fails after Start is reported on
+// the status pipe as "error: …" (the shim's Start returns it), and the pipe
+// then closes.
+func TestRunReportsStartErrors(t *testing.T) {
+	_, startW, readyR, run := created(t)
+	code := run(make(chan os.Signal))
+	if l := readyLine(t, readyR); l != "ok" {
+		t.Fatalf("ready line %q, want ok", l)
+	}
+	if _, err := startW.Write([]byte{1}); err != nil {
+		t.Fatal(err)
+	}
+	l := readyLine(t, readyR)
+	if !strings.HasPrefix(l, "error: starting enclave: ") || !strings.Contains(l, "x.eif") {
+		t.Errorf("status line after start %q, want an error naming the EIF", l)
+	}
+	if l := readyLine(t, readyR); l != "" {
+		t.Errorf("status pipe still open after the error: %q", l)
+	}
+	select {
+	case c := <-code:
+		if c != ExitSetupFailed {
+			t.Errorf("exit code %d, want %d", c, ExitSetupFailed)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("launcher did not exit after a failed start")
 	}
 }
