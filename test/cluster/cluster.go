@@ -16,6 +16,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -97,6 +98,8 @@ type Cluster struct {
 	kubelet    *Proc
 	containerd *Proc
 	cleanup    []func()
+	// unlock releases MachineLock (last thing Close does).
+	unlock func()
 }
 
 // Proc is a process the cluster started; its output goes to
@@ -138,7 +141,14 @@ func New(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if opts.Log == nil {
 		opts.Log = func(string, ...any) {}
 	}
-	c := &Cluster{opts: opts, NodeName: "nitropod-e2e"}
+	// One cluster per machine: kubelet's device-plugin directory, the
+	// node's namespace and addresses are machine-wide. A second cluster
+	// refuses to start instead of taking the first one's files over.
+	unlock, err := lockMachine()
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{opts: opts, NodeName: "nitropod-e2e", unlock: unlock}
 	defer func() {
 		if err != nil {
 			c.Close()
@@ -200,6 +210,33 @@ func (c *Cluster) Close() {
 		_ = os.Remove(filepath.Join(c.DevicePluginDir, "kubelet_internal_checkpoint"))
 		_ = os.Remove(pluginapi.KubeletSocket)
 	}
+	if c.unlock != nil {
+		c.unlock()
+		c.unlock = nil
+	}
+}
+
+// MachineLock is the file a running cluster holds an exclusive flock on.
+// (Not in kubelet's device-plugin directory: kubelet empties that directory
+// when it starts.)
+var MachineLock = "/run/nitropod-test-cluster.lock"
+
+// lockMachine takes MachineLock without waiting; the returned func
+// releases it. The kernel drops the lock when the process dies, so a
+// crashed run leaves nothing stale behind.
+func lockMachine() (func(), error) {
+	f, err := os.OpenFile(MachineLock, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("opening the test cluster lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("another test cluster runs on this machine (it holds %s); clusters share kubelet's %s, so run one at a time", MachineLock, pluginapi.DevicePluginPath)
+		}
+		return nil, fmt.Errorf("locking %s: %w", MachineLock, err)
+	}
+	return func() { f.Close() }, nil
 }
 
 // UnmountUnder detaches every mount at or below dir (kubelet bind-mounts its

@@ -143,3 +143,35 @@ func TestStartAndWait(t *testing.T) {
 		t.Errorf("waitFor = %v; want a timeout wrapping %v", err, last)
 	}
 }
+
+// TestMachineLock checks that a second cluster cannot take the machine
+// while a first one holds it, and can once the first let go.
+func TestMachineLock(t *testing.T) {
+	old := MachineLock
+	MachineLock = filepath.Join(t.TempDir(), "cluster.lock")
+	t.Cleanup(func() { MachineLock = old })
+	unlock, err := lockMachine()
+	if err != nil {
+		t.Fatalf("first lock: %v", err)
+	}
+	if u, err := lockMachine(); err == nil {
+		u()
+		t.Fatal("a second cluster took the machine lock while the first holds it")
+	} else if !strings.Contains(err.Error(), "another test cluster runs on this machine") {
+		t.Errorf("second lock error = %v; want it to say another cluster runs", err)
+	}
+	// New refuses before it touches anything.
+	dir := t.TempDir()
+	if _, err := New(context.Background(), Options{Dir: dir}); err == nil || !strings.Contains(err.Error(), "another test cluster") {
+		t.Errorf("New while the machine is locked = %v; want a refusal", err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Errorf("a refused New created %d entries in its directory", len(entries))
+	}
+	unlock()
+	u, err := lockMachine()
+	if err != nil {
+		t.Fatalf("lock after the first cluster let go: %v", err)
+	}
+	u()
+}
