@@ -11,6 +11,7 @@ import (
 
 	nitropod "github.com/nitropod/nitropod"
 	"github.com/nitropod/nitropod/contract"
+	"github.com/nitropod/nitropod/enclave/nitrocli"
 )
 
 // Backend names accepted in Config.Backend (package contract's).
@@ -57,6 +58,10 @@ type Config struct {
 	QEMU QEMUConfig `toml:"qemu"`
 	// NitroCLI is the nitro-cli executable for the nitro-cli backend.
 	NitroCLI string `toml:"nitro_cli"`
+	// NitroCgroup is the node-level cgroup (relative to each hierarchy's
+	// root, outside kubepods) that nitro-cli and its enclave processes run
+	// in, so that no Pod's hugetlb or memory limits apply to them.
+	NitroCgroup string `toml:"nitro_cgroup"`
 	// DefaultCPUs and DefaultMemoryMiB size an enclave that is not sized by
 	// an allocation: containers not created through CRI (ctr run), and every
 	// container when allocation.source is "config".
@@ -145,6 +150,7 @@ func DefaultConfig() Config {
 		CacheMaxBytes:    10 << 30,
 		QEMU:             QEMUConfig{Binary: "qemu-system-x86_64", Accel: "tcg"},
 		NitroCLI:         "nitro-cli",
+		NitroCgroup:      nitrocli.DefaultCgroup,
 		Allocation:       AllocationConfig{Source: AllocationKubelet, PodResourcesSocket: DefaultPodResourcesSocket},
 		DefaultCPUs:      2,
 		DefaultMemoryMiB: 512,
@@ -219,6 +225,11 @@ func (c Config) Validate() error {
 	}
 	if c.DefaultMemoryMiB < nitropod.MinEnclaveMemoryMiB {
 		return fmt.Errorf("shim config: default_memory_mib %d is below the %d MiB minimum", c.DefaultMemoryMiB, nitropod.MinEnclaveMemoryMiB)
+	}
+	if c.Backend == BackendNitroCLI {
+		if err := nitrocli.CheckCgroup(c.NitroCgroup); err != nil {
+			return fmt.Errorf("shim config: nitro_cgroup: %w", err)
+		}
 	}
 	switch c.QEMU.Accel {
 	case "", "tcg", "kvm":

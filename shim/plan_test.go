@@ -148,7 +148,7 @@ accel = "kvm"
 		t.Fatal(err)
 	}
 	want := Config{Backend: "nitro-cli", BlobsDir: "/b", InitPath: "/i", CacheDir: "/c", CacheMaxBytes: 1000,
-		QEMU: QEMUConfig{Binary: "/q", Accel: "kvm"}, NitroCLI: "/usr/bin/nitro-cli", DefaultCPUs: 4, DefaultMemoryMiB: 1024, RunDir: DefaultConfig().RunDir,
+		QEMU: QEMUConfig{Binary: "/q", Accel: "kvm"}, NitroCLI: "/usr/bin/nitro-cli", NitroCgroup: "nitropod-enclaves", DefaultCPUs: 4, DefaultMemoryMiB: 1024, RunDir: DefaultConfig().RunDir,
 		Allocation: AllocationConfig{Source: AllocationKubelet, PodResourcesSocket: "/k/pod-resources/kubelet.sock"}}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("config (-want +got):\n%s", diff)
@@ -158,6 +158,7 @@ accel = "kvm"
 		{`bogus = 1`, "unknown setting"},
 		{`default_memory_mib = 10`, "default_memory_mib 10"},
 		{"[qemu]\naccel = \"hvf\"", `qemu.accel "hvf"`},
+		{"backend = \"nitro-cli\"\nnitro_cgroup = \"../kubepods\"", `nitro-cli cgroup "../kubepods"`},
 		{`cache_max_bytes = -1`, "cache_max_bytes -1"},
 		{"[allocation]\nsource = \"env\"", `allocation.source "env" is not supported`},
 		{"[allocation]\npod_resources_socket = \"kubelet.sock\"", `must be an absolute path`},

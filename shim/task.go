@@ -133,9 +133,9 @@ func (s *service) createEnclave(ctx context.Context, r *taskAPI.CreateTaskReques
 		MemoryMiB: plan.MemoryMiB,
 		Debug:     plan.Debug,
 		Backend: launcher.BackendConfig{
-			Name:       cfg.Backend,
-			QEMUBinary: cfg.QEMU.Binary,
-			QEMUAccel:  cfg.QEMU.Accel,
+			Name:        cfg.Backend,
+			QEMUBinary:  cfg.QEMU.Binary,
+			QEMUAccel:   cfg.QEMU.Accel,
 			NitroCLI:    cfg.NitroCLI,
 			NitroCgroup: cfg.NitroCgroup,
 			StateDir:    cfg.RunDir,

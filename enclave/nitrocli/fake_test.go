@@ -332,10 +332,12 @@ func TestFakeKilledRunEnclaveCleanedUp(t *testing.T) {
 		}
 		c.Runner = killingRunner{Runner: real, after: 100 * time.Millisecond}
 	})
+	t0 := time.Now()
 	_, err := b.Boot(context.Background(), bootReq(t, "killed"))
 	if err == nil {
 		t.Fatal("Boot succeeded although run-enclave was killed")
 	}
+	time.Sleep(time.Until(t0.Add(900 * time.Millisecond))) // the fake boot is done
 	if ids := n.enclaves(); len(ids) != 0 || n.heartbeatBound() {
 		t.Errorf("killed run-enclave left enclaves %v", ids)
 	}
@@ -389,6 +391,7 @@ func TestFakePollingBounded(t *testing.T) {
 			}
 		}
 	}
+	t.Logf("%d describe-enclaves calls in %v by %d launchers polling every %v", len(in), window, launchers, interval)
 	// At most one call per interval node-wide (+1 for the window's edge);
 	// unshared, the launchers would make about launchers×window/interval.
 	if limit := int(window/interval) + 1; len(in) > limit || len(in) < 3 {

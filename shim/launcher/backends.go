@@ -20,12 +20,22 @@ func newQEMU(cfg BackendConfig) (enclave.Backend, error) {
 }
 
 // newNitroCLI is the production backend. It cannot run on these machines
-// (no Nitro hardware): its command lines and JSON parsing are unit tested
-// in enclave/nitrocli; this path is untested on hardware.
+// (no Nitro hardware): enclave/nitrocli tests it against a fake nitro-cli
+// modelled on the real tool's source; this path is untested on hardware.
+// Every launcher of the node shares StateDir (boot lock, describe cache).
 func newNitroCLI(cfg BackendConfig) (enclave.Backend, error) {
-	return nitrocli.New(nitrocli.Config{Binary: cfg.NitroCLI}), nil
+	cg := cfg.NitroCgroup
+	if cg == "" {
+		cg = nitrocli.DefaultCgroup
+	}
+	if err := nitrocli.CheckCgroup(cg); err != nil {
+		return nil, err
+	}
+	return nitrocli.New(nitrocli.Config{Binary: cfg.NitroCLI, StateDir: cfg.StateDir, Cgroup: cg}), nil
 }
 
+// terminateNitroCLI runs terminate-enclave from the shim's delete; that
+// command allocates nothing, so it stays in the shim's cgroup.
 func terminateNitroCLI(ctx context.Context, r Record) error {
-	return nitrocli.New(nitrocli.Config{Binary: r.NitroCLI}).TerminateID(ctx, r.EnclaveID)
+	return nitrocli.New(nitrocli.Config{Binary: r.NitroCLI, KeepCgroup: true}).TerminateID(ctx, r.EnclaveID)
 }

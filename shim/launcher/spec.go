@@ -71,7 +71,12 @@ type BackendConfig struct {
 	QEMUBinary string `json:"qemuBinary,omitempty"`
 	QEMUAccel  string `json:"qemuAccel,omitempty"`
 	NitroCLI   string `json:"nitroCLI,omitempty"`
-	// StateDir holds backend runtime files (sockets); the bundle.
+	// NitroCgroup is the node-level cgroup nitro-cli runs in ("" is
+	// nitrocli.DefaultCgroup).
+	NitroCgroup string `json:"nitroCgroup,omitempty"`
+	// StateDir holds backend runtime files (sockets); the shim's run_dir,
+	// shared by the node's launchers (nitro-cli's boot lock and describe
+	// cache).
 	StateDir string `json:"stateDir,omitempty"`
 }
 
