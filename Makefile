@@ -51,6 +51,10 @@ test-e2e: e2e
 e2e: build ## End-to-end tier: a local cluster runs the document's Pods in emulated enclaves.
 	hack/e2e.sh
 
+.PHONY: soak
+soak: build ## Churn: 200 enclave Pod create/delete cycles on the e2e cluster; leak and RSS checks (results to BENCHMARKS.md).
+	E2E_RUN='TestEnclaveLifecycle/churn' E2E_CHURN_CYCLES=$${SOAK_CYCLES:-200} E2E_TIMEOUT=$${E2E_TIMEOUT:-90m} hack/e2e.sh
+
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for FUZZTIME (default 60s) each.
 	hack/fuzz.sh $${FUZZTIME:-60s}

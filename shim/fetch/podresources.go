@@ -20,6 +20,23 @@ const maxPodResourcesMessage = 16 << 20
 // nothing the Pod's author wrote can change it. A Pod that kubelet does not
 // know is an error; a container without devices yields an empty map.
 func PodDevices(ctx context.Context, socket, namespace, name, container string) (map[string][]string, error) {
+	all, err := AllPodDevices(ctx, socket)
+	if err != nil {
+		return nil, err
+	}
+	pod, ok := all[namespace+"/"+name]
+	if !ok {
+		return nil, fmt.Errorf("kubelet's pod-resources API at %s has no Pod %s/%s", socket, namespace, name)
+	}
+	if devs := pod[container]; devs != nil {
+		return devs, nil
+	}
+	return map[string][]string{}, nil
+}
+
+// AllPodDevices lists every Pod kubelet runs, as "namespace/name", with the
+// devices of each of its containers by container name and resource name.
+func AllPodDevices(ctx context.Context, socket string) (map[string]map[string]map[string][]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	conn, err := grpc.NewClient("unix://"+socket,
@@ -33,20 +50,18 @@ func PodDevices(ctx context.Context, socket, namespace, name, container string) 
 	if err != nil {
 		return nil, fmt.Errorf("asking kubelet's pod-resources API at %s: %w", socket, err)
 	}
+	out := map[string]map[string]map[string][]string{}
 	for _, p := range resp.GetPodResources() {
-		if p.GetNamespace() != namespace || p.GetName() != name {
-			continue
-		}
-		out := map[string][]string{}
+		ctrs := map[string]map[string][]string{}
 		for _, c := range p.GetContainers() {
-			if c.GetName() != container {
-				continue
-			}
 			for _, d := range c.GetDevices() {
-				out[d.GetResourceName()] = append(out[d.GetResourceName()], d.GetDeviceIds()...)
+				if ctrs[c.GetName()] == nil {
+					ctrs[c.GetName()] = map[string][]string{}
+				}
+				ctrs[c.GetName()][d.GetResourceName()] = append(ctrs[c.GetName()][d.GetResourceName()], d.GetDeviceIds()...)
 			}
 		}
-		return out, nil
+		out[p.GetNamespace()+"/"+p.GetName()] = ctrs
 	}
-	return nil, fmt.Errorf("kubelet's pod-resources API at %s has no Pod %s/%s", socket, namespace, name)
+	return out, nil
 }

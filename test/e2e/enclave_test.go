@@ -8,14 +8,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
-	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
 	"github.com/nitropod/nitropod"
 	"github.com/nitropod/nitropod/internal/testenv"
@@ -28,7 +26,11 @@ import (
 // its MutatingWebhookConfiguration, and the device plugin DaemonSet over a
 // FAKE Nitro pool of 2 enclave CPUs (one core) and 4 GiB. The shim enforces
 // licences: it trusts only an issuer key made for this run (e.issuer).
-func startNitroCluster(t *testing.T) *env {
+func startNitroCluster(t *testing.T) *env { return startNitroClusterPool(t, "") }
+
+// startNitroClusterPool is startNitroCluster over the FAKE enclave cpu pool
+// pool ("" for the default of one core, "1,5").
+func startNitroClusterPool(t *testing.T, pool string) *env {
 	t.Helper()
 	testenv.Integration(t)
 	testenv.RequireRoot(t)
@@ -50,10 +52,8 @@ func startNitroCluster(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(runDir) })
-	cache := os.Getenv("NITROPOD_E2E_EIF_CACHE")
-	if cache == "" {
-		cache = filepath.Join(dir, "eif-cache")
-	}
+	// A fresh EIF cache: the first nginx Pod must miss it, the second hit.
+	cache := filepath.Join(dir, "eif-cache")
 	bin := filepath.Dir(testenv.Binary(t, "nitropod-init"))
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -71,6 +71,7 @@ func startNitroCluster(t *testing.T) *env {
 		Chart:     filepath.Join(testenv.RepoRoot(), "deploy", "helm", "nitropod"),
 		InCluster: true,
 		BinDir:    bin,
+		FakePool:  pool,
 	}); err != nil {
 		t.Fatalf("installing nitropod: %v", err)
 	}
@@ -172,7 +173,11 @@ func TestEnclavePods(t *testing.T) {
 	t.Run("document's nginx Pod runs in an enclave (cold build)", func(t *testing.T) {
 		e := e.sub(t)
 		e.applyTimed(nginxPod, "nginx-pod", "cold EIF build")
-		e.checkNginxEnclave("nginx-pod")
+		id := e.checkNginxEnclave("nginx-pod")
+		// The cache is fresh: the shim must have built this container's EIF.
+		if l := e.imageReady(id); !strings.Contains(l, "cache_hit=false") {
+			t.Errorf("the first nginx-pod's container %s did not build its EIF (want cache_hit=false); shim said: %q", id, l)
+		}
 	})
 
 	t.Run("a Pod that does not fit the enclave CPUs stays Pending, then starts", func(t *testing.T) {
@@ -190,6 +195,11 @@ func TestEnclavePods(t *testing.T) {
 		if !strings.Contains(msg, "Insufficient "+nitropod.ResourceEnclaveCPU) {
 			t.Errorf("scheduler message = %q; want Insufficient %s", msg, nitropod.ResourceEnclaveCPU)
 		}
+		// kubelet's record: nginx-pod holds both enclave CPUs of the pool.
+		nginxCPUs := e.containerDevices("default", "nginx-pod", "nginx-pod", 30*time.Second)[nitropod.ResourceEnclaveCPU]
+		if got := e.heldDevices(nitropod.ResourceEnclaveCPU); len(got) != 2 || len(nginxCPUs) != 2 {
+			t.Errorf("kubelet reports %s allocated %v (nginx-pod: %v); want nginx-pod's two, the whole pool (%s)", nitropod.ResourceEnclaveCPU, got, nginxCPUs, fullCPU)
+		}
 		time.Sleep(5 * time.Second)
 		if p, _ := e.pod("waiting-pod"); p == nil || p.Status.Phase != corev1.PodPending {
 			t.Errorf("waiting-pod left Pending while nginx-pod holds the enclave CPUs: %v", phase(p))
@@ -197,9 +207,16 @@ func TestEnclavePods(t *testing.T) {
 		e.deleteEnclavePod("nginx-pod")
 		e.waitPod("waiting-pod", 8*time.Minute, "Ready after nginx-pod was deleted", ready)
 		e.waitLogs("waiting-pod", "waiting-pod started", time.Minute)
+		// kubelet admitted waiting-pod only with devices: the pool has two
+		// CPUs, so it got exactly those nginx-pod gave back.
+		if got := e.containerDevices("default", "waiting-pod", "app", 30*time.Second)[nitropod.ResourceEnclaveCPU]; !cmp.Equal(got, nginxCPUs) {
+			t.Errorf("waiting-pod's %s devices = %v; want nginx-pod's released %v", nitropod.ResourceEnclaveCPU, got, nginxCPUs)
+		}
 		e.deleteEnclavePod("waiting-pod")
-		if got := e.allocated(nitropod.ResourceEnclaveCPU); got != 0 {
-			t.Errorf("%s allocated after every enclave Pod is gone = %d; want 0 (full capacity %s)", nitropod.ResourceEnclaveCPU, got, fullCPU)
+		// (The next scenario's Pod asks for the whole pool again: its
+		// admission proves these were released.)
+		if got := e.heldDevices(nitropod.ResourceEnclaveCPU); len(got) != 0 {
+			t.Errorf("kubelet reports %s devices still allocated after every enclave Pod is gone: %v", nitropod.ResourceEnclaveCPU, got)
 		}
 	})
 
@@ -215,6 +232,10 @@ func TestEnclavePods(t *testing.T) {
 			return false
 		})
 		st := p.Status.ContainerStatuses[0]
+		// Admitted with the whole pool, so the earlier Pods released it.
+		if got := e.containerDevices("default", "crash-pod", "app", 30*time.Second)[nitropod.ResourceEnclaveCPU]; len(got) != 2 {
+			t.Errorf("crash-pod's %s devices = %v; want the pool's 2", nitropod.ResourceEnclaveCPU, got)
+		}
 		if code := st.LastTerminationState.Terminated.ExitCode; code != 3 {
 			t.Errorf("last exit code = %d; want 3", code)
 		}
@@ -238,13 +259,12 @@ func TestEnclavePods(t *testing.T) {
 	t.Run("document's nginx Pod again (EIF cache hit)", func(t *testing.T) {
 		e := e.sub(t)
 		e.applyTimed(nginxPod, "nginx-pod", "EIF cache hit")
-		e.checkNginxEnclave("nginx-pod")
+		id := e.checkNginxEnclave("nginx-pod")
 		// Same Pod, same image: the shim must reuse the EIF it built for
 		// the first nginx-pod. (kubelet orders env vars differently from
 		// one Pod to the next, so the key must not depend on env order.)
-		lines := grepLines(readFile(t, filepath.Join(e.dir, "logs", "containerd.log")), "enclave image ready")
-		if len(lines) == 0 || !strings.Contains(lines[len(lines)-1], "cache_hit=true") {
-			t.Errorf("the re-applied nginx-pod did not hit the EIF cache; shim said: %q", lines)
+		if l := e.imageReady(id); !strings.Contains(l, "cache_hit=true") {
+			t.Errorf("the re-applied nginx-pod's container %s did not hit the EIF cache; shim said: %q", id, l)
 		}
 	})
 
@@ -254,48 +274,56 @@ func TestEnclavePods(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		devBefore := checkpointDevices(t, string(before.UID))
-		if len(devBefore[nitropod.ResourceEnclaveCPU]) != 2 {
-			t.Fatalf("kubelet's device checkpoint for nginx-pod = %v; want 2 %s devices", devBefore, nitropod.ResourceEnclaveCPU)
+		// kubelet's record of nginx-pod's devices, through its
+		// pod-resources API (the shim sized the enclave from the same).
+		devBefore := e.containerDevices("default", "nginx-pod", "nginx-pod", 30*time.Second)
+		if len(devBefore[nitropod.ResourceEnclaveCPU]) != 2 || len(devBefore[nitropod.ResourceEnclave]) != 1 {
+			t.Fatalf("kubelet's pod-resources API: nginx-pod has %v; want 2 %s and 1 %s devices", devBefore, nitropod.ResourceEnclaveCPU, nitropod.ResourceEnclave)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
+		log, err := e.c.DevicePluginLogs(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		regBefore := registrations(log)
 		if err := e.c.RestartKubelet(ctx); err != nil {
 			t.Fatalf("restarting kubelet: %v", err)
 		}
-		// The device plugin sees kubelet.sock come back and registers again.
+		// The device plugin registers every resource again: it logs
+		// "registered with kubelet" once the new kubelet accepted it. (Right
+		// after its restart kubelet may not serve the Pod's log yet.)
 		deadline := time.Now().Add(90 * time.Second)
 		for {
-			if out, _ := e.kubectl("", "get", "--raw", "/api/v1/nodes/"+e.c.NodeName+"/proxy/healthz"); strings.TrimSpace(out) == "ok" {
-				if v := e.allocatable(nitropod.ResourceEnclaveCPU); v != "" && v != "0" {
+			var regAfter map[string]int
+			if log, err = e.c.DevicePluginLogs(ctx); err == nil {
+				regAfter = registrations(log)
+				if regAfter[nitropod.ResourceEnclaveCPU] > regBefore[nitropod.ResourceEnclaveCPU] &&
+					regAfter[nitropod.ResourceEnclaveMemory] > regBefore[nitropod.ResourceEnclaveMemory] &&
+					regAfter[nitropod.ResourceEnclave] > regBefore[nitropod.ResourceEnclave] {
+					t.Logf("device plugin registrations before the kubelet restart %v, after %v", regBefore, regAfter)
 					break
 				}
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("device plugin did not re-register after kubelet restart (allocatable %s = %q)", nitropod.ResourceEnclaveCPU, e.allocatable(nitropod.ResourceEnclaveCPU))
+				t.Fatalf("device plugin did not register every resource again within 90s of the kubelet restart (registrations before %v, now %v, log error %v):\n%s", regBefore, regAfter, err, log)
 			}
 			time.Sleep(time.Second)
 		}
-		// (Right after its restart kubelet may not serve the Pod's log yet.)
-		var log string
-		for i := 0; i < 30; i++ {
-			if log, err = e.c.DevicePluginLogs(ctx); err == nil && strings.Contains(log, "registering again") {
-				break
-			}
-			time.Sleep(time.Second)
+		if v := e.allocatable(nitropod.ResourceEnclaveCPU); v == "0" {
+			t.Errorf("allocatable %s = 0 after the device plugin registered again", nitropod.ResourceEnclaveCPU)
 		}
-		if err != nil || !strings.Contains(log, "registering again") {
-			t.Errorf("device plugin log does not show a re-registration after the kubelet restart (%v):\n%s", err, log)
-		}
-		if devAfter := checkpointDevices(t, string(before.UID)); !cmp.Equal(devAfter, devBefore) {
-			t.Errorf("nginx-pod's devices after kubelet restart = %v; before %v: want them kept", devAfter, devBefore)
+		// The restarted kubelet restored nginx-pod's allocation (from its
+		// checkpoint) rather than allocating anew.
+		if devAfter := e.containerDevices("default", "nginx-pod", "nginx-pod", time.Minute); !cmp.Equal(devAfter, devBefore) {
+			t.Errorf("kubelet's pod-resources API after its restart: nginx-pod has %v; before %v: want them kept", devAfter, devBefore)
 		}
 		after := e.waitPod("nginx-pod", time.Minute, "Ready after kubelet restart", ready)
 		if b, a := before.Status.ContainerStatuses[0], after.Status.ContainerStatuses[0]; a.RestartCount != b.RestartCount || a.ContainerID != b.ContainerID {
 			t.Errorf("container after kubelet restart = %s (restarts %d); before %s (restarts %d): want the same, untouched", a.ContainerID, a.RestartCount, b.ContainerID, b.RestartCount)
 		}
-		if got := e.allocated(nitropod.ResourceEnclaveCPU); got != 2 {
-			t.Errorf("%s allocated after kubelet restart = %d; want 2 (nginx-pod's devices kept)", nitropod.ResourceEnclaveCPU, got)
+		if got := e.heldDevices(nitropod.ResourceEnclaveCPU); len(got) != 2 {
+			t.Errorf("kubelet reports %s allocated after its restart: %v; want nginx-pod's 2 only", nitropod.ResourceEnclaveCPU, got)
 		}
 		body, err := httpGet(fmt.Sprintf("http://%s:80/", after.Status.PodIP), 30*time.Second)
 		if err != nil || !strings.Contains(body, "Welcome to nginx!") {
@@ -378,8 +406,8 @@ func (e *env) licenceRefused(ns, lic, want string) {
 			}
 			time.Sleep(time.Second)
 		}
-		if got := e.allocated(nitropod.ResourceEnclaveCPU); got != 0 {
-			t.Errorf("%s allocated after the refused Pod is gone = %d; want 0", nitropod.ResourceEnclaveCPU, got)
+		if got := e.heldDevices(nitropod.ResourceEnclaveCPU); len(got) != 0 {
+			t.Errorf("kubelet reports %s devices allocated after the refused Pod is gone: %v", nitropod.ResourceEnclaveCPU, got)
 		}
 	}()
 
@@ -454,8 +482,9 @@ func (e *env) applyTimed(manifest, name, what string) time.Duration {
 }
 
 // checkNginxEnclave checks a Ready nginx Pod converted by the webhook: the
-// enclave resources, the page on POD_IP:80, and nginx's output in logs.
-func (e *env) checkNginxEnclave(name string) {
+// enclave resources, the emulated enclave sized by kubelet's allocation, the
+// page on POD_IP:80, and nginx's output in logs. It returns the container ID.
+func (e *env) checkNginxEnclave(name string) string {
 	t := e.t
 	t.Helper()
 	p, err := e.pod(name)
@@ -482,19 +511,47 @@ func (e *env) checkNginxEnclave(name string) {
 	if !e.applied.IsZero() {
 		t.Logf("BENCH e2e: kubectl apply -> first page from the enclave, %s: %.1fs", name, time.Since(e.applied).Seconds())
 	}
+	id := p.Status.ContainerStatuses[0].ContainerID
 	// The shim logs how it got the EIF (built or cache hit) and how long
 	// that took.
-	if lines := grepLines(readFile(t, filepath.Join(e.dir, "logs", "containerd.log")), "enclave image ready"); len(lines) > 0 {
-		t.Logf("BENCH e2e: shim: %s", lines[len(lines)-1])
-	}
-	if _, qemu := enclaveProcesses(p.Status.ContainerStatuses[0].ContainerID); !qemu {
+	t.Logf("BENCH e2e: shim: %s", e.imageReady(id))
+	if _, qemu := enclaveProcesses(id); !qemu {
 		out, _ := exec.Command("sh", "-c", "ps -eo pid,ppid,args | grep -E 'qemu|nitropod-launcher' | grep -v grep").Output()
-		t.Errorf("no emulated enclave (QEMU below the launcher of %s) runs for %s; processes:\n%s", p.Status.ContainerStatuses[0].ContainerID, name, out)
+		t.Errorf("no emulated enclave (QEMU below the launcher of %s) runs for %s; processes:\n%s", id, name, out)
+	} else {
+		e.checkEnclaveSize(name, p.Spec.Containers[0].Name, id, 2, 2048)
 	}
 	if !strings.Contains(body, "Welcome to nginx!") {
 		t.Errorf("GET / = %q; want nginx's welcome page", body)
 	}
 	e.waitLogs(name, `"GET / HTTP/1.1" 200`, 30*time.Second)
+	return id
+}
+
+// checkEnclaveSize checks that the emulated enclave of the container got
+// exactly the vCPUs and memory of the allocation kubelet's pod-resources
+// API reports for it, and that this allocation is what the Pod asked for
+// (wantCPUs, wantMiB).
+func (e *env) checkEnclaveSize(pod, container, id string, wantCPUs, wantMiB int) {
+	t := e.t
+	t.Helper()
+	d := e.containerDevices("default", pod, container, 30*time.Second)
+	cpus, mem, err := enclaveSize(d)
+	if err != nil {
+		t.Fatalf("%s's allocation %v: %v", pod, d, err)
+	}
+	if cpus != wantCPUs || mem != wantMiB {
+		t.Errorf("kubelet allocated %s %d vCPUs and %d MiB (%v); want the Pod's %d and %d MiB", pod, cpus, mem, d, wantCPUs, wantMiB)
+	}
+	qc, qm, cmdline, err := qemuSize(id)
+	if err != nil {
+		t.Errorf("%s: %v", pod, err)
+		return
+	}
+	if qc != cpus || qm != mem {
+		t.Errorf("the enclave of %s runs with -smp %d -m %d; want kubelet's allocation, %d vCPUs and %d MiB (%v)\nQEMU: %s", pod, qc, qm, cpus, mem, d, cmdline)
+	}
+	t.Logf("%s: kubelet allocated %v; QEMU runs with -smp %d -m %d", pod, d, qc, qm)
 }
 
 // waitLogs waits until kubectl logs of the Pod contains want.
@@ -595,24 +652,6 @@ func (e *env) allocatable(resource string) string {
 	return v
 }
 
-// allocated sums the resource's limits over the node's non-terminated Pods,
-// as the scheduler does.
-func (e *env) allocated(resource string) int64 {
-	out := e.mustKubectl("", "get", "pods", "-A", "--field-selector=spec.nodeName="+e.c.NodeName+",status.phase!=Succeeded,status.phase!=Failed", "-o", "json")
-	var list corev1.PodList
-	if err := jsonUnmarshal(out, &list); err != nil {
-		e.t.Fatal(err)
-	}
-	var n int64
-	for _, p := range list.Items {
-		for _, c := range p.Spec.Containers {
-			q := c.Resources.Limits[corev1.ResourceName(resource)]
-			n += q.Value()
-		}
-	}
-	return n
-}
-
 func conditionMessage(p *corev1.Pod, t corev1.PodConditionType) string {
 	for _, c := range p.Status.Conditions {
 		if c.Type == t {
@@ -647,37 +686,6 @@ spec:
   - name: anjuna-license
     secret: {secretName: anjuna-license}
 `, name, strings.Join(q, ", "), cpus)
-}
-
-// checkpointDevices reads kubelet's device-manager checkpoint: the device
-// IDs per resource that kubelet allocated to the Pod.
-func checkpointDevices(t *testing.T, podUID string) map[string][]string {
-	t.Helper()
-	var cp struct {
-		Data struct {
-			PodDeviceEntries []struct {
-				PodUID       string
-				ResourceName string
-				DeviceIDs    map[string][]string
-			}
-		}
-	}
-	if err := jsonUnmarshal(readFile(t, filepath.Join(pluginapi.DevicePluginPath, "kubelet_internal_checkpoint")), &cp); err != nil {
-		t.Fatalf("reading kubelet's device checkpoint: %v", err)
-	}
-	out := map[string][]string{}
-	for _, en := range cp.Data.PodDeviceEntries {
-		if en.PodUID != podUID {
-			continue
-		}
-		for _, ids := range en.DeviceIDs {
-			out[en.ResourceName] = append(out[en.ResourceName], ids...)
-		}
-	}
-	for _, ids := range out {
-		sort.Strings(ids)
-	}
-	return out
 }
 
 func grepLines(text, substr string) []string {
