@@ -462,7 +462,7 @@ func (e *qemuEnclave) Terminate(ctx context.Context) error {
 // rebooted, e.g. after a kernel panic with panic=-1), that fact, never a
 // formatted nil; then QEMU's stderr, or a hint to see the console.
 func stoppedErr(what string, waitErr error, stderr string) error {
-	var cause error = errQEMUExitedCleanly
+	cause := errQEMUExitedCleanly
 	if waitErr != nil {
 		cause = fmt.Errorf("qemu exited: %w", waitErr)
 	}

@@ -77,7 +77,9 @@ func TestLogWriterCap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w2.Write([]byte("new\n"))
+	if _, err := w2.Write([]byte("new\n")); err != nil {
+		t.Fatal(err)
+	}
 	w2.Close()
 	if cur, old := logSizes(t, p); cur != 4 || old != limit {
 		t.Errorf("reopened oversized log: %d+%d bytes, want 4 + the old %d in .1", cur, old, limit)
