@@ -27,8 +27,23 @@
 //     limits, which are the launcher limits.
 //   - Ports: the TCP ports the webhook recorded, else those the image
 //     EXPOSEs (looked up by nitropod-fetch in containerd's image store).
-//   - Start publishes TaskStart, then lets the launcher boot the enclave in
-//     the Pod's network namespace, so TaskStart precedes any TaskExit.
+//   - Size: a CRI container's enclave gets exactly the vCPUs and memory the
+//     device plugin allocated to it, read from kubelet's pod-resources API
+//     (nitropod-fetch pod-devices) and totalled by contract.AllocationFromDevices.
+//     Nothing the Pod's author writes sizes an enclave: NITROPOD_* values in
+//     its env that disagree with kubelet's record are refused, and the
+//     nitropod.io/enclaves annotation gives only ports and debug mode.
+//     Containers not created through CRI (ctr run), and every container with
+//     [allocation] source = "config", take default_cpus/default_memory_mib.
+//   - Start lets the launcher boot the enclave in the Pod's network
+//     namespace and returns once init reports that it started the app (the
+//     launcher's status pipe says "started"), as runc's start returns once
+//     the process was exec'd. A boot or start failure (enclave too small,
+//     command not in the image, missing kernel, …) is Start's error with the
+//     reason — containerd's CRI records it as the container's StartError,
+//     shown by kubectl describe — and the launcher, QEMU and enclave are
+//     stopped. TaskStart is published only for a started app, before its
+//     TaskExit.
 //   - The launcher is the task's init process: its exit (the app's exit
 //     status) is the TaskExit; Wait works before Start.
 //   - Kill: SIGKILL terminates the enclave (every process of the cgroup,
