@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -33,6 +35,12 @@ type testServer struct {
 // end of the test.
 func startServer(t testing.TB, opts Options) *testServer {
 	t.Helper()
+	return startServerLog(t, opts, nil)
+}
+
+// startServerLog is startServer with Run's logger.
+func startServerLog(t testing.TB, opts Options, log logrus.FieldLogger) *testServer {
+	t.Helper()
 	dir := t.TempDir()
 	certs, err := GenerateCerts([]string{"localhost"}, []net.IP{net.ParseIP("127.0.0.1")}, time.Hour)
 	if err != nil {
@@ -49,7 +57,7 @@ func startServer(t testing.TB, opts Options) *testServer {
 	opts.Ready = func(a net.Addr) { addr <- a }
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Run(ctx, opts, nil) }()
+	go func() { done <- Run(ctx, opts, log) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -245,7 +253,8 @@ func TestServerReviews(t *testing.T) {
 }
 
 func TestServerReloadsCertificate(t *testing.T) {
-	s := startServer(t, Options{CertPoll: time.Hour}) // file events only
+	log, hook := logtest.NewNullLogger()
+	s := startServerLog(t, Options{CertPoll: time.Hour}, log) // file events only
 	fresh, err := GenerateCerts([]string{"localhost"}, []net.IP{net.ParseIP("127.0.0.1")}, time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -267,10 +276,26 @@ func TestServerReloadsCertificate(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	// A broken pair is ignored: the server keeps serving the last good one.
+	// (Refusals logged so far came from the update above, between its two
+	// file writes; wait for one more, caused by the broken file.)
+	failed := func() int {
+		n := 0
+		for _, e := range hook.AllEntries() {
+			if strings.Contains(e.Message, "reloading tls key pair failed") {
+				n++
+			}
+		}
+		return n
+	}
+	before := failed()
 	if err := writeFileAtomic(s.certFile, []byte("garbage"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(200 * time.Millisecond)
+	for deadline := time.Now().Add(10 * time.Second); failed() == before; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the server did not try (and refuse) the broken certificate within 10s")
+		}
+	}
 	resp, err := c.Get(s.url + "/healthz")
 	if err != nil {
 		t.Fatalf("after a broken update: %v", err)
