@@ -30,12 +30,18 @@ func (b *Backend) runEnclave(ctx context.Context, name string, args []string) (*
 				cerr := b.cleanupByName(name, time.Now())
 				return nil, errors.Join(perr, cleanupErr(cerr))
 			case cancelled != nil:
-				terr := b.TerminateID(context.Background(), ri.EnclaveID)
+				tctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				terr := b.TerminateID(tctx, ri.EnclaveID)
+				cancel()
 				return nil, errors.Join(fmt.Errorf("boot cancelled: %w", cancelled), cleanupErr(terr))
 			}
 			return ri, nil
 		}
 		cmdErr := &CommandError{Args: args, Err: err, Stderr: string(stderr)}
+		var ns *notStartedError
+		if errors.As(err, &ns) {
+			return nil, cmdErr // nothing ran, nothing to clean up
+		}
 		if cancelled == nil && attempt == 1 && isVsockBindError(stderr) {
 			select {
 			case <-ctx.Done():

@@ -32,6 +32,12 @@ func CheckCgroup(p string) error {
 	return nil
 }
 
+// notStartedError is a nitro-cli command that did not start.
+type notStartedError struct{ err error }
+
+func (e *notStartedError) Error() string { return "not started: " + e.err.Error() }
+func (e *notStartedError) Unwrap() error { return e.err }
+
 // nodeCgroup starts processes in the node-level cgroup path under root, in
 // every hierarchy, so that nitro-cli and the enclave process it daemonises
 // are outside the Pod's cgroup. There kubelet sets the hugetlb limit of

@@ -49,7 +49,7 @@ func fakeBinary(t *testing.T) string {
 		fakeBin = filepath.Join(fakeDir, "nitro-cli")
 		out, err := exec.Command("go", "build", "-o", fakeBin, "./internal/fakenitrocli").CombinedOutput()
 		if err != nil {
-			fakeErr = fmt.Errorf("building the fake nitro-cli: %v\n%s", err, out)
+			fakeErr = fmt.Errorf("building the fake nitro-cli: %w\n%s", err, out)
 		}
 	})
 	if fakeErr != nil {
@@ -499,5 +499,23 @@ func removeTestCgroup(t *testing.T, root, cg string) {
 				time.Sleep(20 * time.Millisecond)
 			}
 		}
+	}
+}
+
+// A nitro-cli that could not even be started (here: a bad node cgroup)
+// fails the boot at once: there is no enclave to wait for.
+func TestFakeNotStartedFailsFast(t *testing.T) {
+	n := newFakeNode(t, 10*time.Millisecond)
+	b := n.backend(func(c *Config) { c.KeepCgroup, c.Cgroup = false, "../kubepods" })
+	t0 := time.Now()
+	_, err := b.Boot(context.Background(), bootReq(t, "bad-cgroup"))
+	if err == nil || !strings.Contains(err.Error(), `nitro-cli cgroup "../kubepods"`) {
+		t.Errorf("Boot with a bad cgroup: %v", err)
+	}
+	if d := time.Since(t0); d > 2*time.Second {
+		t.Errorf("Boot took %v to fail, want no cleanup wait", d)
+	}
+	if c := n.count("run-enclave"); c != 0 {
+		t.Errorf("run-enclave ran %d times", c)
 	}
 }

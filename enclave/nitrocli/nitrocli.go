@@ -527,7 +527,7 @@ func (r execRunner) Output(ctx context.Context, args []string) ([]byte, []byte, 
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.Env = commandEnv(args[0])
 	if err := r.cg.start(cmd); err != nil {
-		return nil, nil, err
+		return nil, nil, &notStartedError{err}
 	}
 	err := cmd.Wait()
 	return stdout.Bytes(), stderr.Bytes(), err
