@@ -4,11 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -131,55 +131,114 @@ func TestConcurrentGetsFillOnce(t *testing.T) {
 }
 
 // TestHelperProcessGet is run as a subprocess by TestCrossProcessFillOnce.
+// It signals "ready-<pid>", waits for the parent's "go" file (the start
+// barrier), notes "entered-<pid>" and calls Get; a process that fills holds
+// the fill until every helper has entered Get, so the others ask for the
+// key while the fill runs. It writes "fill" or "hit" to "result-<pid>".
 func TestHelperProcessGet(t *testing.T) {
 	dir := os.Getenv("EIFCACHE_HELPER_DIR")
 	if dir == "" {
 		return
 	}
-	c, err := Open(dir, 0)
+	n, _ := strconv.Atoi(os.Getenv("EIFCACHE_HELPER_N"))
+	pid := strconv.Itoa(os.Getpid())
+	touch := func(name string) {
+		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	count := func(pattern string) int {
+		m, _ := filepath.Glob(filepath.Join(dir, pattern))
+		return len(m)
+	}
+	waitFor := func(what string, ok func() bool) {
+		for deadline := time.Now().Add(30 * time.Second); !ok(); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("helper %s: waited 30s for %s", pid, what)
+			}
+		}
+	}
+	c, err := Open(filepath.Join(dir, "cache"), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
+	touch("ready-" + pid)
+	waitFor("the start barrier", func() bool { return count("go") == 1 })
+	touch("entered-" + pid)
 	e, err := c.Get(context.Background(), Key("xproc"), func(ctx context.Context, w io.Writer) error {
-		f, err := os.OpenFile(filepath.Join(dir, "fills"), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintln(f, os.Getpid())
-		f.Close()
-		time.Sleep(300 * time.Millisecond)
-		_, err = w.Write(testEIF([]byte("xproc")))
+		touch("filling-" + pid)
+		waitFor("every helper to enter Get", func() bool { return count("entered-*") == n })
+		// (From entered-<pid> to the lock attempt is a few syscalls.)
+		time.Sleep(100 * time.Millisecond)
+		_, err := w.Write(testEIF([]byte("xproc")))
 		return err
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	result := "fill"
+	if e.Hit {
+		result = "hit"
+	}
 	e.Release()
+	if err := os.WriteFile(filepath.Join(dir, "result-"+pid), []byte(result), 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
 
+// TestCrossProcessFillOnce starts three processes at once on one cache
+// directory (a start barrier, and the filler waits for the others to ask
+// for the same key): exactly one fills, the others wait and hit.
 func TestCrossProcessFillOnce(t *testing.T) {
+	const n = 3
 	dir := t.TempDir()
 	var cmds []*exec.Cmd
-	for range 3 {
+	for range n {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcessGet$")
-		cmd.Env = append(os.Environ(), "EIFCACHE_HELPER_DIR="+dir)
+		cmd.Env = append(os.Environ(), "EIFCACHE_HELPER_DIR="+dir, "EIFCACHE_HELPER_N="+strconv.Itoa(n))
 		cmd.Stderr = os.Stderr
+		cmd.Stdout = os.Stderr
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
 		cmds = append(cmds, cmd)
+	}
+	defer func() {
+		for _, cmd := range cmds {
+			if cmd.ProcessState == nil {
+				_ = cmd.Process.Kill()
+				_ = cmd.Wait()
+			}
+		}
+	}()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if m, _ := filepath.Glob(filepath.Join(dir, "ready-*")); len(m) == n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the %d helpers did not all start within 30s", n)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "go"), nil, 0o600); err != nil {
+		t.Fatal(err)
 	}
 	for _, cmd := range cmds {
 		if err := cmd.Wait(); err != nil {
 			t.Fatalf("helper: %v", err)
 		}
 	}
-	b, err := os.ReadFile(filepath.Join(dir, "fills"))
-	if err != nil {
-		t.Fatal(err)
+	results := map[string]int{}
+	m, _ := filepath.Glob(filepath.Join(dir, "result-*"))
+	for _, f := range m {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		results[string(b)]++
 	}
-	if n := len(strings.Fields(string(b))); n != 1 {
-		t.Errorf("3 processes filled %d times, want 1", n)
+	fills, _ := filepath.Glob(filepath.Join(dir, "filling-*"))
+	if want := map[string]int{"fill": 1, "hit": n - 1}; !cmp.Equal(results, want) || len(fills) != 1 {
+		t.Errorf("%d racing processes: results %v, %d fills started; want %v and 1 fill", n, results, len(fills), want)
 	}
 }
 
@@ -259,14 +318,25 @@ func TestLRUEvictionKeepsReferenced(t *testing.T) {
 		}
 		return e
 	}
+	// Use times are set explicitly (an hour ago, then a second later), not
+	// left to the clock's granularity; a Get marks an entry used now.
+	used := func(e *Entry, at time.Time) {
+		t.Helper()
+		if err := os.Chtimes(e.Path, at, at); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base := time.Now().Add(-time.Hour)
 	a := get("a")
 	a.Release()
-	time.Sleep(20 * time.Millisecond)
+	used(a, base)
 	b := get("b") // held: must survive eviction
-	time.Sleep(20 * time.Millisecond)
+	used(b, base.Add(time.Second))
 	a2 := get("a") // touch a: now b is least recently used, but referenced
 	a2.Release()
-	time.Sleep(20 * time.Millisecond)
+	if fa, fb := mtime(t, a.Path), mtime(t, b.Path); !fb.Before(fa) {
+		t.Fatalf("a Get did not mark a used: a %v, b %v", fa, fb)
+	}
 	d := get("d") // over the cap: evicts the LRU unreferenced one (a)
 	d.Release()
 	exists := func(e *Entry) bool { _, err := os.Stat(e.Path); return err == nil }
@@ -279,6 +349,15 @@ func TestLRUEvictionKeepsReferenced(t *testing.T) {
 	if n, _ := c.Size(); n > 2*size+size/2 {
 		t.Errorf("cache size %d over cap", n)
 	}
+}
+
+func mtime(t *testing.T, path string) time.Time {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.ModTime()
 }
 
 func TestKeyAndValidation(t *testing.T) {
