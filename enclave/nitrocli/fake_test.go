@@ -519,3 +519,27 @@ func TestFakeNotStartedFailsFast(t *testing.T) {
 		t.Errorf("run-enclave ran %d times", c)
 	}
 }
+
+// The shim's delete after a launcher died before it learnt the enclave ID
+// terminates by the recorded name.
+func TestFakeTerminateName(t *testing.T) {
+	n := newFakeNode(t, 10*time.Millisecond)
+	b := n.backend(nil)
+	e, err := b.Boot(context.Background(), bootReq(t, "by-name"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := b.Boot(context.Background(), bootReq(t, "other"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.TerminateName(context.Background(), "by-name"); err != nil {
+		t.Fatal(err)
+	}
+	if ids := n.enclaves(); len(ids) != 1 || ids[0] != other.ID() {
+		t.Errorf("after TerminateName: enclaves %v, want only %s (not %s)", ids, other.ID(), e.ID())
+	}
+	if err := b.TerminateName(context.Background(), "no-such-enclave"); err != nil {
+		t.Errorf("TerminateName of an absent name: %v", err)
+	}
+}

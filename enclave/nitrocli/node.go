@@ -177,6 +177,26 @@ func isVsockBindError(stderr []byte) bool {
 	return strings.Contains(s, "[ E36 ]") && strings.Contains(s, "vsock bind error")
 }
 
+// TerminateName terminates the enclaves nitro-cli lists under name (the
+// container ID), e.g. one whose launcher died before it learnt the
+// enclave's ID. An enclave still booting is not listed yet and is missed.
+func (b *Backend) TerminateName(ctx context.Context, name string) error {
+	if name == "" {
+		return errors.New("terminating enclave: no name given")
+	}
+	r := b.describeNow(ctx)
+	if r.Err != nil {
+		return fmt.Errorf("terminating enclave %s: %w", name, r.Err)
+	}
+	var errs []error
+	for _, d := range r.Enclaves {
+		if d.EnclaveName == name {
+			errs = append(errs, b.TerminateID(ctx, d.EnclaveID))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // cleanupByName terminates the enclave named name that a failed or
 // cancelled boot may have left behind, looking for it until until: nitro-cli
 // lists an enclave only once it has booted, and a killed run-enclave's

@@ -21,9 +21,10 @@ func NewBackend(cfg BackendConfig) (enclave.Backend, error) {
 // TerminateRecorded terminates an enclave that outlived its launcher (the
 // shim's `delete` after a crash). QEMU enclaves are processes in the
 // container's cgroup and were killed with it; nitro-cli enclaves are not
-// processes and are terminated by id.
+// processes and are terminated by id, or by name when the launcher died
+// before it learnt the id.
 func TerminateRecorded(ctx context.Context, r Record) error {
-	if r.Backend != "nitro-cli" || r.EnclaveID == "" {
+	if r.Backend != "nitro-cli" || r.EnclaveID == "" && r.EnclaveName == "" {
 		return nil
 	}
 	return terminateNitroCLI(ctx, r)

@@ -37,5 +37,9 @@ func newNitroCLI(cfg BackendConfig) (enclave.Backend, error) {
 // terminateNitroCLI runs terminate-enclave from the shim's delete; that
 // command allocates nothing, so it stays in the shim's cgroup.
 func terminateNitroCLI(ctx context.Context, r Record) error {
-	return nitrocli.New(nitrocli.Config{Binary: r.NitroCLI, KeepCgroup: true}).TerminateID(ctx, r.EnclaveID)
+	b := nitrocli.New(nitrocli.Config{Binary: r.NitroCLI, KeepCgroup: true})
+	if r.EnclaveID == "" {
+		return b.TerminateName(ctx, r.EnclaveName)
+	}
+	return b.TerminateID(ctx, r.EnclaveID)
 }

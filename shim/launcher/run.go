@@ -117,6 +117,11 @@ func Run(ctx context.Context, spec Spec, start io.Reader, ready io.WriteCloser, 
 	}
 	rio.Progress = func(stage string) { logger.Print(stage) }
 
+	if spec.Backend.Name == "nitro-cli" {
+		if err := writeRecord(spec.Bundle, Record{Backend: spec.Backend.Name, EnclaveName: spec.ID, NitroCLI: spec.Backend.NitroCLI}); err != nil {
+			logger.Printf("writing enclave record: %v", err)
+		}
+	}
 	bootCtx, cancelBoot := context.WithCancel(ctx)
 	defer cancelBoot()
 	type startRes struct {
@@ -169,7 +174,7 @@ func Run(ctx context.Context, spec Spec, start io.Reader, ready io.WriteCloser, 
 	logger.Printf("app started in enclave %s (cid %d) after %v", sess.Enclave().ID(), sess.Enclave().CID(), time.Since(t0).Round(time.Millisecond))
 	fmt.Fprintln(ready, "started")
 	ready.Close()
-	if err := writeRecord(spec.Bundle, Record{Backend: spec.Backend.Name, EnclaveID: sess.Enclave().ID(), CID: sess.Enclave().CID(), NitroCLI: spec.Backend.NitroCLI}); err != nil {
+	if err := writeRecord(spec.Bundle, Record{Backend: spec.Backend.Name, EnclaveID: sess.Enclave().ID(), EnclaveName: spec.ID, CID: sess.Enclave().CID(), NitroCLI: spec.Backend.NitroCLI}); err != nil {
 		logger.Printf("writing enclave record: %v", err)
 	}
 	go func() {

@@ -108,12 +108,16 @@ func ReadSpec(path string) (Spec, error) {
 	return s, nil
 }
 
-// Record is what the launcher writes once the enclave runs.
+// Record is what the launcher writes once the enclave runs (and, for
+// nitro-cli, before it boots: the name alone, so that an enclave a killed
+// launcher left booting can still be found).
 type Record struct {
 	Backend   string `json:"backend"`
 	EnclaveID string `json:"enclaveId"`
-	CID       uint32 `json:"cid"`
-	NitroCLI  string `json:"nitroCLI,omitempty"`
+	// EnclaveName is the nitro-cli enclave name (the container ID).
+	EnclaveName string `json:"enclaveName,omitempty"`
+	CID         uint32 `json:"cid"`
+	NitroCLI    string `json:"nitroCLI,omitempty"`
 }
 
 func writeRecord(bundle string, r Record) error {
