@@ -148,14 +148,55 @@ func TestRunCLIInterrupt(t *testing.T) {
 	}
 }
 
-func freePort(t *testing.T) int {
+// listeningPort waits until process pid listens on a loopback TCP port and
+// returns it: `--publish 0:PORT` lets the kernel choose the host port, and
+// the process's own sockets (/proc/PID/fd and /proc/PID/net/tcp) say which.
+func listeningPort(t *testing.T, pid int, timeout time.Duration) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	deadline := time.Now().Add(timeout)
+	for {
+		if ports := listening(pid); len(ports) == 1 {
+			return ports[0]
+		} else if len(ports) > 1 {
+			t.Fatalf("process %d listens on %d ports %v; want the one published", pid, len(ports), ports)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d does not listen on a TCP port after %s", pid, timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+}
+
+// listening lists the 127.0.0.1 TCP ports in LISTEN state whose sockets
+// process pid holds.
+func listening(pid int) []int {
+	fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", pid))
+	inodes := map[string]bool{}
+	for _, fd := range fds {
+		if l, err := os.Readlink(fd); err == nil && strings.HasPrefix(l, "socket:[") {
+			inodes[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
+		}
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/tcp", pid))
+	if err != nil {
+		return nil
+	}
+	var ports []int
+	for _, line := range strings.Split(string(data), "\n")[1:] {
+		// sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+		f := strings.Fields(line)
+		if len(f) < 10 || f[3] != "0A" || !inodes[f[9]] {
+			continue
+		}
+		host, port, ok := strings.Cut(f[1], ":")
+		if !ok || host != "0100007F" { // 127.0.0.1, little-endian hex
+			continue
+		}
+		if p, err := strconv.ParseUint(port, 16, 16); err == nil {
+			ports = append(ports, int(p))
+		}
+	}
+	return ports
 }
 
 // `nitropod run -f` takes a Pod manifest: httpd answers on the published
@@ -189,14 +230,15 @@ spec:
 	if err := os.WriteFile(manifest, []byte(pod), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	port := freePort(t)
-	cmd := e.command("-f", manifest, "--oci-layout", layout, "--publish", fmt.Sprintf("%d:80", port))
+	// Host port 0: the kernel picks a free one (no listen-then-close race).
+	cmd := e.command("-f", manifest, "--oci-layout", layout, "--publish", "0:80")
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	port := listeningPort(t, cmd.Process.Pid, 3*time.Minute)
 	url := "http://127.0.0.1:" + strconv.Itoa(port) + "/index.html"
 	deadline := time.Now().Add(3 * time.Minute)
 	var body []byte
@@ -226,5 +268,24 @@ spec:
 	}
 	if !strings.Contains(errb.String(), "Linux version") {
 		t.Errorf("debug mode: no kernel console on stderr:\n%s", errb.String())
+	}
+}
+
+// listening finds a port this process listens on (the helper the published
+// port test relies on).
+func TestListening(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	want := l.Addr().(*net.TCPAddr).Port
+	got := listening(os.Getpid())
+	found := false
+	for _, p := range got {
+		found = found || p == want
+	}
+	if !found {
+		t.Errorf("listening(self) = %v; want it to include %d", got, want)
 	}
 }
