@@ -106,14 +106,24 @@ func (n *fakeNode) shutdown() {
 	n.t.Error("fake enclave processes still booting after 10s")
 }
 
-// heartbeatBound reports whether a fake boot holds the heartbeat port.
+// heartbeatBound reports whether a fake boot holds the heartbeat port
+// (its flock, read from /proc/locks so that looking does not take it).
 func (n *fakeNode) heartbeatBound() bool {
-	f, err := os.OpenFile(filepath.Join(n.state, "vsock-9000.lock"), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
+	var st syscall.Stat_t
+	if syscall.Stat(filepath.Join(n.state, "vsock-9000.lock"), &st) != nil {
 		return false
 	}
-	defer f.Close()
-	return syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil
+	locks, err := os.ReadFile("/proc/locks")
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(locks), "\n") {
+		fs := strings.Fields(l)
+		if len(fs) > 5 && fs[1] == "FLOCK" && strings.HasSuffix(fs[5], ":"+strconv.FormatUint(st.Ino, 10)) {
+			return true
+		}
+	}
+	return false
 }
 
 // enclaves lists the fake's enclaves as describe-enclaves would, answered
@@ -330,7 +340,7 @@ func TestFakeKilledRunEnclaveCleanedUp(t *testing.T) {
 		if real == nil {
 			real = execRunner{bin: c.Binary}
 		}
-		c.Runner = killingRunner{Runner: real, after: 100 * time.Millisecond}
+		c.Runner = killingRunner{Runner: real, when: n.heartbeatBound}
 	})
 	t0 := time.Now()
 	_, err := b.Boot(context.Background(), bootReq(t, "killed"))
@@ -346,16 +356,23 @@ func TestFakeKilledRunEnclaveCleanedUp(t *testing.T) {
 	}
 }
 
-// killingRunner kills run-enclave after a while, as an OOM kill would.
+// killingRunner kills run-enclave once its enclave process is booting
+// (when() turns true), as an OOM kill would.
 type killingRunner struct {
 	Runner
-	after time.Duration
+	when func() bool
 }
 
 func (k killingRunner) Output(ctx context.Context, args []string) ([]byte, []byte, error) {
 	if args[0] == "run-enclave" {
-		ctx, cancel := context.WithTimeout(ctx, k.after)
+		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
+		go func() {
+			for ctx.Err() == nil && !k.when() {
+				time.Sleep(5 * time.Millisecond)
+			}
+			cancel()
+		}()
 		return k.Runner.Output(ctx, args)
 	}
 	return k.Runner.Output(ctx, args)
