@@ -22,6 +22,9 @@
 //     creates its socket (here: enclaves/<id>.json) after the heartbeat
 //     (src/enclave_proc/mod.rs handle_command, Run). Killing the CLI during
 //     the boot does not stop the detached enclave process, which boots on.
+//     (Its final reply to the dead CLI then fails, and the real process may
+//     exit on that error, releasing the enclave; without hardware that is
+//     not settled, so the fake keeps the enclave running: the worse case.)
 //   - A name already in use gets a suffix _1, _2, … (src/lib.rs
 //     new_enclave_name).
 //   - describe-enclaves asks every enclave process; one that does not answer
