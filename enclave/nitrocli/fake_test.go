@@ -458,6 +458,9 @@ func TestFakeNodeCgroup(t *testing.T) {
 			t.Cleanup(func() { removeTestCgroup(t, root, cg) })
 			b := n.backend(func(c *Config) { c.KeepCgroup, c.CgroupRoot, c.Cgroup = false, root, cg })
 			e, err := b.Boot(context.Background(), bootReq(t, "cg"))
+			if errors.Is(err, syscall.EROFS) || errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) {
+				t.Skipf("cannot create cgroups here: %v", err)
+			}
 			if err != nil {
 				t.Fatal(err)
 			}
