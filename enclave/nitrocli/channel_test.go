@@ -134,9 +134,9 @@ func (r cidRunner) Output(ctx context.Context, args []string) ([]byte, []byte, e
 				_, _ = fmt.Sscan(args[i+1], &cid)
 			}
 		}
-		r.fakeNitroCLI.mu.Lock()
-		r.fakeNitroCLI.calls = append(r.fakeNitroCLI.calls, args)
-		r.fakeNitroCLI.mu.Unlock()
+		r.mu.Lock()
+		r.calls = append(r.calls, args)
+		r.mu.Unlock()
 		if r.onRun != nil {
 			r.onRun(cid)
 		}
