@@ -3,10 +3,12 @@ package webhook
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -49,20 +51,25 @@ func TestIntegrationKubeAPIServer(t *testing.T) {
 		"scheduling": map[string]any{"nodeSelector": map[string]any{"nitropod.io/enclave-node": "true"}},
 	}))
 	createNamespace(t, ctx, c, itOwnNamespace)
+	if err := c.EnsureServiceAccount(ctx, "kube-system"); err != nil {
+		t.Fatal(err)
+	}
 
-	// The webhook's port must be in the configuration before the webhook
-	// starts: take a free one.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	// The webhook's address is in the configuration before the webhook
+	// starts: bind port 0 here and hand the listener to Run.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := l.Addr().String()
-	l.Close()
-	must(t)(c.Create(ctx, "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", webhookConfiguration("https://"+addr+MutatePath)))
+	addr := ln.Addr().String()
+	// The shipped configuration: deploy/'s chart rendered by helm for a
+	// webhook outside the cluster (webhook.url), installed in
+	// itOwnNamespace. The bootstrap below replaces its caBundle.
+	must(t)(c.Create(ctx, "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations", chartWebhookConfiguration(t, ctx, "https://"+addr+MutatePath)))
 
 	dir := t.TempDir()
 	opts := Options{
-		Listen:      addr,
+		Listener:    ln,
 		TLSCertFile: filepath.Join(dir, "tls.crt"),
 		TLSKeyFile:  filepath.Join(dir, "tls.key"),
 		Bootstrap: &Bootstrap{
@@ -210,16 +217,21 @@ func TestIntegrationKubeAPIServer(t *testing.T) {
 		}
 	})
 
-	t.Run("own namespace excluded", func(t *testing.T) {
-		resp := must(t)(c.Create(ctx, "/api/v1/namespaces/"+itOwnNamespace+"/pods", odd))
-		var stored corev1.Pod
-		if err := resp.Decode(&stored); err != nil {
-			t.Fatal(err)
-		}
-		if stored.Spec.RuntimeClassName != nil {
-			t.Errorf("Pod in %s was converted", itOwnNamespace)
-		}
-	})
+	// The chart's namespaceSelector: the webhook's own namespace and
+	// kube-system never reach it (a managed Pod there is stored as written,
+	// even one the webhook would refuse).
+	for _, ns := range []string{itOwnNamespace, "kube-system"} {
+		t.Run(ns+" excluded", func(t *testing.T) {
+			resp := must(t)(c.Create(ctx, "/api/v1/namespaces/"+ns+"/pods", odd))
+			var stored corev1.Pod
+			if err := resp.Decode(&stored); err != nil {
+				t.Fatal(err)
+			}
+			if stored.Spec.RuntimeClassName != nil || stored.Annotations[nitropod.EnclavesAnnotation] != "" {
+				t.Errorf("Pod in %s was converted", ns)
+			}
+		})
+	}
 }
 
 // must(t)(c.Do(…)) fails the test on a transport or status error.
@@ -245,34 +257,48 @@ func createNamespace(t *testing.T, ctx context.Context, c *kubetest.Cluster, nam
 	}
 }
 
-// webhookConfiguration is the configuration the issue asks for (deploy/
-// ships the same with a Service instead of a URL).
-func webhookConfiguration(url string) map[string]any {
-	return map[string]any{
-		"apiVersion": "admissionregistration.k8s.io/v1",
-		"kind":       "MutatingWebhookConfiguration",
-		"metadata":   map[string]any{"name": itConfigName},
-		"webhooks": []any{map[string]any{
-			"name":                    itWebhookName,
-			"admissionReviewVersions": []string{"v1"},
-			"clientConfig":            map[string]any{"url": url},
-			"rules": []any{map[string]any{
-				"apiGroups": []string{""}, "apiVersions": []string{"v1"},
-				"operations": []string{"CREATE"}, "resources": []string{"pods"}, "scope": "Namespaced",
-			}},
-			"objectSelector": map[string]any{"matchExpressions": []any{map[string]any{
-				"key": nitropod.ManagedLabel, "operator": "Exists",
-			}}},
-			"namespaceSelector": map[string]any{"matchExpressions": []any{map[string]any{
-				"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": []string{"kube-system", itOwnNamespace},
-			}}},
-			"failurePolicy":      "Fail",
-			"sideEffects":        "None",
-			"timeoutSeconds":     5,
-			"reinvocationPolicy": "IfNeeded",
-			"matchPolicy":        "Equivalent",
-		}},
+// chartWebhookConfiguration renders deploy/'s Helm chart with helm (as
+// released: namespace itOwnNamespace, the webhook at url) and returns its
+// MutatingWebhookConfiguration, checking that it is the one these tests
+// expect by name.
+func chartWebhookConfiguration(t *testing.T, ctx context.Context, url string) map[string]any {
+	t.Helper()
+	chart := filepath.Join(testenv.RepoRoot(), "deploy", "helm", "nitropod")
+	out, err := exec.CommandContext(ctx, testenv.Binary(t, "helm"), "template", "nitropod", chart,
+		"--namespace", itOwnNamespace, "--set", "webhook.url="+url,
+		// (The node installer's licence settings are not this test's.)
+		"--set", "nodeInstaller.enabled=false",
+		"--show-only", "templates/webhook.yaml").Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			t.Fatalf("helm template: %v\n%s", err, ee.Stderr)
+		}
+		t.Fatalf("helm template: %v", err)
 	}
+	var found []map[string]any
+	for _, doc := range strings.Split(string(out), "\n---") {
+		var obj map[string]any
+		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
+			t.Fatalf("helm template output: %v\n%s", err, doc)
+		}
+		if obj["kind"] == "MutatingWebhookConfiguration" {
+			found = append(found, obj)
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("the chart renders %d MutatingWebhookConfigurations; want 1:\n%s", len(found), out)
+	}
+	mwc := found[0]
+	meta, _ := mwc["metadata"].(map[string]any)
+	whs, _ := mwc["webhooks"].([]any)
+	if meta["name"] != itConfigName || len(whs) != 1 {
+		t.Fatalf("the chart's MutatingWebhookConfiguration is %v with %d webhooks; want %s with one", meta["name"], len(whs), itConfigName)
+	}
+	if wh, _ := whs[0].(map[string]any); wh["name"] != itWebhookName {
+		t.Fatalf("the chart's webhook is named %v; want %s", wh["name"], itWebhookName)
+	}
+	return mwc
 }
 
 // compareStored checks what the webhook owns in a stored Pod against

@@ -36,6 +36,10 @@ type Options struct {
 	CertPoll time.Duration
 	// Ready, when set, is called once the server accepts connections.
 	Ready func(addr net.Addr)
+	// Listener, when set, is used instead of listening on Listen (tests
+	// that must know the address before the server starts bind port 0
+	// themselves). Run closes it.
+	Listener net.Listener
 
 	// admission replaces the admission handler (the benchmark's null handler).
 	admission http.Handler
@@ -48,6 +52,9 @@ func Run(ctx context.Context, opts Options, log logrus.FieldLogger) error {
 		l := logrus.New()
 		l.SetOutput(io.Discard)
 		log = l
+	}
+	if opts.Listener != nil {
+		defer opts.Listener.Close()
 	}
 	if err := opts.Config.Validate(); err != nil {
 		return fmt.Errorf("invalid configuration: %w", err)
@@ -88,9 +95,11 @@ func Run(ctx context.Context, opts Options, log logrus.FieldLogger) error {
 		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.GetCertificate},
 		ErrorLog:          stdlog.New(debugWriter{log}, "", 0),
 	}
-	ln, err := net.Listen("tcp", opts.Listen)
-	if err != nil {
-		return fmt.Errorf("listening on %s: %w", opts.Listen, err)
+	ln := opts.Listener
+	if ln == nil {
+		if ln, err = net.Listen("tcp", opts.Listen); err != nil {
+			return fmt.Errorf("listening on %s: %w", opts.Listen, err)
+		}
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
