@@ -57,7 +57,7 @@ func TestStartFailures(t *testing.T) {
 	defer cancel()
 	e.importImage(t, ctx, ns, busyboxRef, busyboxImage(t, ""))
 	for _, tc := range []struct {
-		name, id string
+		name, id  string
 		memoryMiB int
 		args      []string
 		want      string

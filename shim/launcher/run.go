@@ -251,6 +251,14 @@ func onBackendThread(netns, enclaveCgroup string, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // deliberately never unlocked
+		if unix.Gettid() == unix.Getpid() {
+			// Never the main thread: cgroup v1 charges the process's
+			// memory to its cgroup. Hold it while another thread does
+			// the work (nitropod-launcher also locks it in init).
+			errc <- onBackendThread(netns, enclaveCgroup, fn)
+			runtime.UnlockOSThread()
+			return
+		}
 		if err := joinNetNS(netns); err != nil {
 			errc <- err
 			return
