@@ -1,11 +1,13 @@
 #!/bin/sh
 # nitropod node installer: runs in a privileged init container with the host's
-# root at $HOST. Copies the shim, init and CLI, writes the shim config and the
-# blob set, adds the nitro runtime to containerd's config and restarts
-# containerd only when
-# something changed. Idempotent; exits non-zero (and the Pod retries) on error.
+# root at $HOST and the host's /proc at $HOST_PROC (the Pod has no hostPID).
+# Copies the shim, init and CLI, writes the shim config, the licence issuer
+# keys and the blob set, adds the nitro runtime to containerd's config and
+# restarts containerd only when something changed. Idempotent; exits non-zero
+# (and the Pod retries) on error.
 set -eu
 HOST=${HOST:-/host}
+HOST_PROC=${HOST_PROC:-/host-proc}
 SRC=${SRC:-/opt/nitropod/bin}
 CFG=${CFG:-/config}
 changed=0
@@ -29,6 +31,14 @@ if [ "$(readlink "$HOST/usr/local/bin/containerd-shim-nitro-v1" 2>/dev/null)" !=
   changed=1
 fi
 install_file "$CFG/shim.toml" /etc/nitropod/shim.toml 0644
+# The trusted licence issuer keys the shim config names (license.keys_file).
+if [ -n "${LICENSE_KEYS:-}" ]; then
+  if ! grep -q -- '-----BEGIN PUBLIC KEY-----' "$LICENSE_KEYS" 2>/dev/null; then
+    echo "$LICENSE_KEYS holds no PEM public key: put the licence issuer's public key under keys.pem" >&2
+    exit 1
+  fi
+  install_file "$LICENSE_KEYS" "${LICENSE_KEYS_DEST:-/etc/nitropod/license-keys.pem}" 0644
+fi
 if [ -d /opt/nitropod/blobs ] && [ "${INSTALL_BLOBS:-false}" = true ]; then
   for f in /opt/nitropod/blobs/*; do
     install_file "$f" "/var/lib/nitropod/blobs/$(basename "$f")" 0644
@@ -56,10 +66,13 @@ fi
 if [ "$changed" = 1 ] && [ "${RESTART_CONTAINERD:-true}" = true ]; then
   # Restart through the host's systemd; running containers keep running
   # (their shims are separate processes) and the kubelet reconnects.
+  # The host's PID 1 is reached through the host's /proc, so the Pod needs
+  # no hostPID.
   echo "restarting containerd"
-  nsenter --target 1 --mount --uts --ipc --net --pid -- systemctl restart containerd
+  ns=$HOST_PROC/1/ns
+  nsenter --mount="$ns/mnt" --uts="$ns/uts" --ipc="$ns/ipc" --net="$ns/net" --pid="$ns/pid" -- systemctl restart containerd
   i=0
-  until nsenter --target 1 --mount -- test -S /run/containerd/containerd.sock; do
+  until nsenter --mount="$ns/mnt" -- test -S /run/containerd/containerd.sock; do
     i=$((i + 1)); [ "$i" -gt 60 ] && { echo "containerd did not come back" >&2; exit 1; }
     sleep 1
   done
