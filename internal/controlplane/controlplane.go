@@ -11,6 +11,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -18,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -105,12 +107,42 @@ func (cfg *Config) defaults() error {
 // Start runs etcd and kube-apiserver and waits until the apiserver is ready
 // and the default namespace exists. On error, whatever started is stopped;
 // otherwise the caller stops both with Close.
-func Start(ctx context.Context, cfg Config) (_ *ControlPlane, err error) {
+//
+// etcd and kube-apiserver cannot report a port the kernel chose, so their
+// ports come from FreePorts; another process may take one before they bind
+// it. Start then tries again with new ports (PortAttempts in all).
+func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	if err := cfg.defaults(); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
+	for attempt := 1; ; attempt++ {
+		c, err := start(ctx, cfg)
+		if err == nil || attempt == PortAttempts || !PortTaken(err) || ctx.Err() != nil {
+			return c, err
+		}
+		// A fresh etcd member for the new peer address.
+		if rerr := os.RemoveAll(filepath.Join(cfg.Dir, "etcd")); rerr != nil {
+			return nil, errors.Join(err, rerr)
+		}
+	}
+}
+
+// PortAttempts is how often Start tries when a port it picked was taken.
+const PortAttempts = 3
+
+// PortTaken reports whether err says that a process could not bind its
+// address because another one had it (the process's log tail is part of
+// WaitReady's error).
+func PortTaken(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "address already in use")
+}
+
+// freePorts is FreePorts (tests replace it to force a port clash).
+var freePorts = FreePorts
+
+func start(ctx context.Context, cfg Config) (_ *ControlPlane, err error) {
 	prefix, err := netip.ParsePrefix(cfg.ServiceCIDR)
 	if err != nil {
 		return nil, fmt.Errorf("parsing service CIDR %q: %w", cfg.ServiceCIDR, err)
@@ -128,11 +160,11 @@ func Start(ctx context.Context, cfg Config) (_ *ControlPlane, err error) {
 	if err != nil {
 		return nil, err
 	}
-	etcdPorts, err := FreePorts("127.0.0.1", 2)
+	etcdPorts, err := freePorts("127.0.0.1", 2)
 	if err != nil {
 		return nil, err
 	}
-	apiPort, err := FreePorts(cfg.Host, 1)
+	apiPort, err := freePorts(cfg.Host, 1)
 	if err != nil {
 		return nil, err
 	}

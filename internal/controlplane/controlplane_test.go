@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -183,5 +184,46 @@ func TestWarnings(t *testing.T) {
 	h.Add("Warning", `plain`)
 	if diff := cmp.Diff([]string{`container x: "quoted" value`, "plain"}, warnings(h)); diff != "" {
 		t.Errorf("warnings (-want +got):\n%s", diff)
+	}
+}
+
+// TestStartRetriesTakenPort hands Start an etcd client port that another
+// listener holds (as when a process takes a port between FreePorts and
+// etcd's bind): Start must try again with new ports and succeed.
+func TestStartRetriesTakenPort(t *testing.T) {
+	testenv.Integration(t)
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	calls := 0
+	freePorts = func(host string, n int) ([]int, error) {
+		calls++
+		ports, err := FreePorts(host, n)
+		if err == nil && calls == 1 {
+			ports[0] = held.Addr().(*net.TCPAddr).Port
+		}
+		return ports, err
+	}
+	t.Cleanup(func() { freePorts = FreePorts })
+	dir := t.TempDir()
+	c, err := Start(context.Background(), Config{
+		Dir:          dir,
+		LogDir:       filepath.Join(dir, "logs"),
+		EtcdBin:      testenv.Binary(t, "etcd"),
+		APIServerBin: testenv.Binary(t, "kube-apiserver"),
+		Host:         "127.0.0.1",
+		ServiceCIDR:  "10.7.128.0/24",
+	})
+	if err != nil {
+		t.Fatalf("Start with a taken etcd port: %v", err)
+	}
+	c.Close()
+	if calls < 3 {
+		t.Errorf("Start asked for ports %d times; want a second attempt (etcd and apiserver ports twice)", calls)
+	}
+	if !strings.Contains(Tail(filepath.Join(dir, "logs", "etcd.log"), 200), "address already in use") {
+		t.Errorf("etcd's log does not show the taken port; the test did not force a clash")
 	}
 }

@@ -522,6 +522,22 @@ func (c *Cluster) startControllerManager(ctx context.Context) error {
 // kube-controller-manager) as the admin, without leader election, serving
 // /healthz on a free loopback port, and waits until it is healthy.
 func (c *Cluster) startComponent(ctx context.Context, name string, args ...string) error {
+	return retryTakenPort(func() error { return c.startComponentOnce(ctx, name, args...) })
+}
+
+// retryTakenPort runs start again (up to controlplane.PortAttempts times)
+// while it fails because the port it picked was taken before its process
+// could bind it (the programs cannot report a port the kernel chose).
+func retryTakenPort(start func() error) error {
+	for attempt := 1; ; attempt++ {
+		err := start()
+		if err == nil || attempt == controlplane.PortAttempts || !controlplane.PortTaken(err) {
+			return err
+		}
+	}
+}
+
+func (c *Cluster) startComponentOnce(ctx context.Context, name string, args ...string) error {
 	bin, err := c.bin(name)
 	if err != nil {
 		return err
@@ -555,6 +571,10 @@ func (c *Cluster) startComponent(ctx context.Context, name string, args ...strin
 // startRegistry runs the distribution registry on the host end of the node
 // link (containerd in the node pulls from it as a mirror).
 func (c *Cluster) startRegistry(ctx context.Context) error {
+	return retryTakenPort(func() error { return c.startRegistryOnce(ctx) })
+}
+
+func (c *Cluster) startRegistryOnce(ctx context.Context) error {
 	bin, err := c.bin("registry")
 	if err != nil {
 		return err

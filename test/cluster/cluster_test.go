@@ -175,3 +175,23 @@ func TestMachineLock(t *testing.T) {
 	}
 	u()
 }
+
+// TestRetryTakenPort: a start that lost its port to another process is
+// tried again; other failures are not.
+func TestRetryTakenPort(t *testing.T) {
+	calls := 0
+	err := retryTakenPort(func() error {
+		calls++
+		if calls < 3 {
+			return errors.New("registry exited: listen tcp 10.213.0.1:4000: bind: address already in use")
+		}
+		return nil
+	})
+	if err != nil || calls != 3 {
+		t.Errorf("retryTakenPort = %v after %d calls; want success on the third", err, calls)
+	}
+	calls = 0
+	if err := retryTakenPort(func() error { calls++; return errors.New("no such file") }); err == nil || calls != 1 {
+		t.Errorf("retryTakenPort of another failure = %v after %d calls; want it at once", err, calls)
+	}
+}

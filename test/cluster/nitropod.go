@@ -217,14 +217,11 @@ func (c *Cluster) installOnHost(ctx context.Context, o NitropodOptions, helm, dp
 	if err := writeFile(dpConfig, "memoryBlockMiB: 64\nenclaveSlots: 4\n", 0o644); err != nil {
 		return err
 	}
-	mport, err := freePort("127.0.0.1")
-	if err != nil {
-		return err
-	}
+	// (Port 0: nothing here reads the metrics; the plugin logs the address.)
 	dp, err := c.Start("device-plugin", false, nil, dpBin,
 		"--sysfs-root="+sysfs, "--dev-root="+dev,
 		"--device-plugin-dir="+c.DevicePluginDir,
-		"--config="+dpConfig, "--metrics-addr="+net2("127.0.0.1", mport),
+		"--config="+dpConfig, "--metrics-addr=127.0.0.1:0",
 		"--rescan-interval=2s", "--log-level=debug")
 	if err != nil {
 		return err
