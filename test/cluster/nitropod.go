@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/http"
@@ -163,51 +165,11 @@ func (c *Cluster) installOnHost(ctx context.Context, o NitropodOptions, helm, dp
 	if err != nil {
 		return err
 	}
-	port, err := freePort(c.HostIP)
-	if err != nil {
-		return err
-	}
-	url := fmt.Sprintf("https://%s:%d/mutate-pods", c.HostIP, port)
-	out, err := exec.CommandContext(ctx, helm, "template", "nitropod", o.Chart,
-		"--namespace", Namespace,
-		"--set", "webhook.url="+url,
-		"--set", "devicePlugin.enabled=false",
-		"--set", "nodeInstaller.enabled=false").Output()
-	if err != nil {
-		return fmt.Errorf("helm template: %w: %s", err, stderrOf(err))
-	}
+	// The chart's webhook.url (and so the port) is rendered into the
+	// configuration with the certificate the webhook must serve: pick the
+	// port first, and pick again if another process takes it first.
 	rendered := filepath.Join(d, "nitropod.yaml")
-	if err := writeFile(rendered, string(out), 0o600); err != nil {
-		return err
-	}
-	cert, key, err := tlsFromRendered(out)
-	if err != nil {
-		return err
-	}
-	certFile, keyFile := filepath.Join(d, "tls.crt"), filepath.Join(d, "tls.key")
-	if err := writeFile(certFile, string(cert), 0o600); err != nil {
-		return err
-	}
-	if err := writeFile(keyFile, string(key), 0o600); err != nil {
-		return err
-	}
-	wh, err := c.Start("webhook", false, nil, webhookBin,
-		"--listen="+net2(c.HostIP, port), "--tls-cert-file="+certFile, "--tls-private-key-file="+keyFile)
-	if err != nil {
-		return err
-	}
-	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
-	if err := c.waitProc(ctx, wh, 30*time.Second, func() error {
-		resp, err := client.Get(fmt.Sprintf("https://%s/readyz", net2(c.HostIP, port)))
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			return fmt.Errorf("webhook readyz: %s", resp.Status)
-		}
-		return nil
-	}); err != nil {
+	if err := retryTakenPort(func() error { return c.startHostWebhook(ctx, o, helm, webhookBin, d, rendered) }); err != nil {
 		return err
 	}
 	if _, err := c.Kubectl(ctx, "", "apply", "-f", rendered); err != nil {
@@ -330,4 +292,70 @@ func tlsFromRendered(out []byte) (cert, key []byte, err error) {
 		return cert, key, nil
 	}
 	return nil, nil, fmt.Errorf("the rendered chart has no kubernetes.io/tls Secret for the webhook")
+}
+
+// startHostWebhook renders the chart with the webhook at a free port of
+// HostIP into rendered and runs nitropod-webhook there with the chart's
+// certificate until it is ready.
+func (c *Cluster) startHostWebhook(ctx context.Context, o NitropodOptions, helm, webhookBin, d, rendered string) error {
+	port, err := freePort(c.HostIP)
+	if err != nil {
+		return err
+	}
+	url := fmt.Sprintf("https://%s:%d/mutate-pods", c.HostIP, port)
+	out, err := exec.CommandContext(ctx, helm, "template", "nitropod", o.Chart,
+		"--namespace", Namespace,
+		"--set", "webhook.url="+url,
+		"--set", "devicePlugin.enabled=false",
+		"--set", "nodeInstaller.enabled=false").Output()
+	if err != nil {
+		return fmt.Errorf("helm template: %w: %s", err, stderrOf(err))
+	}
+	if err := writeFile(rendered, string(out), 0o600); err != nil {
+		return err
+	}
+	cert, key, err := tlsFromRendered(out)
+	if err != nil {
+		return err
+	}
+	certFile, keyFile := filepath.Join(d, "tls.crt"), filepath.Join(d, "tls.key")
+	if err := writeFile(certFile, string(cert), 0o600); err != nil {
+		return err
+	}
+	if err := writeFile(keyFile, string(key), 0o600); err != nil {
+		return err
+	}
+	wh, err := c.Start("webhook", false, nil, webhookBin,
+		"--listen="+net2(c.HostIP, port), "--tls-cert-file="+certFile, "--tls-private-key-file="+keyFile)
+	if err != nil {
+		return err
+	}
+	// Ready when the server at the port serves the chart's certificate:
+	// it is this webhook, not whoever else might listen there.
+	block, _ := pem.Decode(cert)
+	if block == nil {
+		return fmt.Errorf("the chart's webhook certificate is not PEM")
+	}
+	pinned := &tls.Config{InsecureSkipVerify: true, VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+		if len(raw) == 0 || !bytes.Equal(raw[0], block.Bytes) {
+			return fmt.Errorf("the server at %s does not serve the chart's webhook certificate", net2(c.HostIP, port))
+		}
+		return nil
+	}}
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: pinned}}
+	defer client.CloseIdleConnections()
+	if err := c.waitProc(ctx, wh, 30*time.Second, func() error {
+		resp, err := client.Get(fmt.Sprintf("https://%s/readyz", net2(c.HostIP, port)))
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("webhook readyz: %s", resp.Status)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	return nil
 }
