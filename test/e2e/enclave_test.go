@@ -215,9 +215,7 @@ func TestEnclavePods(t *testing.T) {
 		e.deleteEnclavePod("waiting-pod")
 		// (The next scenario's Pod asks for the whole pool again: its
 		// admission proves these were released.)
-		if got := e.heldDevices(nitropod.ResourceEnclaveCPU); len(got) != 0 {
-			t.Errorf("kubelet reports %s devices still allocated after every enclave Pod is gone: %v", nitropod.ResourceEnclaveCPU, got)
-		}
+		e.waitNoneHeld(nitropod.ResourceEnclaveCPU, 30*time.Second)
 	})
 
 	t.Run("crashing app shows restarts and exit code 3", func(t *testing.T) {
@@ -406,9 +404,7 @@ func (e *env) licenceRefused(ns, lic, want string) {
 			}
 			time.Sleep(time.Second)
 		}
-		if got := e.heldDevices(nitropod.ResourceEnclaveCPU); len(got) != 0 {
-			t.Errorf("kubelet reports %s devices allocated after the refused Pod is gone: %v", nitropod.ResourceEnclaveCPU, got)
-		}
+		e.waitNoneHeld(nitropod.ResourceEnclaveCPU, 30*time.Second)
 	}()
 
 	// The shim checks the licence before it builds or boots anything, so

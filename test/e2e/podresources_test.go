@@ -100,6 +100,25 @@ func (e *env) heldDevices(resource string) []string {
 	return ids
 }
 
+// waitNoneHeld waits until kubelet's pod-resources API reports no device
+// of resource held by any container (kubelet forgets a deleted Pod a moment
+// after the API server does) and fails the test otherwise.
+func (e *env) waitNoneHeld(resource string, timeout time.Duration) {
+	e.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		held := e.heldDevices(resource)
+		if len(held) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Errorf("kubelet reports %s devices still held %s after the Pods were deleted: %v", resource, timeout, held)
+			return
+		}
+		time.Sleep(time.Second)
+	}
+}
+
 // memoryDeviceID is the device plugin's enclave-memory device ID:
 // node<N>-mem<I>-<B>MiB, one block of B MiB.
 var memoryDeviceID = regexp.MustCompile(`^node[0-9]+-mem[0-9]+-([0-9]+)MiB$`)
