@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -103,7 +104,26 @@ func TestLicenceThroughShim(t *testing.T) {
 	// the image) nor the cache key (both runs below share one EIF).
 	script := "echo licensed enclave ran; if [ -e " + nitropod.LicensePath + " ]; then echo LICENCE-INSIDE; fi"
 
-	e.configure(t, fmt.Sprintf("enforce = true\nkeys_file = %q", keys))
+	otherCluster := writeLicence(t, dir, license.Terms{Licensee: "Cluster B Corp", Issued: now.Add(-time.Hour), Expires: now.Add(time.Hour),
+		Limits: license.Limits{Cluster: "cluster-b"}}, issuer)
+	// What a Pod can put in its licence volume instead of a licence: a link
+	// to another Pod's licence, a FIFO.
+	linked := filepath.Join(dir, "linked")
+	fifo := filepath.Join(dir, "fifo")
+	for _, d := range []string{linked, fifo} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink("../Valid-Corp/"+nitropod.LicenseSecretKey, filepath.Join(linked, nitropod.LicenseSecretKey)); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(filepath.Join(fifo, nitropod.LicenseSecretKey), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	// The node names its cluster; the unbound valid licence still runs.
+	e.configure(t, fmt.Sprintf("enforce = true\nkeys_file = %q\ncluster_id = \"cluster-a\"", keys))
 	t.Run("valid licence runs", func(t *testing.T) {
 		out, err := e.run(ctx, "valid", valid, script)
 		if err != nil || !strings.Contains(out, "licensed enclave ran") {
@@ -119,6 +139,9 @@ func TestLicenceThroughShim(t *testing.T) {
 		{"expired licence is refused", "expired", expired, "expired on " + expiredOn.Format(time.DateOnly)},
 		{"missing licence is refused", "missing", "", "no licence"},
 		{"namespace not allowed", "ns", prodOnly, `does not allow namespace "default"`},
+		{"licence bound to another cluster", "cluster", otherCluster, `bound to cluster "cluster-b", this node is in cluster "cluster-a"`},
+		{"link to another Pod's licence", "linked", linked, "outside the volume"},
+		{"FIFO instead of a licence", "fifo", fifo, "FIFO"},
 	}
 	for _, r := range refusals {
 		t.Run(r.name, func(t *testing.T) {
