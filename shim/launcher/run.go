@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -218,6 +219,26 @@ func openStdio(ctx context.Context, spec Spec) (enclave.RunIO, func(), error) {
 		dst  *io.Writer
 	}{{spec.Stdout, &rio.Stdout}, {spec.Stderr, &rio.Stderr}} {
 		if s.path == "" {
+			continue
+		}
+		if u, err := url.Parse(s.path); err == nil && u.Scheme != "" {
+			// A log URI (ctr run --log-uri), as runc's shim takes them:
+			// file:// appends to that file; other schemes are refused.
+			if u.Scheme != "file" || u.Path == "" {
+				closeAll()
+				return rio, nil, fmt.Errorf("stdio %q: only fifos and file:// log URIs are supported for enclave containers", s.path)
+			}
+			if err := os.MkdirAll(filepath.Dir(u.Path), 0o755); err != nil {
+				closeAll()
+				return rio, nil, fmt.Errorf("log file %s: %w", u.Path, err)
+			}
+			f, err := os.OpenFile(u.Path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+			if err != nil {
+				closeAll()
+				return rio, nil, fmt.Errorf("log file %s: %w", u.Path, err)
+			}
+			closers = append(closers, f)
+			*s.dst = f
 			continue
 		}
 		f, err := fifo.OpenFifo(ctx, s.path, unix.O_WRONLY, 0)
