@@ -42,6 +42,11 @@ func Main(args []string) int {
 	}
 	defer logf.Close()
 	logger := log.New(logf, "nitropod-launcher["+strconv.Itoa(os.Getpid())+"] ", log.LstdFlags|log.Lmicroseconds)
+	// Packages that log through the standard logger (the nitro-cli
+	// backend's refused vsock peers) write to the same capped log.
+	log.SetOutput(logf)
+	log.SetPrefix(logger.Prefix())
+	log.SetFlags(logger.Flags())
 	start := os.NewFile(StartFD, "start")
 	ready := os.NewFile(ReadyFD, "ready")
 	if start == nil || ready == nil {
