@@ -247,9 +247,19 @@ func TestEnclavePods(t *testing.T) {
 		if !strings.Contains(desc, "Exit Code:    3") {
 			t.Errorf("kubectl describe pod shows no \"Exit Code:    3\":\n%s", desc)
 		}
-		logs, _ := e.kubectl("", "logs", "crash-pod", "--previous")
-		if !strings.Contains(logs, "crash-pod says goodbye") {
-			t.Errorf("kubectl logs --previous = %q; want the app's output", logs)
+		// (While the current container is itself dead, "previous" is the
+		// one before it, which kubelet may have collected already: ask
+		// again once the Pod moved on.)
+		var logs string
+		for deadline := time.Now().Add(90 * time.Second); ; time.Sleep(2 * time.Second) {
+			logs, _ = e.kubectl("", "logs", "crash-pod", "--previous")
+			if strings.Contains(logs, "crash-pod says goodbye") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("kubectl logs --previous = %q for 90s; want the app's output", logs)
+				break
+			}
 		}
 		e.deleteEnclavePod("crash-pod")
 	})
