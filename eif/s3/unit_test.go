@@ -2,10 +2,13 @@ package s3
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -305,6 +308,51 @@ func TestCheckNodeIdentity(t *testing.T) {
 			}
 			if KindOf(err) != KindNotAllowed || !strings.Contains(err.Error(), "s3.node_identity_buckets") || !strings.Contains(err.Error(), `bucket "releases"`) {
 				t.Fatalf("err = %v, want NotAllowed naming the bucket and s3.node_identity_buckets", err)
+			}
+		})
+	}
+}
+
+// refusingTransport fails every request and counts them.
+type refusingTransport struct{ n atomic.Int64 }
+
+func (r *refusingTransport) RoundTrip(*http.Request) (*http.Response, error) {
+	r.n.Add(1)
+	return nil, errors.New("no network in this test")
+}
+
+// TestWebIdentityHostileTokenRefused: a Client with a Pod's web identity
+// reads the token through the volume rules when it needs credentials; a
+// planted token is refused before any request (STS or S3) is sent.
+func TestWebIdentityHostileTokenRefused(t *testing.T) {
+	vol := t.TempDir()
+	if err := os.Symlink("/dev/zero", filepath.Join(vol, "zero")); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(filepath.Join(vol, "fifo"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"zero", "fifo"} {
+		t.Run(name, func(t *testing.T) {
+			tr := &refusingTransport{}
+			cl, err := New(context.Background(), Config{Endpoint: "http://127.0.0.1:1", Region: "us-east-1", MaxAttempts: 1,
+				HTTPClient: &http.Client{Transport: tr},
+				WebIdentity: &WebIdentity{RoleARN: "arn:aws:iam::1:role/r", TokenFile: filepath.Join(vol, name), TokenRoot: vol}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			t0 := time.Now()
+			_, err = cl.Stat(ctx, Location{Bucket: "b", Key: "k"})
+			if err == nil || !strings.Contains(err.Error(), EnvWebIdentityTokenFile) {
+				t.Fatalf("Stat: %v, want a refusal of the token file", err)
+			}
+			if d := time.Since(t0); d > 5*time.Second {
+				t.Errorf("took %v", d)
+			}
+			if n := tr.n.Load(); n != 0 {
+				t.Errorf("%d requests sent with a refused token", n)
 			}
 		})
 	}
