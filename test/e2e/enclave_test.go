@@ -295,6 +295,10 @@ func TestEnclavePods(t *testing.T) {
 			t.Fatal(err)
 		}
 		regBefore := registrations(log)
+		allocBefore, err := e.devicePluginAllocations()
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := e.c.RestartKubelet(ctx); err != nil {
 			t.Fatalf("restarting kubelet: %v", err)
 		}
@@ -325,6 +329,11 @@ func TestEnclavePods(t *testing.T) {
 		// checkpoint) rather than allocating anew.
 		if devAfter := e.containerDevices("default", "nginx-pod", "nginx-pod", time.Minute); !cmp.Equal(devAfter, devBefore) {
 			t.Errorf("kubelet's pod-resources API after its restart: nginx-pod has %v; before %v: want them kept", devAfter, devBefore)
+		}
+		// ... and did not ask the device plugin again (a fresh allocation
+		// from a two-CPU pool could look the same).
+		if allocAfter, err := e.devicePluginAllocations(); err != nil || !cmp.Equal(allocAfter, allocBefore) {
+			t.Errorf("device plugin allocations after the kubelet restart = %v (%v); before %v: want no new Allocate calls", allocAfter, err, allocBefore)
 		}
 		after := e.waitPod("nginx-pod", time.Minute, "Ready after kubelet restart", ready)
 		if b, a := before.Status.ContainerStatuses[0], after.Status.ContainerStatuses[0]; a.RestartCount != b.RestartCount || a.ContainerID != b.ContainerID {

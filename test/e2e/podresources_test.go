@@ -175,6 +175,40 @@ func qemuSize(containerID string) (cpus, memMiB int, cmdline string, err error) 
 	return 0, 0, "", fmt.Errorf("no QEMU process below the launcher of %s (processes %v)", containerID, pids)
 }
 
+// devicePluginAllocations reads the device plugin's
+// nitropod_deviceplugin_allocations_total per resource from its /metrics
+// (the DaemonSet Pod's IP, port 9465 of the chart): how many containers
+// kubelet asked it to allocate for.
+func (e *env) devicePluginAllocations() (map[string]float64, error) {
+	ip, err := e.kubectl("", "-n", cluster.Namespace, "get", "pods", "-l", "app.kubernetes.io/name=nitropod-device-plugin",
+		"-o", "jsonpath={.items[*].status.podIP}")
+	if err != nil {
+		return nil, err
+	}
+	if f := strings.Fields(ip); len(f) != 1 {
+		return nil, fmt.Errorf("device plugin Pod IPs %q; want one", ip)
+	}
+	body, err := httpGet("http://"+strings.TrimSpace(ip)+":9465/metrics", 30*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("device plugin metrics: %w", err)
+	}
+	out := map[string]float64{}
+	re := regexp.MustCompile(`^nitropod_deviceplugin_allocations_total\{resource="([^"]+)"\} ([0-9.e+]+)$`)
+	for _, l := range strings.Split(body, "\n") {
+		if m := re.FindStringSubmatch(l); m != nil {
+			v, err := strconv.ParseFloat(m[2], 64)
+			if err != nil {
+				return nil, fmt.Errorf("device plugin metrics line %q: %w", l, err)
+			}
+			out[m[1]] = v
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("device plugin metrics have no nitropod_deviceplugin_allocations_total:\n%s", body)
+	}
+	return out, nil
+}
+
 // registrations counts the device plugin's "registered with kubelet" log
 // lines per resource (it logs one once kubelet accepted a registration).
 func registrations(log string) map[string]int {
