@@ -332,9 +332,11 @@ func TestEnclavePods(t *testing.T) {
 		}
 		// ... and did not ask the device plugin again (a fresh allocation
 		// from a two-CPU pool could look the same).
-		if allocAfter, err := e.devicePluginAllocations(); err != nil || !cmp.Equal(allocAfter, allocBefore) {
+		allocAfter, err := e.devicePluginAllocations()
+		if err != nil || !cmp.Equal(allocAfter, allocBefore) {
 			t.Errorf("device plugin allocations after the kubelet restart = %v (%v); before %v: want no new Allocate calls", allocAfter, err, allocBefore)
 		}
+		t.Logf("device plugin allocations_total before the kubelet restart %v, after %v", allocBefore, allocAfter)
 		after := e.waitPod("nginx-pod", time.Minute, "Ready after kubelet restart", ready)
 		if b, a := before.Status.ContainerStatuses[0], after.Status.ContainerStatuses[0]; a.RestartCount != b.RestartCount || a.ContainerID != b.ContainerID {
 			t.Errorf("container after kubelet restart = %s (restarts %d); before %s (restarts %d): want the same, untouched", a.ContainerID, a.RestartCount, b.ContainerID, b.RestartCount)
