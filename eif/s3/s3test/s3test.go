@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -40,7 +42,7 @@ type Server struct {
 	bin  string
 	mu   sync.Mutex
 	cmd  *exec.Cmd
-	out  *bytes.Buffer
+	out  *lockedBuffer
 }
 
 // Start starts versitygw; a missing binary is testenv.Missing.
@@ -51,18 +53,25 @@ func Start(t testing.TB) *Server {
 	if err := os.MkdirAll(s.Dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.addr = l.Addr().String()
-	l.Close()
-	s.Endpoint = "http://" + s.addr
 	t.Cleanup(s.Stop)
-	if err := s.Restart(); err != nil {
-		t.Fatal(err)
+	// versitygw cannot report a port the kernel chose: take a free one, and
+	// another if some process took it before versitygw could bind it.
+	for attempt := 1; ; attempt++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.addr = l.Addr().String()
+		l.Close()
+		s.Endpoint = "http://" + s.addr
+		err = s.Restart()
+		if err == nil {
+			return s
+		}
+		if attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+			t.Fatal(err)
+		}
 	}
-	return s
 }
 
 // Restart starts the server again on the same address and directory after Stop.
@@ -72,7 +81,7 @@ func (s *Server) Restart() error {
 	if s.cmd != nil {
 		return nil
 	}
-	s.out = &bytes.Buffer{}
+	s.out = &lockedBuffer{}
 	cmd := exec.Command(s.bin, "--access", AccessKey, "--secret", SecretKey, "--port", s.addr, "--quiet", "posix", s.Dir)
 	cmd.Stdout, cmd.Stderr = s.out, s.out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -81,15 +90,21 @@ func (s *Server) Restart() error {
 	}
 	s.cmd = cmd
 	deadline := time.Now().Add(15 * time.Second)
+	_, portStr, _ := net.SplitHostPort(s.addr)
+	port, _ := strconv.Atoi(portStr)
 	for {
-		c, err := net.DialTimeout("tcp", s.addr, time.Second)
-		if err == nil {
-			c.Close()
+		// Ready when versitygw itself listens on the port (a dial alone
+		// could reach a process that took the port first).
+		if listensOn(cmd.Process.Pid, port) {
 			return nil
+		}
+		if strings.Contains(s.out.String(), "address already in use") {
+			s.stopLocked()
+			return fmt.Errorf("versitygw could not listen on %s: address already in use", s.addr)
 		}
 		if time.Now().After(deadline) {
 			s.stopLocked()
-			return fmt.Errorf("versitygw did not listen on %s within 15s: %s", s.addr, s.out)
+			return fmt.Errorf("versitygw did not listen on %s within 15s: %s", s.addr, s.out.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -131,4 +146,53 @@ func (s *Server) CreateBucket(t testing.TB, name string) {
 	if _, err := c.CreateBucket(ctx, &awss3.CreateBucketInput{Bucket: aws.String(name)}); err != nil {
 		t.Fatalf("creating bucket %s: %v", name, err)
 	}
+}
+
+// listensOn reports whether process pid holds a TCP socket listening on
+// port (its /proc/PID/fd sockets against /proc/PID/net/tcp).
+func listensOn(pid, port int) bool {
+	fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", pid))
+	inodes := map[string]bool{}
+	for _, fd := range fds {
+		if l, err := os.Readlink(fd); err == nil && strings.HasPrefix(l, "socket:[") {
+			inodes[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
+		}
+	}
+	for _, table := range []string{"tcp", "tcp6"} {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, table))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			// sl local_address rem_address st ... inode (field 9)
+			f := strings.Fields(line)
+			if len(f) < 10 || f[3] != "0A" || !inodes[f[9]] {
+				continue
+			}
+			_, hex, ok := strings.Cut(f[1], ":")
+			if p, err := strconv.ParseUint(hex, 16, 16); ok && err == nil && int(p) == port {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// lockedBuffer is versitygw's output, written by exec's copying goroutine
+// while Restart reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
