@@ -238,3 +238,36 @@ func selfSignedPEM(t *testing.T) []byte {
 func tlsConfig(pool *x509.CertPool) *tls.Config {
 	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 }
+
+// TestRenderedManifestsApply applies deploy/manifests/nitropod.yaml to a
+// real kube-apiserver (as `kubectl apply -f` users do): every object is
+// valid and stored, and the ones that make the install key-free are there.
+func TestRenderedManifestsApply(t *testing.T) {
+	c := startChartCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, stderr, err := c.Kubectl(t, ctx, nil, "apply", "-f", filepath.Join(repoDeploy(t), "manifests", "nitropod.yaml"))
+	if err != nil {
+		t.Fatalf("kubectl apply: %v\n%s\n%s", err, out, stderr)
+	}
+	for _, want := range []string{"namespace/nitropod-system", "deployment.apps/nitropod-webhook", "daemonset.apps/nitropod-device-plugin",
+		"daemonset.apps/nitropod-node-installer", "runtimeclass.node.k8s.io/nitro", "mutatingwebhookconfiguration.admissionregistration.k8s.io/nitropod-webhook",
+		"clusterrole.rbac.authorization.k8s.io/nitropod-webhook-cabundle", "clusterrolebinding.rbac.authorization.k8s.io/nitropod-webhook-cabundle"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("kubectl apply output lacks %s:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "secret/") {
+		t.Errorf("the rendered manifests create a Secret:\n%s", out)
+	}
+	// Applying again changes nothing.
+	out, stderr, err = c.Kubectl(t, ctx, nil, "apply", "-f", filepath.Join(repoDeploy(t), "manifests", "nitropod.yaml"))
+	if err != nil {
+		t.Fatalf("second kubectl apply: %v\n%s\n%s", err, out, stderr)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if !strings.HasSuffix(line, " unchanged") {
+			t.Errorf("second kubectl apply changed something: %s", line)
+		}
+	}
+}
