@@ -336,7 +336,7 @@ func TestWebIdentityHostileTokenRefused(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			tr := &refusingTransport{}
 			cl, err := New(context.Background(), Config{Endpoint: "http://127.0.0.1:1", Region: "us-east-1", MaxAttempts: 1,
-				HTTPClient: &http.Client{Transport: tr},
+				HTTPClient:  &http.Client{Transport: tr},
 				WebIdentity: &WebIdentity{RoleARN: "arn:aws:iam::1:role/r", TokenFile: filepath.Join(vol, name), TokenRoot: vol}})
 			if err != nil {
 				t.Fatal(err)
