@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,6 +15,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
@@ -50,6 +53,12 @@ func startPlugin(t *testing.T, roots Roots, pluginDir, configPath string) *runni
 	if testing.Verbose() {
 		log.SetOutput(os.Stderr)
 	}
+	return startPluginLog(t, roots, pluginDir, configPath, log)
+}
+
+// startPluginLog is startPlugin with Run's logger.
+func startPluginLog(t *testing.T, roots Roots, pluginDir, configPath string, log logrus.FieldLogger) *runningPlugin {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &runningPlugin{cancel: cancel, done: make(chan error, 1)}
 	ready := make(chan string, 1)
@@ -234,6 +243,61 @@ func TestRegistrationAndKubeletRestart(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(dir, SocketName(r))); !os.IsNotExist(err) {
 			t.Errorf("socket %s left behind after stop: %v", SocketName(r), err)
 		}
+	}
+}
+
+// refusingKubelet is a kubelet Registration service that refuses every
+// plugin.
+type refusingKubelet struct {
+	pluginapi.UnimplementedRegistrationServer
+}
+
+func (refusingKubelet) Register(context.Context, *pluginapi.RegisterRequest) (*pluginapi.Empty, error) {
+	return nil, status.Error(codes.Unavailable, "kubelet is not ready")
+}
+
+// TestRegisteredLoggedOnlyWhenAccepted: "registered with kubelet" (what the
+// e2e tier waits for after a kubelet restart) is logged only once kubelet
+// accepted the registration, never for an attempt it refused.
+func TestRegisteredLoggedOnlyWhenAccepted(t *testing.T) {
+	dir := t.TempDir()
+	ln, err := net.Listen("unix", filepath.Join(dir, KubeletSocketName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	refusing := grpc.NewServer()
+	pluginapi.RegisterRegistrationServer(refusing, refusingKubelet{})
+	go func() { _ = refusing.Serve(ln) }()
+	log, hook := logtest.NewNullLogger()
+	count := func(msg string) int {
+		n := 0
+		for _, e := range hook.AllEntries() {
+			if e.Message == msg {
+				n++
+			}
+		}
+		return n
+	}
+	p := startPluginLog(t, fakeRoots(t, twoNodeHost), dir, filepath.Join(dir, "absent.yaml"), log)
+	for deadline := time.Now().Add(5 * time.Second); count("registering with kubelet, retrying") < len(Resources); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the plugin did not try to register with the refusing kubelet within 5s")
+		}
+	}
+	if n := count("registered with kubelet"); n != 0 {
+		t.Errorf("%d \"registered with kubelet\" lines while kubelet refused every registration", n)
+	}
+	// A kubelet that accepts: one line per resource.
+	refusing.Stop()
+	if err := os.Remove(filepath.Join(dir, KubeletSocketName)); err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	startKubeletStub(t, dir).waitRegistrations(t, 10*time.Second)
+	for _, r := range Resources {
+		p.waitMetric(t, `nitropod_deviceplugin_registered{resource="`+r+`"} 1`)
+	}
+	if n := count("registered with kubelet"); n != len(Resources) {
+		t.Errorf("%d \"registered with kubelet\" lines after kubelet accepted the %d resources", n, len(Resources))
 	}
 }
 
