@@ -639,7 +639,7 @@ func enclaveProcesses(containerID string) (pids []int, qemu bool) {
 		if i := strings.LastIndexByte(string(st), ')'); i > 0 {
 			var state string
 			var ppid int
-			fmt.Sscan(string(st[i+1:]), &state, &ppid)
+			_, _ = fmt.Sscan(string(st[i+1:]), &state, &ppid)
 			parent[pid] = ppid
 		}
 	}
