@@ -29,7 +29,6 @@ trap 'rm -f "$tmp"' EXIT
   echo "kind: Namespace"
   echo "metadata:"
   echo "  name: nitropod-system"
-  echo "---"
   "$helm" template nitropod helm/nitropod --namespace nitropod-system \
     --set webhook.certificates=bootstrap \
     --set webhook.replicas=1 \
