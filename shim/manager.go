@@ -16,7 +16,8 @@
 //     shim's state file is there) is cleaned up by CleanupBundle — launcher,
 //     cgroups, a Nitro enclave by its recorded id, the rootfs mount; a runc
 //     container (its "runtime" file is there) is handed to containerd's own
-//     runc manager; anything else only has its rootfs unmounted.
+//     runc manager; anything else (a Create that died before it wrote the
+//     state file) is cleaned up from what the bundle says (see Stop).
 //   - Name is io.containerd.nitro.v1, and the runc manager is kept only for
 //     that delegated Stop.
 
