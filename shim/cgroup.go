@@ -161,7 +161,9 @@ func killCgroup(path string) error {
 
 func deleteCgroup(path string) error {
 	var err error
-	for range 20 {
+	// Up to 5 s: threads killed a moment ago (a launcher thread that
+	// joined the enclave cgroup) leave it only once they are reaped.
+	for range 100 {
 		if cgroups.Mode() == cgroups.Unified {
 			var m *cgroupsv2.Manager
 			if m, err = cgroupsv2.Load(path); err == nil {

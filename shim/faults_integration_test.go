@@ -40,6 +40,25 @@ func processOf(timeout time.Duration, parts ...string) int {
 	return 0
 }
 
+// childOf waits for a child of parent whose command line contains part.
+func childOf(timeout time.Duration, parent int, part string) int {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+		for _, p := range procs {
+			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			if ppid(pid) != parent {
+				continue
+			}
+			if b, err := os.ReadFile(p); err == nil && strings.Contains(string(b), part) {
+				return pid
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return 0
+}
+
 // TestFaultsDuringStart kills a part of the enclave path while the
 // container is being created and started — the launcher, QEMU, the shim —
 // and checks that `ctr run` ends with an error that says what happened,
@@ -62,9 +81,13 @@ func TestFaultsDuringStart(t *testing.T) {
 	}{
 		{"launcher killed while booting", "fault-launcher", func(id string) int {
 			return processOf(time.Minute, "nitropod-launcher", "/"+id+"/")
-		}, []string{"launcher exited before the app started", "starting enclave"}},
+		}, []string{"launcher exited before the app started", "launcher (pid", "starting enclave"}},
 		{"QEMU killed while booting", "fault-qemu", func(id string) int {
-			return processOf(time.Minute, "qemu-system", id)
+			l := processOf(time.Minute, "nitropod-launcher", "/"+id+"/")
+			if l == 0 {
+				return 0
+			}
+			return childOf(time.Minute, l, "qemu-system")
 		}, []string{"starting enclave", "launcher exited before the app started"}},
 		{"shim killed while starting", "fault-shim", func(id string) int {
 			// The launcher's parent is the shim serving the container.

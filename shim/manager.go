@@ -165,10 +165,16 @@ func (m manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 			// A runc container: runc's own cleanup.
 			return m.runc.Stop(ctx, id)
 		}
-		// Create failed before anything ran: only a mount can be left.
-		if err := unmountRootfs(filepath.Join(bundle, "rootfs")); err != nil {
-			log.G(ctx).WithError(err).Warn("unmounting rootfs")
+		// The shim died in Create before it recorded the state: whatever
+		// it had made is found where it makes it: the container's cgroup
+		// from the spec, the enclave cgroup from namespace and id (a
+		// launcher in either is killed with it), and the rootfs mount.
+		ns, _ := namespaces.Namespace(ctx)
+		st := bundleState{EnclaveCgroup: enclaveCgroupPath(ns, id)}
+		if spec, err := readBundleSpec(bundle); err == nil && spec.Linux != nil {
+			st.CgroupsPath = spec.Linux.CgroupsPath
 		}
+		cleanupState(ctx, bundle, st)
 		return shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(unix.SIGKILL)}, nil
 	}
 	pid := CleanupBundle(ctx, bundle)
@@ -184,6 +190,11 @@ func CleanupBundle(ctx context.Context, bundle string) int {
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("reading enclave container state")
 	}
+	return cleanupState(ctx, bundle, st)
+}
+
+// cleanupState is CleanupBundle for a known state.
+func cleanupState(ctx context.Context, bundle string, st bundleState) int {
 	if st.LauncherPid > 0 && isLauncher(st.LauncherPid) {
 		_ = unix.Kill(-st.LauncherPid, unix.SIGKILL)
 		_ = unix.Kill(st.LauncherPid, unix.SIGKILL)

@@ -208,6 +208,9 @@ func (s *service) createEnclave(ctx context.Context, r *taskAPI.CreateTaskReques
 	}
 	if cgroupsPath != "" {
 		if err := createCgroup(cgroupsPath, resources, t.pid); err != nil {
+			if errors.Is(err, unix.ESRCH) || unix.Kill(t.pid, 0) != nil {
+				return nil, fmt.Errorf("the launcher (pid %d) exited while the container was being created; see %s", t.pid, filepath.Join(r.Bundle, launcher.LogFile))
+			}
 			return nil, err
 		}
 	}
