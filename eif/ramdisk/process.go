@@ -1,5 +1,7 @@
 package ramdisk
 
+import specs "github.com/opencontainers/runtime-spec/specs-go"
+
 // The layout that nitropod's builder writes and nitropod-init reads. It follows
 // AWS's (docs/EIF-FORMAT.md "Ramdisks"): the bootstrap ramdisk (ramdisk 0, measured
 // in PCR0 and PCR1) holds the init and the blob set's kernel modules, the
@@ -40,4 +42,41 @@ type Process struct {
 	Hostname string `json:"hostname,omitempty"`
 	// Ports are TCP ports the image declares (EXPOSE); informational.
 	Ports []uint16 `json:"ports,omitempty"`
+	// Security is the security context init applies before exec; nil
+	// (no context) runs the app as root with all capabilities, as before.
+	Security *Security `json:"security,omitempty"`
+}
+
+// Security is the container's security context as the OCI spec gives it,
+// applied by init inside the enclave just before it executes the app.
+// Every field is omitted from the JSON when unset, so a Process without a
+// security context encodes (and measures) exactly as before it existed.
+// containerd and kubelet fill capabilities, masked and readonly paths into
+// every spec they write, so Pods created through them carry one.
+type Security struct {
+	// Capabilities are the app's capability sets; nil keeps init's (all).
+	Capabilities *Capabilities `json:"capabilities,omitempty"`
+	// NoNewPrivileges sets no_new_privs (allowPrivilegeEscalation: false).
+	NoNewPrivileges bool `json:"noNewPrivileges,omitempty"`
+	// ReadonlyRootfs remounts the image's filesystem read-only.
+	ReadonlyRootfs bool `json:"readonlyRootfs,omitempty"`
+	// MaskedPaths are hidden from the app: an empty read-only tmpfs over a
+	// directory, /dev/null over a file.
+	MaskedPaths []string `json:"maskedPaths,omitempty"`
+	// ReadonlyPaths are remounted read-only.
+	ReadonlyPaths []string `json:"readonlyPaths,omitempty"`
+	// Sysctls are written to /proc/sys (keys in dotted form).
+	Sysctls map[string]string `json:"sysctls,omitempty"`
+	// Seccomp is the OCI seccomp profile; init compiles it to a BPF filter
+	// and installs it last, right before exec.
+	Seccomp *specs.LinuxSeccomp `json:"seccomp,omitempty"`
+}
+
+// Capabilities are capability names (CAP_*) per set, as in the OCI spec.
+type Capabilities struct {
+	Bounding    []string `json:"bounding,omitempty"`
+	Effective   []string `json:"effective,omitempty"`
+	Permitted   []string `json:"permitted,omitempty"`
+	Inheritable []string `json:"inheritable,omitempty"`
+	Ambient     []string `json:"ambient,omitempty"`
 }
