@@ -98,6 +98,13 @@ func (c *Client) classify(ctx context.Context, err error, op string, loc Locatio
 			e.Kind, e.Msg = KindAccessDenied, fmt.Sprintf("%s %s: the store rejected the credentials of %s: check the access key and secret, or the Pod's service account role", op, loc, c.identity(ctx))
 		case "PreconditionFailed":
 			e.Kind, e.Msg = KindChanged, fmt.Sprintf("%s %s: the object was replaced during the download: start the container again", op, loc)
+		case "SlowDown", "ServiceUnavailable", "RequestLimitExceeded", "Throttling", "ThrottlingException":
+			attempts := ""
+			var me *retry.MaxAttemptsError
+			if errors.As(err, &me) {
+				attempts = fmt.Sprintf(" %d times", me.Attempt)
+			}
+			e.Kind, e.Msg = KindOther, fmt.Sprintf("%s %s: %s throttled the request%s (%s): the container is retried by kubelet; if it persists, spread out the Pods that share this EIF or raise the bucket's request rate", op, loc, c.endpointName(), attempts, code)
 		case "PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException":
 			e.Kind, e.Msg = KindEndpoint, fmt.Sprintf("%s %s: bucket %q is in another region than %q: set the region in the configuration", op, loc, loc.Bucket, c.region)
 		default:

@@ -544,3 +544,77 @@ func TestDownloadStopsAtAnnouncedSize(t *testing.T) {
 		t.Errorf("cache holds %v", files)
 	}
 }
+
+// slowDownTransport answers the first n requests itself with S3's 503
+// SlowDown, as a throttled store does, and passes the rest to base (the
+// real versitygw). n < 0 throttles every request.
+type slowDownTransport struct {
+	base      http.RoundTripper
+	n         int64
+	throttled atomic.Int64
+}
+
+func (s *slowDownTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if s.n < 0 || s.throttled.Load() < s.n {
+		s.throttled.Add(1)
+		body := `<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>`
+		return &http.Response{StatusCode: http.StatusServiceUnavailable, Status: "503 Slow Down", Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+			Header: http.Header{"Content-Type": {"application/xml"}}, Body: io.NopCloser(strings.NewReader(body)),
+			ContentLength: int64(len(body)), Request: r}, nil
+	}
+	return s.base.RoundTrip(r)
+}
+
+// TestFetchSlowDown: a store that throttles (503 SlowDown) a few times is
+// retried with backoff and the fetch succeeds; one that keeps throttling
+// fails within the bounded attempts with an error that says so, and the
+// cache holds nothing.
+func TestFetchSlowDown(t *testing.T) {
+	f := newFixture(t, Config{})
+	loc, _, src := f.push(t, "app.eif", 2<<20, 3, nil)
+
+	brief := &slowDownTransport{base: f.tr, n: 2}
+	cl, err := New(context.Background(), Config{Endpoint: f.srv.Endpoint, Credentials: s3test.Credentials(), MaxBackoff: 100 * time.Millisecond,
+		HTTPClient: &http.Client{Transport: brief}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache := openCache(t, filepath.Join(f.dir, "cache-brief"))
+	r, err := cl.Fetch(ctx(t), cache, loc, Expect{})
+	if err != nil {
+		t.Fatalf("Fetch after %d SlowDown answers: %v", brief.throttled.Load(), err)
+	}
+	if sha(t, r.Entry.Path) != sha(t, src) {
+		t.Error("fetched EIF differs from the object")
+	}
+	r.Release()
+	if got := brief.throttled.Load(); got != 2 {
+		t.Errorf("%d requests throttled, want 2", got)
+	}
+
+	always := &slowDownTransport{base: f.tr, n: -1}
+	cl, err = New(context.Background(), Config{Endpoint: f.srv.Endpoint, Credentials: s3test.Credentials(), MaxBackoff: 100 * time.Millisecond,
+		HTTPClient: &http.Client{Transport: always}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cdir := filepath.Join(f.dir, "cache-always")
+	start := time.Now()
+	_, err = cl.Fetch(ctx(t), openCache(t, cdir), loc, Expect{})
+	if err == nil {
+		t.Fatal("Fetch succeeded against a store that always throttles")
+	}
+	if !strings.Contains(err.Error(), "SlowDown") {
+		t.Errorf("error %q does not say the store is throttling (SlowDown)", err)
+	}
+	if d := time.Since(start); d > time.Minute {
+		t.Errorf("gave up after %v; want a bounded number of attempts", d)
+	}
+	t.Logf("always throttled: %d requests in %v: %v", always.throttled.Load(), time.Since(start).Round(time.Millisecond), err)
+	ents, _ := os.ReadDir(cdir)
+	for _, e := range ents {
+		if !strings.HasSuffix(e.Name(), ".lock") {
+			t.Errorf("cache holds %s after a failed fetch", e.Name())
+		}
+	}
+}
