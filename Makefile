@@ -80,8 +80,8 @@ bench-s3: build ## S3 EIF download throughput vs curl.
 	hack/bench-s3.sh
 
 .PHONY: demo
-demo: deps tools emu-kernel build ## The document's nginx Pod in an emulated enclave, answering on a local port.
-	hack/demo.sh
+demo: deps tools emu-kernel build ## A local cluster to try workloads in emulated enclaves (FILE=x.yaml; default: the document's nginx Pod).
+	hack/demo.sh $(if $(FILE),-f $(FILE))
 
 .PHONY: clean
 clean: ## Remove _output.

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# make demo: from a fresh machine to nginx's welcome page. `make demo` has
-# already installed the Debian packages and built the tools, the emulation
-# kernel and nitropod; this starts the local one-node cluster (test/cluster),
-# installs nitropod from deploy/, applies the Anjuna document's nginx Pod
-# verbatim, waits until it is Ready in an emulated enclave and forwards
-# 127.0.0.1:${DEMO_PORT:-8080} to it. Ctrl-C stops everything.
+# make demo: from a fresh machine to a local cluster where you try your own
+# workloads in emulated Nitro Enclaves. `make demo` has already installed the
+# Debian packages and built the tools, the emulation kernel and nitropod;
+# this runs test/demo: the e2e tier's complete one-node cluster (with
+# kube-controller-manager, and nitropod's webhook and device plugin installed
+# from the chart), applies a YAML file (default: the Anjuna document's nginx
+# Pod; any number of documents), shows each enclave Pod's progress until all
+# are Ready, forwards 127.0.0.1:${DEMO_PORT:-8080} to a Pod or Service port
+# and prints the kubeconfig (_output/demo/kubeconfig) for other shells.
+# Ctrl-C stops everything.
 #
-#   hack/demo.sh [-f POD.yaml] [-port N]
+#   hack/demo.sh [-f FILE.yaml] [-forward service/NAME:PORT|pod/NAME:PORT] [-port N]
+#   make demo FILE=FILE.yaml
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${NITROPOD_OUTPUT:-$PWD/_output}
