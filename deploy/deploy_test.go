@@ -566,14 +566,18 @@ func TestInstallScript(t *testing.T) {
 		}
 	}
 	chart := filepath.Join(repoDeploy(t), "helm", "nitropod", "files")
-	for _, f := range []string{"install.sh", "containerd-nitro.toml"} {
-		b, err := os.ReadFile(filepath.Join(chart, f))
+	for f, src := range map[string]string{"install.sh": "install.sh", "containerd-nitro.toml": "containerd-nitro.toml", "deny-vsock.json": "seccomp/deny-vsock.json"} {
+		b, err := os.ReadFile(filepath.Join(chart, src))
 		if err != nil {
 			t.Fatal(err)
 		}
 		if err := os.WriteFile(filepath.Join(cfg, f), b, 0o644); err != nil {
 			t.Fatal(err)
 		}
+	}
+	profile, err := os.ReadFile(filepath.Join(chart, "seccomp", "deny-vsock.json"))
+	if err != nil {
+		t.Fatal(err)
 	}
 	shimToml := "backend = \"qemu\"\n\n[license]\nenforce = true\nkeys_file = \"/etc/nitropod/license-keys.pem\"\n"
 	key := issuerKey(t)
@@ -621,6 +625,7 @@ func TestInstallScript(t *testing.T) {
 		"/etc/nitropod/shim.toml":         shimToml,
 		"/etc/nitropod/license-keys.pem":  key,
 		"/opt/nitropod/bin/nitropod-init": "#!/bin/sh\necho nitropod-init\n",
+		"/var/lib/kubelet/seccomp/nitropod/deny-vsock.json": string(profile),
 	} {
 		b, err := os.ReadFile(filepath.Join(host, p))
 		if err != nil || string(b) != want {

@@ -24,7 +24,9 @@ import (
 
 var update = flag.Bool("update", false, "rewrite deny-vsock.json from containerd's RuntimeDefault profile")
 
-const profileFile = "deny-vsock.json"
+// profileFile is the profile the chart ships (its node installer puts it
+// into the kubelet's seccomp root).
+const profileFile = "../helm/nitropod/files/seccomp/deny-vsock.json"
 
 // removed are the syscalls the profile takes out of containerd's
 // RuntimeDefault: socketcall (32-bit x86 programs create sockets through it,

@@ -39,6 +39,12 @@ if [ -n "${LICENSE_KEYS:-}" ]; then
   fi
   install_file "$LICENSE_KEYS" "${LICENSE_KEYS_DEST:-/etc/nitropod/license-keys.pem}" 0644
 fi
+# The seccomp profile that keeps AF_VSOCK from ordinary Pods on enclave
+# nodes (docs/SECURITY.md), in the kubelet's seccomp root, for Pods to name
+# as Localhost nitropod/deny-vsock.json.
+if [ -f "$CFG/deny-vsock.json" ]; then
+  install_file "$CFG/deny-vsock.json" "${SECCOMP_DIR:-/var/lib/kubelet/seccomp}/nitropod/deny-vsock.json" 0644
+fi
 if [ -d /opt/nitropod/blobs ] && [ "${INSTALL_BLOBS:-false}" = true ]; then
   for f in /opt/nitropod/blobs/*; do
     install_file "$f" "/var/lib/nitropod/blobs/$(basename "$f")" 0644
