@@ -45,6 +45,9 @@ func TestEnclaveLifecycle(t *testing.T) {
 	t.Run("a rolling update to a version that cannot start keeps the old replica serving", func(t *testing.T) {
 		e.sub(t).rollingUpdateKeepsServing()
 	})
+	t.Run("kubelet restarted while it admits an enclave Pod", func(t *testing.T) {
+		e.sub(t).kubeletRestartDuringAdmission()
+	})
 	t.Run("churn leaves nothing behind", func(t *testing.T) {
 		n := 10
 		if s := os.Getenv("E2E_CHURN_CYCLES"); s != "" {
@@ -228,6 +231,42 @@ spec:
 			t.Fatalf("the old replica stopped serving: %q, %v", body, err)
 		}
 		time.Sleep(time.Second)
+	}
+}
+
+// kubeletRestartDuringAdmission restarts kubelet right after an enclave
+// Pod is created, while kubelet admits it and asks the device plugin to
+// allocate: the Pod still ends Ready with exactly one allocation, and
+// deleting it frees every device.
+func (e *env) kubeletRestartDuringAdmission() {
+	t := e.t
+	const name = "admitted-across-restart"
+	e.mustKubectl(busyboxEnclavePod(name, "2", []string{"sh", "-c", "echo up; exec sleep 3600"}), "apply", "-f", "-")
+	// Wait until the scheduler bound it: kubelet is admitting it now.
+	e.waitPod(name, time.Minute, "scheduled", func(p *corev1.Pod) bool { return p.Spec.NodeName != "" })
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := e.c.RestartKubelet(ctx); err != nil {
+		t.Fatalf("restarting kubelet: %v", err)
+	}
+	e.waitPod(name, 5*time.Minute, "Ready after the kubelet restart", ready)
+	devs := e.allocatedDevices()
+	cpus := 0
+	for _, d := range devs {
+		if strings.Contains(d, nitropod.ResourceEnclaveCPU) {
+			cpus++
+		}
+	}
+	if cpus != 1 {
+		t.Errorf("enclave cpu allocations after the restart: %v; want exactly one, the Pod's", devs)
+	}
+	e.deleteEnclavePod(name)
+	deadline := time.Now().Add(time.Minute)
+	for len(e.allocatedDevices()) > 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Second)
+	}
+	if left := e.allocatedDevices(); len(left) > 0 {
+		t.Errorf("devices still allocated after the Pod was deleted: %v", left)
 	}
 }
 
