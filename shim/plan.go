@@ -13,6 +13,7 @@ import (
 	nitropod "github.com/nitropod/nitropod"
 	"github.com/nitropod/nitropod/contract"
 	"github.com/nitropod/nitropod/eif/ramdisk"
+	"github.com/nitropod/nitropod/enclave/initproc/secctx"
 )
 
 // Plan is what the shim decided about one container from its OCI spec and
@@ -140,8 +141,42 @@ func PlanContainer(spec *specs.Spec, cfg Config) (Plan, error) {
 	p.PortsFromImage = entry == nil || entry.Ports == nil
 	p.Ports = uniquePorts(p.Ports)
 	proc.Ports = p.Ports
+	proc.Security = securityOf(spec)
+	if err := secctx.Check(proc.Security); err != nil {
+		return Plan{}, fmt.Errorf("the container's security context cannot be applied inside the enclave: %w", err)
+	}
 	p.Process = proc
 	return p, nil
+}
+
+// securityOf is the spec's security context as init applies it inside the
+// enclave (measured: see ramdisk.Security), nil when the spec sets none.
+// Capability sets are sorted so that their order does not change PCR2.
+func securityOf(spec *specs.Spec) *ramdisk.Security {
+	sec := ramdisk.Security{NoNewPrivileges: spec.Process.NoNewPrivileges}
+	if spec.Root != nil {
+		sec.ReadonlyRootfs = spec.Root.Readonly
+	}
+	if c := spec.Process.Capabilities; c != nil {
+		set := func(names []string) []string { return slices.Compact(slices.Sorted(slices.Values(names))) }
+		sec.Capabilities = &ramdisk.Capabilities{
+			Bounding: set(c.Bounding), Effective: set(c.Effective), Permitted: set(c.Permitted),
+			Inheritable: set(c.Inheritable), Ambient: set(c.Ambient),
+		}
+	}
+	if l := spec.Linux; l != nil {
+		sec.MaskedPaths = slices.Clone(l.MaskedPaths)
+		sec.ReadonlyPaths = slices.Clone(l.ReadonlyPaths)
+		if len(l.Sysctl) > 0 {
+			sec.Sysctls = maps.Clone(l.Sysctl)
+		}
+		sec.Seccomp = l.Seccomp
+	}
+	if sec.Capabilities == nil && !sec.NoNewPrivileges && !sec.ReadonlyRootfs && len(sec.MaskedPaths) == 0 &&
+		len(sec.ReadonlyPaths) == 0 && len(sec.Sysctls) == 0 && sec.Seccomp == nil {
+		return nil
+	}
+	return &sec
 }
 
 // ApplyAllocation sizes the enclave from a, the device plugin's allocation
