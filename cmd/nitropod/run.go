@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -15,27 +17,10 @@ import (
 	"github.com/nitropod/nitropod/eif/build"
 	"github.com/nitropod/nitropod/enclave/local"
 	"github.com/nitropod/nitropod/enclave/qemu"
+	"github.com/nitropod/nitropod/internal/emublobs"
 )
 
 func init() { topCommands = append(topCommands, newRunCommand()) }
-
-// runBlobs is the default blob set of `nitropod run`: $NITROPOD_BLOBS, else
-// the emulation blob set of `make emu-kernel` under the working directory.
-func runBlobs() string {
-	if d := os.Getenv("NITROPOD_BLOBS"); d != "" {
-		return d
-	}
-	return filepath.Join("_output", "blobs", "emu")
-}
-
-// runInit is nitropod-init next to this binary.
-func runInit() string {
-	exe, err := os.Executable()
-	if err != nil {
-		return ""
-	}
-	return filepath.Join(filepath.Dir(exe), "nitropod-init")
-}
 
 func runCacheDir() string {
 	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
@@ -47,10 +32,58 @@ func runCacheDir() string {
 	return ""
 }
 
+// isTerminal is golang.org/x/term's IsTerminal on Linux (x/term is not a
+// dependency of the module; x/sys is).
 func isTerminal(f *os.File) bool {
 	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
 	return err == nil
 }
+
+// terminalProgress prints run's progress lines on stderr with the time
+// since the start, and while an EIF is being built (a large image can take
+// minutes) a line every few seconds saying it still is. An empty line stops
+// the ticker.
+func terminalProgress() func(string) {
+	start := time.Now()
+	print := func(s string) {
+		fmt.Fprintf(os.Stderr, "nitropod: [%5.1fs] %s\n", time.Since(start).Seconds(), s)
+	}
+	var (
+		mu   sync.Mutex
+		stop chan struct{}
+	)
+	return func(s string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if stop != nil {
+			close(stop)
+			stop = nil
+		}
+		if s == "" {
+			return
+		}
+		print(s)
+		if !strings.HasPrefix(s, "building EIF") {
+			return
+		}
+		stop = make(chan struct{})
+		go func(stop chan struct{}, began time.Time) {
+			t := time.NewTicker(progressTick)
+			defer t.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-t.C:
+					print(fmt.Sprintf("still building the EIF (%.0fs)", time.Since(began).Seconds()))
+				}
+			}
+		}(stop, time.Now())
+	}
+}
+
+// progressTick is how often a long EIF build is reported.
+var progressTick = 5 * time.Second
 
 func newRunCommand() *cobra.Command {
 	var (
@@ -149,21 +182,30 @@ mode. Flags given explicitly override the manifest.`,
 				o.Stdin = os.Stdin
 			}
 			if isTerminal(os.Stderr) {
-				start := time.Now()
-				o.Progress = func(s string) {
-					fmt.Fprintf(os.Stderr, "nitropod: [%5.1fs] %s\n", time.Since(start).Seconds(), s)
-				}
+				o.Progress = terminalProgress()
+				defer o.Progress("")
 			}
 			sigs := make(chan os.Signal, 4)
 			signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2)
 			defer signal.Stop(sigs)
 			o.Signals = sigs
 
+			if o.Blobs == "" {
+				o.Blobs = emublobs.Default()
+			}
+			if o.Init == "" {
+				o.Init = defaultInit()
+			}
 			if o.EIF == "" {
-				if _, err := os.Stat(o.Init); err == nil {
-					if err := build.CheckInit(o.Init); err != nil {
-						return fmt.Errorf("--init: %w", err)
-					}
+				// Building an EIF needs the blob set and nitropod-init.
+				if err := emublobs.Check(o.Blobs); err != nil {
+					return err
+				}
+				if err := checkInit(o.Init); err != nil {
+					return err
+				}
+				if err := build.CheckInit(o.Init); err != nil {
+					return fmt.Errorf("--init: %w", err)
 				}
 			}
 			st, err := local.Run(context.Background(), o)
@@ -189,8 +231,8 @@ mode. Flags given explicitly override the manifest.`,
 	f.StringVar(&entrypoint, "entrypoint", "", "replace the image's entrypoint")
 	f.StringVarP(&workdir, "workdir", "w", "", "replace the image's working directory")
 	f.StringVarP(&user, "user", "u", "", "replace the image's user (name, uid, uid:gid)")
-	f.StringVar(&o.Blobs, "blobs", runBlobs(), "blob set directory (kernel, cmdline, modules)")
-	f.StringVar(&o.Init, "init", runInit(), "nitropod-init binary")
+	f.StringVar(&o.Blobs, "blobs", "", "emulation blob set directory: bzImage, cmdline, modules (default: $NITROPOD_BLOBS, else $XDG_DATA_HOME/nitropod/blobs/emu, else "+emublobs.SystemDir+"; nitropod blobs prepare makes it)")
+	f.StringVar(&o.Init, "init", "", "nitropod-init binary (default: $NITROPOD_INIT, else next to nitropod, else on PATH)")
 	f.StringVar(&bin, "qemu", qemu.DefaultBinary, "QEMU executable")
 	f.StringVar(&accel, "accel", "tcg", "QEMU accelerator: tcg or kvm")
 	f.BoolVar(&noCache, "no-cache", false, "build the EIF afresh, without the local cache")
