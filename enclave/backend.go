@@ -49,3 +49,11 @@ type Enclave interface {
 	// returns no backend process is left. Calling it again is a no-op.
 	Terminate(ctx context.Context) error
 }
+
+// NSMServer is implemented by enclaves whose backend emulates the Nitro
+// Secure Module (QEMU): Start serves the enclave's NSM requests, which init
+// forwards from /dev/nsm over the agent channel, with NSMHandler's function
+// (nil: none). On Nitro the NSM is the hypervisor's and nothing is served.
+type NSMServer interface {
+	NSMHandler() func(req []byte) []byte
+}

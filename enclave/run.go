@@ -121,6 +121,11 @@ func Start(ctx context.Context, b Backend, req Request, rio RunIO) (_ *Session, 
 		return nil, s.explain(fmt.Errorf("connecting to enclave init: %w", err))
 	}
 	s.cl = cl
+	if ns, ok := enc.(NSMServer); ok {
+		if h := ns.NSMHandler(); h != nil {
+			go func() { _ = cl.ServeNSM(h) }()
+		}
+	}
 	progress(StageBooted)
 
 	st, err := cl.OpenStdio()

@@ -45,7 +45,15 @@ type Process struct {
 	// Security is the security context init applies before exec; nil
 	// (no context) runs the app as root with all capabilities, as before.
 	Security *Security `json:"security,omitempty"`
+	// AttestationPort is the enclave-loopback TCP port of init's
+	// attestation HTTP API (docs/ATTESTATION.md): 0 is the default,
+	// DefaultAttestationPort; -1 turns the API off.
+	AttestationPort int `json:"attestationPort,omitempty"`
 }
+
+// DefaultAttestationPort is where init serves the attestation HTTP API on
+// the enclave's 127.0.0.1 unless Process.AttestationPort says otherwise.
+const DefaultAttestationPort = 9910
 
 // Security is the container's security context as the OCI spec gives it,
 // applied by init inside the enclave just before it executes the app.

@@ -31,6 +31,12 @@ type Guest struct {
 	closed  chan struct{}
 	once    map[string]*sync.Once
 	wmu     sync.Mutex
+
+	nsm       *yamux.Stream // the host's NSM stream (nsm.go)
+	nsmCh     chan struct{} // closed when nsm is set
+	nsmOnce   sync.Once
+	nsmMu     sync.Mutex // serialises NSM round trips
+	nsmBroken bool
 }
 
 // GuestConfig configures NewGuest.
@@ -55,6 +61,7 @@ func NewGuest(conn io.ReadWriteCloser, cfg GuestConfig) (*Guest, error) {
 		signals: make(chan int, 16),
 		closed:  make(chan struct{}),
 		once:    map[string]*sync.Once{},
+		nsmCh:   make(chan struct{}),
 	}
 	for _, k := range []string{"ctrl", "stdio", "start", "bye"} {
 		g.once[k] = new(sync.Once)
@@ -112,6 +119,8 @@ func (g *Guest) handle(s *yamux.Stream) {
 			return
 		}
 		Splice(s, c)
+	case KindNSM:
+		g.nsmStream(s)
 	default:
 		s.Close()
 	}

@@ -70,6 +70,7 @@ func (i *initState) run() {
 		i.fail(err)
 		return
 	}
+	i.startAttestationAPI(proc) // nsm_linux.go
 	if err := i.runApp(proc); err != nil {
 		i.fail(err)
 	}
@@ -125,6 +126,7 @@ func (i *initState) boot() error {
 		return stage("opening the agent channel", err)
 	}
 	i.guest = g
+	i.startNSM() // nsm_linux.go
 	return nil
 }
 

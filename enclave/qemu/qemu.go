@@ -36,6 +36,7 @@ import (
 	"github.com/nitropod/nitropod/eif"
 	"github.com/nitropod/nitropod/enclave"
 	"github.com/nitropod/nitropod/enclave/agent"
+	"github.com/nitropod/nitropod/enclave/nsm"
 )
 
 // DefaultBinary is the QEMU executable looked up on PATH.
@@ -71,6 +72,11 @@ type Config struct {
 	// Trace, when set, is called at the steps of Boot (TraceValidated,
 	// TraceStarted, TraceHeartbeat), for measurements.
 	Trace func(step string)
+	// AttestationDir holds the node's emulation CA, which signs the
+	// emulated NSM's attestation documents (enclave/nsm); "" is
+	// WorkDir/nitropod-attestation when WorkDir is set, else
+	// $XDG_STATE_HOME/nitropod/attestation (~/.local/state/…).
+	AttestationDir string
 }
 
 // Boot steps passed to Config.Trace.
@@ -108,6 +114,9 @@ func New(cfg Config) (*Backend, error) {
 	}
 	if cfg.Binary == "" {
 		cfg.Binary = DefaultBinary
+	}
+	if cfg.AttestationDir == "" {
+		cfg.AttestationDir = defaultAttestationDir(cfg.WorkDir)
 	}
 	if cfg.WorkDir == "" {
 		cfg.WorkDir = os.TempDir()
@@ -230,12 +239,16 @@ func (b *Backend) boot(ctx context.Context, req enclave.Request, timeout time.Du
 	if err := checkEmulatedMemory(ef, req.MemoryMiB); err != nil {
 		return nil, err
 	}
+	dev, err := b.newNSM(req, rep.Measurements)
+	if err != nil {
+		return nil, err
+	}
 
 	dir, err := os.MkdirTemp(b.cfg.WorkDir, "nitropod-qemu-")
 	if err != nil {
 		return nil, fmt.Errorf("creating enclave work directory: %w", err)
 	}
-	e := &qemuEnclave{dir: dir, done: make(chan struct{})}
+	e := &qemuEnclave{dir: dir, done: make(chan struct{}), nsm: dev}
 	defer func() {
 		if err != nil {
 			_ = e.Terminate(context.Background())
@@ -406,6 +419,7 @@ type qemuEnclave struct {
 
 	conn   *net.UnixConn
 	dialed atomic.Bool
+	nsm    *nsm.Device // the emulated NSM (nsm.go)
 
 	done    chan struct{}
 	waitErr error
