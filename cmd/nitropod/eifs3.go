@@ -74,7 +74,9 @@ pin it with nitropod.io/expected-pcr0 (and nitropod.io/expected-pcr8) set to the
 			if err != nil {
 				return err
 			}
+			stop := watchTransfer(pushWhat(args[0]), nil)
 			obj, rep, err := c.Push(ctx, args[0], loc)
+			stop()
 			if err != nil {
 				return err
 			}
@@ -106,7 +108,9 @@ func newEIFPullCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			stop := watchTransfer("downloading "+loc.String(), pulled(args[1]))
 			obj, rep, err := c.Pull(ctx, loc, args[1], exp)
+			stop()
 			if err != nil {
 				return err
 			}

@@ -75,7 +75,17 @@ func terminalProgress() func(string) {
 				case <-stop:
 					return
 				case <-t.C:
+					// Under mu: once stop is closed (under mu too), no
+					// tick is printed after the next progress line.
+					mu.Lock()
+					select {
+					case <-stop:
+						mu.Unlock()
+						return
+					default:
+					}
 					print(fmt.Sprintf("still building the EIF (%.0fs)", time.Since(began).Seconds()))
+					mu.Unlock()
 				}
 			}
 		}(stop, time.Now())
