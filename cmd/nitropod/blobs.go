@@ -20,7 +20,7 @@ const InitEnv = "NITROPOD_INIT"
 
 // installHint says how to get nitropod and nitropod-init without the
 // repository (nitropod-init must be static, so cgo is off).
-const installHint = "CGO_ENABLED=0 go install github.com/nitropod/nitropod/cmd/nitropod github.com/nitropod/nitropod/cmd/nitropod-init (both into the same directory)"
+const installHint = "CGO_ENABLED=0 go install github.com/nitropod/nitropod/cmd/nitropod@latest github.com/nitropod/nitropod/cmd/nitropod-init@latest (both into the same directory)"
 
 // defaultInit is the nitropod-init binary used when --init is not given:
 // $NITROPOD_INIT; else nitropod-init next to this executable (make build and
