@@ -224,6 +224,10 @@ func run() error {
 	err = w.wait(wctx)
 	cancel()
 	if err != nil {
+		if ctx.Err() != nil {
+			logf("interrupted")
+			return nil
+		}
 		return err
 	}
 	logf("every workload of %s Ready %.0fs after kubectl apply", filepath.Base(*file), time.Since(applied).Seconds())
