@@ -13,6 +13,16 @@
 #   hack/demo.sh [-f FILE.yaml] [-forward service/NAME:PORT|pod/NAME:PORT] [-port N]
 #   make demo FILE=FILE.yaml
 set -euo pipefail
+# -f FILE is relative to the caller's directory.
+args=()
+while (($#)); do
+  case $1 in
+  -f | --f) args+=("$1" "$(realpath -m -- "${2:?-f needs a file}")"); shift 2 ;;
+  -f=* | --f=*) args+=("-f" "$(realpath -m -- "${1#*=}")"); shift ;;
+  *) args+=("$1"); shift ;;
+  esac
+done
+set -- "${args[@]}"
 cd "$(dirname "$0")/.."
 OUT=${NITROPOD_OUTPUT:-$PWD/_output}
 export NITROPOD_OUTPUT=$OUT
