@@ -163,6 +163,7 @@ func (c *converter) convert() {
 	c.reservedEnv()
 	c.imageLocation()
 	c.launcherResources()
+	c.hostNamespaces()
 	license := c.licenseVolume()
 
 	enclaves := make(map[string]contract.Enclave, len(spec.Containers))
@@ -183,6 +184,20 @@ func (c *converter) convert() {
 		c.pod.Annotations = map[string]string{}
 	}
 	c.pod.Annotations[nitropod.EnclavesAnnotation] = contract.MarshalEnclaves(enclaves)
+}
+
+// hostNamespaces refuses host namespaces: an app in an enclave runs on the
+// enclave's own kernel and cannot share the node's network, PIDs or IPC.
+func (c *converter) hostNamespaces() {
+	spec := &c.pod.Spec
+	for _, h := range []struct {
+		set  bool
+		name string
+	}{{spec.HostNetwork, "hostNetwork"}, {spec.HostPID, "hostPID"}, {spec.HostIPC, "hostIPC"}} {
+		if h.set {
+			c.deny("%s: an enclave has its own kernel and cannot share the node's namespaces; remove %s (ports the Pod declares are forwarded into the enclave)", h.name, h.name)
+		}
+	}
 }
 
 // userAnnotations are the nitropod.io/ annotations a Pod's author may
@@ -298,6 +313,9 @@ func (c *converter) licenseVolume() string {
 // when a violation was recorded.
 func (c *converter) container(ctr *corev1.Container, license string) (contract.Enclave, bool) {
 	before := len(c.violations)
+	if sc := ctr.SecurityContext; sc != nil && sc.Privileged != nil && *sc.Privileged {
+		c.deny("container %s: privileged cannot apply inside an enclave (it has no host devices and its own kernel); remove securityContext.privileged, or add the capabilities the app needs", ctr.Name)
+	}
 	e := c.enclaveSize(ctr)
 	if len(c.violations) == before {
 		c.setResources(ctr, e)

@@ -315,6 +315,14 @@ func TestConvertDenied(t *testing.T) {
 			`annotation nitro.k8s.anjuna.io/launcherMemory "4GB" is not a Kubernetes quantity; use e.g. "512Mi" or "4Gi", or remove it for no limit`},
 		{"launcher memory negative", annotate(nitropod.LauncherMemoryAnnotation, "-1Gi"), Config{},
 			`annotation nitro.k8s.anjuna.io/launcherMemory "-1Gi" must be greater than zero; use e.g. "512Mi" or "4Gi", or remove it for no limit`},
+		{"host network", func(p *corev1.Pod) { p.Spec.HostNetwork = true }, Config{},
+			`hostNetwork: an enclave has its own kernel and cannot share the node's namespaces; remove hostNetwork (ports the Pod declares are forwarded into the enclave)`},
+		{"host pid and ipc", func(p *corev1.Pod) { p.Spec.HostPID = true; p.Spec.HostIPC = true }, Config{},
+			"hostPID: an enclave has its own kernel and cannot share the node's namespaces; remove hostPID (ports the Pod declares are forwarded into the enclave)\n" +
+				`hostIPC: an enclave has its own kernel and cannot share the node's namespaces; remove hostIPC (ports the Pod declares are forwarded into the enclave)`},
+		{"privileged", func(p *corev1.Pod) {
+			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Privileged: ptr(true)}
+		}, Config{}, `container nginx-pod: privileged cannot apply inside an enclave (it has no host devices and its own kernel); remove securityContext.privileged, or add the capabilities the app needs`},
 		{"too many containers", func(p *corev1.Pod) {
 			for i := range 4 {
 				c := p.Spec.Containers[0].DeepCopy()
