@@ -60,6 +60,8 @@ type ExitStatus struct {
 	Code int
 	// Signal is the signal that killed the app, or 0.
 	Signal syscall.Signal
+	// OOMKilled: the enclave kernel's OOM killer killed the app.
+	OOMKilled bool
 }
 
 // terminated is the status of an app whose enclave was terminated.
@@ -272,7 +274,7 @@ func (s *Session) watch() {
 			s.err = nil
 		}
 	case r.m.Type == agent.MsgExit:
-		s.status = ExitStatus{Code: r.m.Code, Signal: syscall.Signal(r.m.Signal)}
+		s.status = ExitStatus{Code: r.m.Code, Signal: syscall.Signal(r.m.Signal), OOMKilled: r.m.OOMKilled}
 		// Init closed stdout and stderr before sending exit: drain them.
 		drained := make(chan struct{})
 		go func() { s.ioWG.Wait(); close(drained) }()

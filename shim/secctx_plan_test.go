@@ -57,9 +57,13 @@ func TestPlanContainerSecurity(t *testing.T) {
 		mod  func(*specs.Spec)
 		want string
 	}{
-		{func(s *specs.Spec) { s.Process.Capabilities = &specs.LinuxCapabilities{Effective: []string{"CAP_BOGUS"}} }, "unknown capability"},
+		{func(s *specs.Spec) {
+			s.Process.Capabilities = &specs.LinuxCapabilities{Effective: []string{"CAP_BOGUS"}}
+		}, "unknown capability"},
 		{func(s *specs.Spec) { s.Linux = &specs.Linux{Sysctl: map[string]string{"../x": "1"}} }, "sysctl"},
-		{func(s *specs.Spec) { s.Linux = &specs.Linux{Seccomp: &specs.LinuxSeccomp{DefaultAction: specs.ActNotify}} }, "SCMP_ACT_NOTIFY"},
+		{func(s *specs.Spec) {
+			s.Linux = &specs.Linux{Seccomp: &specs.LinuxSeccomp{DefaultAction: specs.ActNotify}}
+		}, "SCMP_ACT_NOTIFY"},
 	} {
 		s := testSpec(nil)
 		c.mod(s)

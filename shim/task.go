@@ -332,6 +332,11 @@ func (t *enclaveTask) handleExit(s *service, status int, at time.Time) {
 	if t.startW != nil {
 		t.startW.Close()
 	}
+	if _, err := os.Stat(filepath.Join(t.bundle, launcher.OOMFile)); err == nil {
+		// The enclave kernel's OOM killer ended the app: CRI reports the
+		// reason OOMKilled when TaskOOM precedes the exit.
+		s.send(&eventstypes.TaskOOM{ContainerID: t.id})
+	}
 	s.send(&eventstypes.TaskExit{
 		ContainerID: t.id,
 		ID:          t.id,

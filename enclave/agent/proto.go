@@ -73,7 +73,10 @@ type Message struct {
 	// Code is the exit code (for exit): the app's status, or 128+Signal.
 	Code  int    `json:"code,omitempty"`
 	Stage string `json:"stage,omitempty"`
-	Error string `json:"error,omitempty"`
+	// OOMKilled (for exit) is set when the enclave kernel's OOM killer
+	// killed the app. Older peers leave it out and ignore it.
+	OOMKilled bool   `json:"oomKilled,omitempty"`
+	Error     string `json:"error,omitempty"`
 }
 
 // WriteFrame writes v as one length-prefixed JSON frame.

@@ -22,6 +22,9 @@ import (
 // Main runs init and powers the enclave off; it never returns when it runs
 // as PID 1. Run as any other process it reports that and returns 1.
 func Main() int {
+	if len(os.Args) > 1 && os.Args[1] == ExecStageArg {
+		return execStage() // see secctx_linux.go
+	}
 	if os.Getpid() != 1 {
 		fmt.Fprintln(os.Stderr, "nitropod-init: must run as PID 1 inside an enclave (it is the enclave's init)")
 		return 1
@@ -322,7 +325,7 @@ func (i *initState) runApp(proc *ramdisk.Process) error {
 	signal.Notify(sigchld, unix.SIGCHLD)
 	groups := make([]uint32, len(proc.AdditionalGIDs))
 	copy(groups, proc.AdditionalGIDs)
-	pid, err := forkExec(path, proc.Args, env, cwd, childFiles, proc.UID, proc.GID, groups)
+	pid, err := startApp(proc, path, env, cwd, childFiles, groups)
 	for n := range pipes {
 		// The child's ends belong to the child now.
 		if n == 0 {
@@ -372,7 +375,7 @@ func (i *initState) runApp(proc *ramdisk.Process) error {
 	code, sig := Status(ws)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := i.guest.Exit(ctx, code, sig); err != nil {
+	if err := i.reportExit(ctx, code, sig); err != nil {
 		i.logf("reporting the app's exit status %d: %v", code, err)
 	}
 	return nil

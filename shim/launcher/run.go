@@ -200,7 +200,13 @@ func Run(ctx context.Context, spec Spec, start io.Reader, ready io.WriteCloser, 
 			fmt.Fprintf(rio.Stderr, "nitropod: %v\n", err)
 		}
 	}
-	logger.Printf("app exited: code %d signal %d", st.Code, st.Signal)
+	logger.Printf("app exited: code %d signal %d oom-killed %v", st.Code, st.Signal, st.OOMKilled)
+	if st.OOMKilled {
+		// The shim publishes TaskOOM before the exit (see OOMFile).
+		if err := os.WriteFile(filepath.Join(spec.Bundle, OOMFile), nil, 0o600); err != nil {
+			logger.Printf("recording the OOM kill: %v", err)
+		}
+	}
 	return st.Code
 }
 

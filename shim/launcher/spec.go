@@ -16,6 +16,10 @@ const (
 	// LogFile receives the launcher's own diagnostics (and the enclave
 	// console in debug mode).
 	LogFile = "nitropod-launcher.log"
+	// OOMFile is created by the launcher when the enclave kernel's OOM
+	// killer killed the app; the shim then publishes TaskOOM before the
+	// task's exit, so that CRI reports the reason OOMKilled.
+	OOMFile = "nitropod-oom"
 )
 
 // Exit codes of the launcher that are not the app's.
