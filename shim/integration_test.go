@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -160,7 +161,22 @@ func TestCtrRunEnclave(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = events.Process.Kill(); _ = events.Wait() }()
-	time.Sleep(300 * time.Millisecond)
+	// The subscription is live once an event of ours shows up in it.
+	for i := 0; ; i++ {
+		if _, err := e.Ctrd.Ctr(ctx, ns, "namespaces", "label", ns, "events-probe="+strconv.Itoa(i)); err != nil {
+			t.Fatal(err)
+		}
+		evMu.Lock()
+		live := strings.Contains(evOut.String(), "/namespaces/update")
+		evMu.Unlock()
+		if live {
+			break
+		}
+		if i == 100 {
+			t.Fatal("ctr events saw no event within 10s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 
 	t.Run("output and exit code", func(t *testing.T) {
 		cmd := e.run(ctx, nil, busyboxRef, "out1", "sh", "-c", "echo hello from the enclave; echo to stderr >&2; exit 3")
@@ -232,10 +248,9 @@ func TestCtrRunEnclave(t *testing.T) {
 		if !hit || build {
 			t.Errorf("second container: cache hit=%v build=%v, want a hit without build", hit, build)
 		}
+		// The time is a measurement (make bench-shim), not a pass/fail
+		// bound: on two shared cores a hit can be slowed past a build.
 		t.Logf("create: %v with build, %v on a cache hit", d0, d1)
-		if d1 <= 0 || d1 >= d0 {
-			t.Errorf("create on a cache hit took %v, not less than with a build (%v)", d1, d0)
-		}
 	})
 
 	t.Run("kill is graceful", func(t *testing.T) {
