@@ -115,7 +115,7 @@ func TestDemo(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, demo, "-f", file, "-port", fmt.Sprint(port))
+	cmd := exec.CommandContext(ctx, demo, "-f", file, "-port", fmt.Sprint(port), "-timeout", "15m")
 	cmd.Dir = testenv.RepoRoot()
 	cmd.Env = append(os.Environ(), "NITROPOD_OUTPUT="+testenv.OutputDir())
 	cmd.Stderr = os.Stderr
