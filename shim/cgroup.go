@@ -21,15 +21,35 @@ import (
 // The launcher is placed in the container's own cgroup (linux.cgroupsPath),
 // created with the container's cpu/memory limits: those are the launcher
 // limits the webhook set from nitro.k8s.anjuna.io/launcherCPU/Memory.
+// Both cgroup drivers are supported: cgroupfs (an absolute path, made
+// directly in cgroupfs) and systemd ("slice:prefix:name", a transient scope
+// made through systemd, see cgroup_systemd.go); and both cgroup versions:
+// v1 (and hybrid, where the controllers are on v1) and v2 (unified).
+
+// cgroupHost is the cgroup layout of the node: where cgroupfs is mounted
+// and whether it is the unified (v2) hierarchy. Tests point it at a v2
+// hierarchy of their own (a real mount) or at a fake tree.
+type cgroupHost struct {
+	Root string
+	V2   bool
+	// NoSystemd makes the systemd form fail instead of calling systemd
+	// (tests on fake trees).
+	NoSystemd bool
+}
+
+// defaultCgroupRoot is where the node's cgroupfs is mounted.
+const defaultCgroupRoot = "/sys/fs/cgroup"
+
+// nodeCgroups is the node's layout: v2 when /sys/fs/cgroup itself is a
+// cgroup2 mount; v1 (with a possible v2 mount beside, the hybrid layout,
+// whose controllers are all on v1) otherwise.
+func nodeCgroups() cgroupHost {
+	return cgroupHost{Root: defaultCgroupRoot, V2: cgroups.Mode() == cgroups.Unified}
+}
 
 func checkCgroupsPath(p string) error {
-	if strings.Contains(p, ":") {
-		return fmt.Errorf("cgroupsPath %q uses the systemd driver form; nitropod needs containerd and kubelet configured with cgroupDriver cgroupfs", p)
-	}
-	if !strings.HasPrefix(p, "/") {
-		return fmt.Errorf("cgroupsPath %q is not absolute", p)
-	}
-	return nil
+	_, err := parseCgroupsPath(p)
+	return err
 }
 
 // launcherResources keeps the limits that apply to the launcher: cpu,
@@ -48,60 +68,100 @@ func launcherResources(res *specs.LinuxResources) *specs.LinuxResources {
 // createCgroup creates the cgroup with the launcher limits and moves pid
 // into it.
 func createCgroup(path string, res *specs.LinuxResources, pid int) error {
-	if err := checkCgroupsPath(path); err != nil {
+	return nodeCgroups().create(path, res, pid)
+}
+
+func (h cgroupHost) create(path string, res *specs.LinuxResources, pid int) error {
+	ref, err := parseCgroupsPath(path)
+	if err != nil {
 		return err
 	}
 	res = launcherResources(res)
-	if cgroups.Mode() == cgroups.Unified {
-		m, err := cgroupsv2.NewManager("/sys/fs/cgroup", path, cgroupsv2.ToResources(res))
+	if ref.systemd() {
+		// systemd creates the scope's cgroup (every hierarchy it manages
+		// on v1) with pid in it; the library below then makes what systemd
+		// does not (v1 controllers outside systemd's) and writes the limits
+		// into the files, as runc's systemd driver does.
+		if h.NoSystemd {
+			return fmt.Errorf("cgroupsPath %q: the systemd driver is not available here", path)
+		}
+		if err := startScope(ref, pid, res, h.V2); err != nil {
+			return err
+		}
+	}
+	if h.V2 {
+		m, err := cgroupsv2.NewManager(h.Root, ref.Path, cgroupsv2.ToResources(res))
 		if err != nil {
-			return fmt.Errorf("creating cgroup %s: %w", path, err)
+			return fmt.Errorf("creating cgroup %s: %w", ref.Path, err)
 		}
 		if err := m.AddProc(uint64(pid)); err != nil {
-			return fmt.Errorf("moving launcher into cgroup %s: %w", path, err)
+			return fmt.Errorf("moving launcher into cgroup %s: %w", ref.Path, err)
 		}
 		return nil
 	}
-	cg, err := cgroup1.New(cgroup1.StaticPath(path), res)
+	cg, err := cgroup1.New(cgroup1.StaticPath(ref.Path), res)
 	if err != nil {
-		return fmt.Errorf("creating cgroup %s: %w", path, err)
+		return fmt.Errorf("creating cgroup %s: %w", ref.Path, err)
 	}
 	if err := cg.AddProc(uint64(pid)); err != nil {
-		return fmt.Errorf("moving launcher into cgroup %s: %w", path, err)
+		return fmt.Errorf("moving launcher into cgroup %s: %w", ref.Path, err)
 	}
 	return nil
 }
 
 func updateCgroup(path string, res *specs.LinuxResources) error {
+	return nodeCgroups().update(path, res)
+}
+
+func (h cgroupHost) update(path string, res *specs.LinuxResources) error {
 	if res == nil {
 		return nil
 	}
+	ref, err := parseCgroupsPath(path)
+	if err != nil {
+		return err
+	}
 	res = launcherResources(res)
-	if cgroups.Mode() == cgroups.Unified {
-		m, err := cgroupsv2.Load(path)
+	if h.V2 {
+		m, err := h.loadV2(ref.Path)
 		if err != nil {
 			return err
 		}
 		return m.Update(cgroupsv2.ToResources(res))
 	}
-	cg, err := cgroup1.Load(cgroup1.StaticPath(path))
+	cg, err := cgroup1.Load(cgroup1.StaticPath(ref.Path))
 	if err != nil {
 		return err
 	}
 	return cg.Update(res)
 }
 
+func (h cgroupHost) loadV2(p string) (*cgroupsv2.Manager, error) {
+	if _, err := os.Stat(filepath.Join(h.Root, p)); err != nil {
+		return nil, err
+	}
+	return cgroupsv2.Load(p, cgroupsv2.WithMountpoint(h.Root))
+}
+
 // cgroupStats returns metrics in the form CRI converts (cgroup v1 or v2
 // Metrics).
 func cgroupStats(path string) (any, error) {
-	if cgroups.Mode() == cgroups.Unified {
-		m, err := cgroupsv2.Load(path)
+	return nodeCgroups().stats(path)
+}
+
+func (h cgroupHost) stats(path string) (any, error) {
+	ref, err := parseCgroupsPath(path)
+	if err != nil {
+		return nil, err
+	}
+	if h.V2 {
+		m, err := h.loadV2(ref.Path)
 		if err != nil {
 			return nil, err
 		}
 		return m.Stat()
 	}
-	cg, err := cgroup1.Load(cgroup1.StaticPath(path))
+	cg, err := cgroup1.Load(cgroup1.StaticPath(ref.Path))
 	if err != nil {
 		return nil, err
 	}
@@ -109,8 +169,16 @@ func cgroupStats(path string) (any, error) {
 }
 
 func cgroupPids(path string) ([]int, error) {
-	if cgroups.Mode() == cgroups.Unified {
-		m, err := cgroupsv2.Load(path)
+	return nodeCgroups().pids(path)
+}
+
+func (h cgroupHost) pids(path string) ([]int, error) {
+	ref, err := parseCgroupsPath(path)
+	if err != nil {
+		return nil, err
+	}
+	if h.V2 {
+		m, err := h.loadV2(ref.Path)
 		if err != nil {
 			return nil, err
 		}
@@ -121,7 +189,7 @@ func cgroupPids(path string) ([]int, error) {
 		}
 		return out, err
 	}
-	cg, err := cgroup1.Load(cgroup1.StaticPath(path))
+	cg, err := cgroup1.Load(cgroup1.StaticPath(ref.Path))
 	if err != nil {
 		return nil, err
 	}
@@ -140,8 +208,19 @@ func cgroupPids(path string) ([]int, error) {
 // killCgroup SIGKILLs every process in the cgroup, a few rounds in case a
 // process was forking.
 func killCgroup(path string) error {
+	return nodeCgroups().kill(path)
+}
+
+func (h cgroupHost) kill(path string) error {
+	if h.V2 {
+		// cgroup.kill (Linux 5.14) kills the whole subtree at once, forks
+		// included; the loop below checks and covers older kernels.
+		if ref, err := parseCgroupsPath(path); err == nil {
+			_ = os.WriteFile(filepath.Join(h.Root, ref.Path, "cgroup.kill"), []byte("1"), 0)
+		}
+	}
 	for range 10 {
-		pids, err := cgroupPids(path)
+		pids, err := h.pids(path)
 		if err != nil {
 			if errors.Is(err, os.ErrNotExist) || errors.Is(err, cgroup1.ErrCgroupDeleted) {
 				return nil
@@ -160,41 +239,69 @@ func killCgroup(path string) error {
 }
 
 func deleteCgroup(path string) error {
-	var err error
+	return nodeCgroups().remove(path)
+}
+
+// remove removes the cgroup: for the systemd form its scope is stopped
+// first (systemd removes the cgroup; what it leaves is removed here).
+func (h cgroupHost) remove(path string) error {
+	ref, err := parseCgroupsPath(path)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	if ref.systemd() && !h.NoSystemd {
+		if err := stopScope(ref); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	// Up to 5 s: threads killed a moment ago (a launcher thread that
 	// joined the enclave cgroup) leave it only once they are reaped.
 	for range 100 {
-		if cgroups.Mode() == cgroups.Unified {
+		if h.V2 {
 			var m *cgroupsv2.Manager
-			if m, err = cgroupsv2.Load(path); err == nil {
+			if m, err = h.loadV2(ref.Path); err == nil {
 				err = m.Delete()
 			}
 		} else {
 			var cg cgroup1.Cgroup
-			if cg, err = cgroup1.Load(cgroup1.StaticPath(path)); err == nil {
+			if cg, err = cgroup1.Load(cgroup1.StaticPath(ref.Path)); err == nil {
 				err = cg.Delete()
 			}
 		}
 		if err == nil || errors.Is(err, cgroup1.ErrCgroupDeleted) || errors.Is(err, os.ErrNotExist) {
-			return nil
+			return errors.Join(errs...)
 		}
 		time.Sleep(50 * time.Millisecond) // exited processes leave the cgroup a moment later
 	}
-	return fmt.Errorf("removing cgroup %s: %w", path, err)
+	return errors.Join(append(errs, fmt.Errorf("removing cgroup %s: %w", path, err))...)
 }
 
 // enclaveCgroupPath is where the backend's processes (QEMU) run: outside
 // the Pod's hierarchy, like the CPUs and memory Nitro reserves for enclaves.
+// It is made directly in cgroupfs with either cgroup driver, as nitro-cli's
+// node cgroup is (enclave/nitrocli).
 func enclaveCgroupPath(ns, id string) string {
 	return "/nitropod/" + ns + "/" + id
 }
 
-// createEnclaveCgroup creates the enclave cgroup without limits (cgroup v1
-// only: v2 cannot take a single thread into a domain cgroup; there QEMU
-// stays in the container's cgroup). It returns "" when not created.
+// createEnclaveCgroup creates the enclave cgroup without limits. On v1 the
+// launcher moves the thread that forks QEMU into it; on v2, which cannot
+// move a single thread, QEMU is born in it (clone3 CLONE_INTO_CGROUP). It
+// returns the path created.
 func createEnclaveCgroup(path string) (string, error) {
-	if cgroups.Mode() == cgroups.Unified {
-		return "", nil
+	return nodeCgroups().createEnclave(path)
+}
+
+func (h cgroupHost) createEnclave(path string) (string, error) {
+	if _, err := parseCgroupsPath(path); err != nil || strings.Contains(path, ":") {
+		return "", fmt.Errorf("enclave cgroup %q: not an absolute cgroup path", path)
+	}
+	if h.V2 {
+		if _, err := cgroupsv2.NewManager(h.Root, path, &cgroupsv2.Resources{}); err != nil {
+			return "", fmt.Errorf("creating enclave cgroup %s: %w", path, err)
+		}
+		return path, nil
 	}
 	if _, err := cgroup1.New(cgroup1.StaticPath(path), &specs.LinuxResources{}); err != nil {
 		return "", fmt.Errorf("creating enclave cgroup %s: %w", path, err)
@@ -204,15 +311,19 @@ func createEnclaveCgroup(path string) (string, error) {
 
 // removeCgroups kills what is left in each cgroup and removes it.
 func removeCgroups(paths ...string) error {
+	return nodeCgroups().removeAll(paths...)
+}
+
+func (h cgroupHost) removeAll(paths ...string) error {
 	var errs []error
 	for _, p := range paths {
 		if p == "" {
 			continue
 		}
-		if err := killCgroup(p); err != nil {
+		if err := h.kill(p); err != nil {
 			errs = append(errs, err)
 		}
-		if err := deleteCgroup(p); err != nil {
+		if err := h.remove(p); err != nil {
 			errs = append(errs, err)
 		}
 	}

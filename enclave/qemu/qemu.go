@@ -90,6 +90,9 @@ const (
 // Backend boots EIFs in QEMU.
 type Backend struct {
 	cfg Config
+	// cgroupDir is the cgroup v2 directory QEMU is started in (see
+	// StartInCgroup); "" is the caller's cgroup.
+	cgroupDir string
 }
 
 var nextCID atomic.Uint32
@@ -293,7 +296,13 @@ func (b *Backend) boot(ctx context.Context, req enclave.Request, timeout time.Du
 	}
 	e.stderr = &tailBuffer{max: 8 << 10}
 	cmd.Stderr = e.stderr
-	if err := cmd.Start(); err != nil {
+	release, err := intoCgroup(cmd, b.cgroupDir)
+	if err != nil {
+		return nil, err
+	}
+	err = cmd.Start()
+	release()
+	if err != nil {
 		return nil, fmt.Errorf("starting qemu: %w", err)
 	}
 	e.cmd = cmd

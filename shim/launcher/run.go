@@ -82,6 +82,11 @@ func Run(ctx context.Context, spec Spec, start io.Reader, ready io.WriteCloser, 
 		ready.Close()
 		return ExitSetupFailed
 	}
+	if err := placeBackend(backend, spec.EnclaveCgroup); err != nil {
+		fmt.Fprintf(ready, "error: %v\n", err)
+		ready.Close()
+		return ExitSetupFailed
+	}
 	// "ok" now; after the shim's Start, "started" once init has exec'd the
 	// app, or "error: …" if the enclave could not start it. Only then is
 	// the pipe closed (it is close-on-exec, so a crashed launcher closes it
@@ -320,14 +325,55 @@ func joinNetNS(path string) error {
 	return nil
 }
 
-// cgroupRoot is where the cgroup v1 hierarchies are mounted.
+// cgroupRoot is where cgroupfs is mounted: the v1 hierarchies, or the
+// unified (v2) hierarchy itself.
 var cgroupRoot = "/sys/fs/cgroup"
 
+// cgroupV2 says whether cgroupRoot is the unified (v2) hierarchy.
+func cgroupV2() (bool, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(cgroupRoot, &st); err != nil {
+		return false, fmt.Errorf("reading the cgroup mount %s: %w", cgroupRoot, err)
+	}
+	return st.Type == unix.CGROUP2_SUPER_MAGIC, nil
+}
+
+// cgroupStarter is a backend that can start its processes directly in a
+// cgroup v2 directory (qemu.Backend).
+type cgroupStarter interface{ StartInCgroup(dir string) }
+
+// placeBackend arranges for what the backend starts to be born in the
+// enclave cgroup on cgroup v2, where a thread cannot join it
+// (joinCgroupThread does it on v1). A backend that cannot leaves its
+// processes in the launcher's cgroup.
+func placeBackend(backend any, enclaveCgroup string) error {
+	if enclaveCgroup == "" {
+		return nil
+	}
+	v2, err := cgroupV2()
+	if err != nil || !v2 {
+		return err
+	}
+	dir := filepath.Join(cgroupRoot, enclaveCgroup)
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return fmt.Errorf("enclave cgroup %s does not exist in the cgroup v2 hierarchy %s", enclaveCgroup, cgroupRoot)
+	}
+	if cs, ok := backend.(cgroupStarter); ok {
+		cs.StartInCgroup(dir)
+	}
+	return nil
+}
+
 // joinCgroupThread moves thread tid into cgroup path in every v1 hierarchy
-// that has it (cgroup v1 moves single threads through the tasks file).
+// that has it (cgroup v1 moves single threads through the tasks file). On
+// cgroup v2 it does nothing: there the backend starts its processes in the
+// cgroup (placeBackend).
 func joinCgroupThread(path string, tid int) error {
 	if path == "" {
 		return nil
+	}
+	if v2, err := cgroupV2(); err != nil || v2 {
+		return err
 	}
 	des, err := os.ReadDir(cgroupRoot)
 	if err != nil {

@@ -61,8 +61,10 @@ type Spec struct {
 	NetNS string `json:"netns,omitempty"`
 	// Ports are forwarded from every address of NetNS into the enclave.
 	Ports []uint16 `json:"ports,omitempty"`
-	// EnclaveCgroup (cgroup v1 path, created by the shim) receives what the
-	// backend starts (QEMU in emulation): the emulated enclave stands in for
+	// EnclaveCgroup (a path below the cgroup root, created by the shim)
+	// receives what the backend starts (QEMU in emulation): on cgroup v1 the
+	// forking thread joins it, on v2 QEMU is born in it (clone3
+	// CLONE_INTO_CGROUP). The emulated enclave stands in for
 	// Nitro's reserved CPUs and memory and must not be charged to, or
 	// throttled by, the launcher limits. "" keeps it in the launcher's cgroup.
 	EnclaveCgroup string `json:"enclaveCgroup,omitempty"`

@@ -1,0 +1,183 @@
+package shim
+
+import (
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// TestParseCgroupsPath reads both drivers' cgroupsPath forms: the systemd
+// form becomes the scope unit and the directory systemd gives it.
+func TestParseCgroupsPath(t *testing.T) {
+	long := strings.Repeat("a", 260)
+	for _, tc := range []struct {
+		in, path, slice, unit, err string
+	}{
+		{in: "/kubepods/burstable/pod1/c1", path: "/kubepods/burstable/pod1/c1"},
+		{in: "/k8s.io/c1", path: "/k8s.io/c1"},
+		{
+			in:    "kubepods-besteffort-pod1234_5678.slice:cri-containerd:abc123",
+			path:  "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1234_5678.slice/cri-containerd-abc123.scope",
+			slice: "kubepods-besteffort-pod1234_5678.slice", unit: "cri-containerd-abc123.scope",
+		},
+		{in: "kubepods.slice:cri-containerd:x", path: "/kubepods.slice/cri-containerd-x.scope", slice: "kubepods.slice", unit: "cri-containerd-x.scope"},
+		{in: ":cri-containerd:x", path: "/system.slice/cri-containerd-x.scope", slice: "system.slice", unit: "cri-containerd-x.scope"},
+		{in: "-.slice::x", path: "/x.scope", slice: "-.slice", unit: "x.scope"},
+		{in: "k8s.io/c1", err: "neither an absolute path"},
+		{in: "", err: "neither an absolute path"},
+		{in: "/a/../b", err: "not a clean absolute path"},
+		{in: "/a/b/", err: "not a clean absolute path"},
+		{in: "a.slice:p", err: "three parts"},
+		{in: "a.slice:p:n:x", err: "three parts"},
+		{in: "a.slice:p:", err: "needs a name"},
+		{in: "a.slice:p:n.slice", err: "names a slice unit"},
+		{in: "a.slice:p:../../etc", err: "does not allow"},
+		{in: "a.slice:p/q:n", err: "does not allow"},
+		{in: "a.scope:p:n", err: "not a slice unit name"},
+		{in: ".slice:p:n", err: "not a slice unit name"},
+		{in: "a--b.slice:p:n", err: "empty component"},
+		{in: "a-.slice:p:n", err: "empty component"},
+		{in: "a/b.slice:p:n", err: "does not allow"},
+		{in: "a.slice:p:" + long, err: "longer than"},
+	} {
+		got, err := parseCgroupsPath(tc.in)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("parseCgroupsPath(%q) = %+v, %v; want an error with %q", tc.in, got, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("parseCgroupsPath(%q): %v", tc.in, err)
+			continue
+		}
+		if got.Path != tc.path || got.Slice != tc.slice || got.Unit != tc.unit {
+			t.Errorf("parseCgroupsPath(%q) = %+v; want path %q slice %q unit %q", tc.in, got, tc.path, tc.slice, tc.unit)
+		}
+	}
+}
+
+// TestScopeProperties checks the transient scope systemd is asked for: in
+// the Pod's slice, holding the launcher, with the launcher limits under
+// the property names of the node's cgroup version.
+func TestScopeProperties(t *testing.T) {
+	ref, err := parseCgroupsPath("kubepods-burstable-pod1.slice:cri-containerd:c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	limit, quota, period, shares := int64(128<<20), int64(150000), uint64(100000), uint64(512)
+	res := &specs.LinuxResources{
+		Memory: &specs.LinuxMemory{Limit: &limit},
+		CPU:    &specs.LinuxCPU{Quota: &quota, Period: &period, Shares: &shares},
+		Pids:   &specs.LinuxPids{Limit: 64},
+	}
+	props := func(v2 bool) map[string]any {
+		m := map[string]any{}
+		for _, p := range scopeProperties(ref, 4242, res, v2) {
+			m[p.Name] = p.Value.Value()
+		}
+		return m
+	}
+	common := map[string]any{
+		"Slice": "kubepods-burstable-pod1.slice", "PIDs": []uint32{4242}, "Delegate": true,
+		"DefaultDependencies": false, "CPUQuotaPerSecUSec": uint64(1_500_000), "TasksMax": uint64(64),
+		"MemoryAccounting": true, "CPUAccounting": true, "TasksAccounting": true,
+	}
+	for _, v := range []struct {
+		v2   bool
+		want map[string]any
+	}{
+		{false, map[string]any{"MemoryLimit": uint64(128 << 20), "CPUShares": uint64(512), "BlockIOAccounting": true}},
+		{true, map[string]any{"MemoryMax": uint64(128 << 20), "CPUWeight": uint64(20), "IOAccounting": true}},
+	} {
+		got := props(v.v2)
+		for _, want := range []map[string]any{common, v.want} {
+			for k, w := range want {
+				if g, ok := got[k]; !ok || !equalValue(g, w) {
+					t.Errorf("v2=%v: property %s = %#v, want %#v", v.v2, k, g, w)
+				}
+			}
+		}
+		for _, other := range []string{"MemoryLimit", "MemoryMax", "CPUShares", "CPUWeight"} {
+			if _, ok := v.want[other]; !ok {
+				if _, ok := got[other]; ok {
+					t.Errorf("v2=%v: property %s set, belongs to the other cgroup version", v.v2, other)
+				}
+			}
+		}
+	}
+	// systemd keeps the quota in 10 ms per second steps: 0.333 CPU is
+	// rounded up to 340 ms, never down below the cgroup file's value.
+	q := int64(33300)
+	res = &specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: &q, Period: &period}}
+	for _, p := range scopeProperties(ref, 1, res, true) {
+		if p.Name == "CPUQuotaPerSecUSec" && p.Value.Value() != uint64(340_000) {
+			t.Errorf("CPUQuotaPerSecUSec for 33300/100000 = %v, want 340000", p.Value.Value())
+		}
+	}
+	if w := sharesToWeight(1024); w != 39 {
+		t.Errorf("sharesToWeight(1024) = %d, want 39", w)
+	}
+	if w := sharesToWeight(2); w != 1 {
+		t.Errorf("sharesToWeight(2) = %d, want 1", w)
+	}
+}
+
+func equalValue(a, b any) bool {
+	as, aok := a.([]uint32)
+	bs, bok := b.([]uint32)
+	if aok && bok {
+		return len(as) == len(bs) && (len(as) == 0 || as[0] == bs[0])
+	}
+	return a == b
+}
+
+// TestSystemdScope creates a real scope through systemd's D-Bus API with a
+// process in it, on a machine booted with systemd. Where PID 1 is not
+// systemd (the CI machine) there is no systemd to talk to and the test is
+// skipped: the D-Bus path is untested there, nothing stands in for it.
+func TestSystemdScope(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short")
+	}
+	if _, err := os.Stat("/run/systemd/system"); err != nil {
+		t.Skip("not booted with systemd (no /run/systemd/system): the systemd driver's D-Bus path cannot run here")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	h := nodeCgroups()
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _, _ = cmd.Process.Wait() }()
+	path := "nitropodtest.slice:nitropod-test:" + strings.ReplaceAll(t.Name(), "/", "_")
+	ref, _ := parseCgroupsPath(path)
+	limit := int64(64 << 20)
+	if err := h.create(path, &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit}}, cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/cgroup")
+	if !strings.Contains(string(b), ref.Path+"\n") {
+		t.Errorf("process cgroups %q do not name the scope's %s", b, ref.Path)
+	}
+	conn, err := systemdConn(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if st, err := conn.ListUnitsByNamesContext(t.Context(), []string{ref.Unit}); err != nil || len(st) != 1 || st[0].ActiveState != "active" {
+		t.Errorf("unit %s: %+v, %v; want active", ref.Unit, st, err)
+	}
+	if err := h.removeAll(path); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := conn.ListUnitsByNamesContext(t.Context(), []string{ref.Unit}); len(st) == 1 && st[0].ActiveState == "active" {
+		t.Errorf("unit %s still active after removal", ref.Unit)
+	}
+}
