@@ -66,7 +66,13 @@ func TestCgroupV2Real(t *testing.T) {
 	root := shimtest.V2Hierarchy(t)
 	h := cgroupHost{Root: root, V2: true, NoSystemd: true}
 	base := fmt.Sprintf("/nitropod-test-%d", os.Getpid())
-	t.Cleanup(func() { _ = h.removeAll(base+"/nitropod/ns1/c1", base+"/k8s/c1"); os.Remove(root + base + "/nitropod/ns1"); os.Remove(root + base + "/nitropod"); os.Remove(root + base + "/k8s"); os.Remove(root + base) })
+	t.Cleanup(func() {
+		_ = h.removeAll(base+"/nitropod/ns1/c1", base+"/k8s/c1")
+		os.Remove(root + base + "/nitropod/ns1")
+		os.Remove(root + base + "/nitropod")
+		os.Remove(root + base + "/k8s")
+		os.Remove(root + base)
+	})
 	cg, encl := base+"/k8s/c1", base+"/nitropod/ns1/c1"
 	launcher := startIn(t, "")
 	if err := h.create(cg, &specs.LinuxResources{}, launcher.Process.Pid); err != nil {
