@@ -622,9 +622,9 @@ func TestInstallScript(t *testing.T) {
 		t.Errorf("first run:\n%s", out)
 	}
 	for p, want := range map[string]string{
-		"/etc/nitropod/shim.toml":         shimToml,
-		"/etc/nitropod/license-keys.pem":  key,
-		"/opt/nitropod/bin/nitropod-init": "#!/bin/sh\necho nitropod-init\n",
+		"/etc/nitropod/shim.toml":                           shimToml,
+		"/etc/nitropod/license-keys.pem":                    key,
+		"/opt/nitropod/bin/nitropod-init":                   "#!/bin/sh\necho nitropod-init\n",
 		"/var/lib/kubelet/seccomp/nitropod/deny-vsock.json": string(profile),
 	} {
 		b, err := os.ReadFile(filepath.Join(host, p))
