@@ -17,6 +17,7 @@ import (
 
 	nitropod "github.com/nitropod/nitropod"
 	"github.com/nitropod/nitropod/internal/ctrtest"
+	"github.com/nitropod/nitropod/internal/shimtest"
 	"github.com/nitropod/nitropod/internal/testenv"
 	"github.com/nitropod/nitropod/test/images"
 
@@ -183,9 +184,8 @@ func TestCRIPodWithEnclave(t *testing.T) {
 	if _, err := cc.run(ctx, "update", "--cpu-quota", "50000", "--cpu-period", "100000", ctrID); err != nil {
 		t.Errorf("crictl update: %v", err)
 	} else {
-		q, _ := os.ReadFile(filepath.Join("/sys/fs/cgroup/cpu", criNS, ctrID, "cpu.cfs_quota_us"))
-		if strings.TrimSpace(string(q)) != "50000" {
-			t.Errorf("cpu.cfs_quota_us after update = %q, want 50000", q)
+		if q, _, err := shimtest.NodeCgroupfs().CPUQuota("/" + criNS + "/" + ctrID); err != nil || q != 50000 {
+			t.Errorf("cpu quota after update = %d, %v; want 50000", q, err)
 		}
 	}
 	// Stats must not error (CRI converts the cgroup metrics).

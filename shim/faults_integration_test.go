@@ -12,6 +12,7 @@ import (
 	"time"
 
 	nitropod "github.com/nitropod/nitropod"
+	"github.com/nitropod/nitropod/internal/shimtest"
 )
 
 // processOf waits for a process whose command line contains all of parts
@@ -133,10 +134,8 @@ func TestFaultsDuringStart(t *testing.T) {
 			}
 			e.remove(ctx, tc.id)
 			e.AssertNothingLeft(t)
-			for _, c := range []string{"memory", "cpu", "pids"} {
-				if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", c, "nitropod", ns, tc.id)); err == nil {
-					t.Errorf("enclave cgroup %s/nitropod/%s/%s left behind", c, ns, tc.id)
-				}
+			if d := shimtest.NodeCgroupfs().Dirs("/nitropod/" + ns + "/" + tc.id); len(d) != 0 {
+				t.Errorf("enclave cgroup left behind: %v", d)
 			}
 		})
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	nitropod "github.com/nitropod/nitropod"
+	"github.com/nitropod/nitropod/internal/shimtest"
 )
 
 // taskPid is the task's pid from `ctr task ls` (the launcher).
@@ -169,11 +171,9 @@ func TestShimKilled(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	for _, c := range []string{"memory", "cpu", "pids"} {
-		for _, p := range []string{filepath.Join(ns, "crash1"), filepath.Join("nitropod", ns, "crash1")} {
-			if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", c, p)); err == nil {
-				t.Errorf("cgroup %s/%s left behind", c, p)
-			}
+	for _, p := range []string{"/" + ns + "/crash1", "/nitropod/" + ns + "/crash1"} {
+		if d := shimtest.NodeCgroupfs().Dirs(p); len(d) != 0 {
+			t.Errorf("cgroup %s left behind: %v", p, d)
 		}
 	}
 }
@@ -228,54 +228,41 @@ func TestLauncherLimits(t *testing.T) {
 	defer e.remove(ctx, "limits1")
 	e.waitStatus(t, ctx, "limits1", "RUNNING", time.Minute)
 	pid, _ := e.taskPid(t, ctx, "limits1")
-	read := func(p string) string {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			t.Error(err)
-		}
-		return strings.TrimSpace(string(b))
+	// The cgroups are read alike on cgroup v1 and v2 (shimtest.Cgroupfs).
+	cgfs := shimtest.NodeCgroupfs()
+	cg, encl := "/"+ns+"/limits1", "/nitropod/"+ns+"/limits1"
+	if m, err := cgfs.MemoryLimit(cg); err != nil || m != 134217728 {
+		t.Errorf("memory limit of %s = %d, %v; want 134217728", cg, m, err)
 	}
-	mem := filepath.Join("/sys/fs/cgroup/memory", ns, "limits1")
-	cpu := filepath.Join("/sys/fs/cgroup/cpu", ns, "limits1")
-	got := map[string]string{
-		"memory.limit_in_bytes": read(filepath.Join(mem, "memory.limit_in_bytes")),
-		"cpu.cfs_quota_us":      read(filepath.Join(cpu, "cpu.cfs_quota_us")),
+	if q, p, err := cgfs.CPUQuota(cg); err != nil || q != 150000 || p != 100000 {
+		t.Errorf("cpu quota of %s = %d/%d, %v; want 150000/100000", cg, q, p, err)
 	}
-	want := map[string]string{"memory.limit_in_bytes": "134217728", "cpu.cfs_quota_us": "150000"}
-	for k := range want {
-		if got[k] != want[k] {
-			t.Errorf("%s = %s, want %s", k, got[k], want[k])
-		}
-	}
-	has := func(procs string, pid int) bool {
-		return strings.Contains("\n"+procs+"\n", "\n"+strconv.Itoa(pid)+"\n")
-	}
-	for _, dir := range []string{mem, cpu} {
-		if procs := read(filepath.Join(dir, "cgroup.procs")); !has(procs, pid) {
-			t.Errorf("launcher %d not in %s/cgroup.procs (%q)", pid, dir, procs)
-		}
+	if !cgfs.HasProc(cg, pid) {
+		t.Errorf("launcher %d not in cgroup %s (%v)", pid, cg, cgfs.Dirs(cg))
 	}
 	e.waitAppStarted(t, "limits1", 3*time.Minute)
-	encMem := filepath.Join("/sys/fs/cgroup/memory/nitropod", ns, "limits1")
 	qemu := 0
-	for _, f := range strings.Fields(read(filepath.Join(encMem, "cgroup.procs"))) {
-		p, _ := strconv.Atoi(f)
+	procs, err := cgfs.Procs(encl)
+	if err != nil {
+		t.Fatalf("enclave cgroup %s: %v", encl, err)
+	}
+	for _, p := range procs {
 		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p)); strings.Contains(string(b), "qemu-system") {
 			qemu = p
 		}
 	}
 	if qemu == 0 {
-		t.Fatalf("no QEMU in the enclave cgroup %s", encMem)
+		t.Fatalf("no QEMU in the enclave cgroup %s (%v)", encl, procs)
 	}
-	if has(read(filepath.Join(mem, "cgroup.procs")), qemu) {
-		t.Errorf("QEMU %d is in the launcher's memory cgroup", qemu)
+	if launcherProcs, _ := cgfs.Procs(cg); slices.Contains(launcherProcs, qemu) {
+		t.Errorf("QEMU %d is in the launcher's cgroup %s", qemu, cg)
 	}
 	_, _ = e.Ctrd.Ctr(ctx, ns, "task", "kill", "-s", "SIGKILL", "limits1")
 	e.waitStatus(t, ctx, "limits1", "STOPPED", time.Minute)
 	e.remove(ctx, "limits1")
-	for _, d := range []string{mem, encMem} {
-		if _, err := os.Stat(d); err == nil {
-			t.Errorf("cgroup %s left after delete", d)
+	for _, p := range []string{cg, encl} {
+		if d := cgfs.Dirs(p); len(d) != 0 {
+			t.Errorf("cgroup %s left after delete: %v", p, d)
 		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	nitropod "github.com/nitropod/nitropod"
+	"github.com/nitropod/nitropod/internal/shimtest"
 	"github.com/nitropod/nitropod/shim/fetch"
 	"github.com/nitropod/nitropod/test/cluster"
 )
@@ -374,11 +375,9 @@ func (e *env) nodeSnapshot() nodeState {
 			}
 		}
 	}
-	for _, pattern := range []string{"/sys/fs/cgroup/*/nitropod/k8s.io/*", "/sys/fs/cgroup/nitropod/k8s.io/*"} {
-		m, _ := filepath.Glob(pattern)
-		for _, c := range m {
-			s.cgroups[c] = true
-		}
+	// The enclave cgroups, in any v1 hierarchy or the v2 one.
+	for _, c := range shimtest.NodeCgroupfs().Glob("/nitropod/k8s.io/*") {
+		s.cgroups[c] = true
 	}
 	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
 		for _, l := range strings.Split(string(mi), "\n") {
