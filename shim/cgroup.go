@@ -47,11 +47,6 @@ func nodeCgroups() cgroupHost {
 	return cgroupHost{Root: defaultCgroupRoot, V2: cgroups.Mode() == cgroups.Unified}
 }
 
-func checkCgroupsPath(p string) error {
-	_, err := parseCgroupsPath(p)
-	return err
-}
-
 // launcherResources keeps the limits that apply to the launcher: cpu,
 // memory and pids. The spec's device rules are for a container's own /dev
 // and would stop the launcher and QEMU from opening /dev/null or /dev/kvm.

@@ -9,6 +9,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/containerd/containerd/api/types/runc/options"
+	"github.com/containerd/containerd/protobuf"
+	ptypes "github.com/containerd/containerd/protobuf/types"
+	"github.com/containerd/typeurl/v2"
 	systemd "github.com/coreos/go-systemd/v22/dbus"
 	"github.com/godbus/dbus/v5"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -262,4 +266,36 @@ func stopScope(ref cgroupRef) error {
 		return fmt.Errorf("stopping systemd scope %s: no answer from systemd in %v", ref.Unit, systemdTimeout)
 	}
 	return nil
+}
+
+// runcOptionsFor is what runc's shim gets for a container the nitro shim
+// hands to it (the Pod sandbox): runc's own options from the runtime
+// config (runcOptions), with SystemdCgroup set when the container's
+// cgroupsPath is in the systemd form. CRI sends that form whenever kubelet
+// uses the systemd driver (its cgroup parent is a .slice), whatever the
+// runtime's options say, and runc reads it only with its systemd driver.
+func runcOptionsFor(opts *ptypes.Any, spec *specs.Spec) (*ptypes.Any, error) {
+	out := runcOptions(opts)
+	if spec == nil || spec.Linux == nil || !strings.Contains(spec.Linux.CgroupsPath, ":") {
+		return out, nil
+	}
+	o := &options.Options{}
+	if out != nil {
+		v, err := typeurl.UnmarshalAny(out)
+		if err != nil {
+			return nil, fmt.Errorf("reading runc options: %w", err)
+		}
+		if ro, ok := v.(*options.Options); ok {
+			if ro.SystemdCgroup {
+				return out, nil
+			}
+			o = ro
+		}
+	}
+	o.SystemdCgroup = true
+	a, err := protobuf.MarshalAnyToProto(o)
+	if err != nil {
+		return nil, fmt.Errorf("writing runc options: %w", err)
+	}
+	return a, nil
 }

@@ -7,6 +7,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/containerd/containerd/api/types/runc/options"
+	runtimeoptions "github.com/containerd/containerd/pkg/runtimeoptions/v1"
+	"github.com/containerd/containerd/protobuf"
+	ptypes "github.com/containerd/containerd/protobuf/types"
+	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -179,5 +184,69 @@ func TestSystemdScope(t *testing.T) {
 	}
 	if st, _ := conn.ListUnitsByNamesContext(t.Context(), []string{ref.Unit}); len(st) == 1 && st[0].ActiveState == "active" {
 		t.Errorf("unit %s still active after removal", ref.Unit)
+	}
+}
+
+// TestRuncOptionsForSystemd: the Pod sandbox handed to runc gets runc's
+// systemd driver when its cgroupsPath is in the systemd form, with the
+// runtime's own runc options kept; a cgroupfs path changes nothing.
+func TestRuncOptionsForSystemd(t *testing.T) {
+	spec := func(p string) *specs.Spec { return &specs.Spec{Linux: &specs.Linux{CgroupsPath: p}} }
+	anyOf := func(v any) *ptypes.Any {
+		a, err := protobuf.MarshalAnyToProto(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	read := func(a *ptypes.Any) *options.Options {
+		t.Helper()
+		if a == nil {
+			return nil
+		}
+		v, err := typeurl.UnmarshalAny(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o, ok := v.(*options.Options)
+		if !ok {
+			t.Fatalf("options of type %T, want runc's", v)
+		}
+		return o
+	}
+	const sd = "kubepods-besteffort-pod1.slice:cri-containerd:abc"
+	for _, tc := range []struct {
+		name        string
+		in          *ptypes.Any
+		path        string
+		wantNil     bool
+		wantSystemd bool
+		wantBinary  string
+	}{
+		{name: "no options, systemd", path: sd, wantSystemd: true},
+		{name: "CRI runtimeoptions, systemd", in: anyOf(&runtimeoptions.Options{ConfigPath: "/etc/nitropod/shim.toml"}), path: sd, wantSystemd: true},
+		{name: "runc options kept, systemd", in: anyOf(&options.Options{BinaryName: "/usr/bin/runc"}), path: sd, wantSystemd: true, wantBinary: "/usr/bin/runc"},
+		{name: "CRI runtimeoptions, cgroupfs", in: anyOf(&runtimeoptions.Options{ConfigPath: "/x"}), path: "/kubepods/besteffort/pod1/abc", wantNil: true},
+		{name: "runc options, cgroupfs", in: anyOf(&options.Options{BinaryName: "/usr/bin/runc"}), path: "/kubepods/pod1/abc", wantBinary: "/usr/bin/runc"},
+	} {
+		out, err := runcOptionsFor(tc.in, spec(tc.path))
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		o := read(out)
+		if tc.wantNil {
+			if o != nil {
+				t.Errorf("%s: options %+v, want none", tc.name, o)
+			}
+			continue
+		}
+		if o == nil {
+			t.Errorf("%s: no options", tc.name)
+			continue
+		}
+		if o.SystemdCgroup != tc.wantSystemd || o.BinaryName != tc.wantBinary {
+			t.Errorf("%s: SystemdCgroup %v BinaryName %q; want %v %q", tc.name, o.SystemdCgroup, o.BinaryName, tc.wantSystemd, tc.wantBinary)
+		}
 	}
 }

@@ -191,7 +191,9 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 		return nil, errdefs.ToGRPCf(errdefs.ErrInvalidArgument, "%v", err)
 	}
 	if !plan.Enclave {
-		r.Options = runcOptions(r.Options)
+		if r.Options, err = runcOptionsFor(r.Options, spec); err != nil {
+			return nil, errdefs.ToGRPC(err)
+		}
 		return s.runc.Create(ctx, r)
 	}
 	if err := sizeEnclave(ctx, cfg, spec, &plan); err != nil {
