@@ -331,8 +331,9 @@ func (h cgroupHost) removeAll(paths ...string) error {
 // (stateFile, with the launcher's pid) for as long as the task exists, and
 // its launcher is a live process. Tests point the roots at temporary trees.
 type nodeEnclaves struct {
-	// CgroupRoot is the cgroupfs mount (/sys/fs/cgroup). On cgroup v1 every
-	// enclave also has an enclave cgroup there, which outlives a crashed shim.
+	// CgroupRoot is the cgroupfs mount (/sys/fs/cgroup). Every
+	// enclave also has an enclave cgroup there (v1 and v2), which outlives a
+	// crashed shim.
 	CgroupRoot string
 	// TaskRoot holds containerd's task bundles as <namespace>/<id> (every
 	// shim's, so every Pod's): the parent of a bundle's parent.
@@ -359,11 +360,11 @@ func nodeEnclavesFor(bundle, launcherPath string) nodeEnclaves {
 }
 
 // enclavesOnNode counts the enclave containers running on the node: the
-// bundles whose state file names a live launcher process, or on cgroup v1
-// the enclave cgroups if there are more of those (a shim that crashed left
-// its enclave running). The container being created is not counted yet.
+// bundles whose state file names a live launcher process, or the enclave
+// cgroups if there are more of those (a shim that crashed left its enclave
+// running). The container being created is not counted yet.
 func (n nodeEnclaves) enclavesOnNode() int {
-	return max(n.liveEnclaveRecords(), enclaveCgroupsV1(n.CgroupRoot))
+	return max(n.liveEnclaveRecords(), enclaveCgroupsV1(n.CgroupRoot), enclaveCgroupsV2(n.CgroupRoot))
 }
 
 // liveEnclaveRecords counts the bundles under TaskRoot with a state file
@@ -430,9 +431,23 @@ func (n nodeEnclaves) launcherRunning(pid int) bool {
 
 // enclaveCgroupsV1 counts the enclave cgroups (/nitropod/<namespace>/<id>,
 // every shim's) in the memory hierarchy of a cgroup v1 mount at root. It is
-// 0 on cgroup v2, where no enclave cgroup is made (createEnclaveCgroup).
+// 0 on cgroup v2 (see enclaveCgroupsV2).
 func enclaveCgroupsV1(root string) int {
 	dirs, _ := filepath.Glob(filepath.Join(root, "memory", "nitropod", "*", "*"))
+	n := 0
+	for _, d := range dirs {
+		if fi, err := os.Stat(d); err == nil && fi.IsDir() {
+			n++
+		}
+	}
+	return n
+}
+
+// enclaveCgroupsV2 counts the enclave cgroups of a cgroup v2 mount at root
+// (the unified hierarchy: /nitropod/<namespace>/<id> directly under it).
+// It is 0 on cgroup v1, whose root holds only the hierarchies.
+func enclaveCgroupsV2(root string) int {
+	dirs, _ := filepath.Glob(filepath.Join(root, "nitropod", "*", "*"))
 	n := 0
 	for _, d := range dirs {
 		if fi, err := os.Stat(d); err == nil && fi.IsDir() {

@@ -216,3 +216,26 @@ func TestCgroupV2LimitsFakeTree(t *testing.T) {
 		t.Error("systemd form without systemd created a cgroup")
 	}
 }
+
+// TestEnclavesOnNodeV2EnclaveCgroups: on cgroup v2 the enclave cgroups
+// (/nitropod/<namespace>/<id> in the unified hierarchy) count too, so an
+// enclave whose shim crashed is still counted, on a FAKE v2 tree and on v1
+// (where the v2 count is 0).
+func TestEnclavesOnNodeV2EnclaveCgroups(t *testing.T) {
+	root := fakeCgroupfs(t, 2)
+	for _, d := range []string{"nitropod/k8s.io/a", "nitropod/default/orphan"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(root, "nitropod/k8s.io/not-a-cgroup"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	n := nodeEnclaves{CgroupRoot: root, TaskRoot: "", ProcRoot: "/proc", Launcher: LauncherBinary}
+	if got := n.enclavesOnNode(); got != 2 {
+		t.Errorf("enclavesOnNode on v2 with two enclave cgroups = %d, want 2", got)
+	}
+	if got := enclaveCgroupsV2(fakeCgroupfs(t, 1, "k8s.io/a")); got != 0 {
+		t.Errorf("enclaveCgroupsV2 of a v1 tree = %d, want 0", got)
+	}
+}

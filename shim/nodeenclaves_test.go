@@ -12,7 +12,7 @@ import (
 // fakeCgroupfs writes a FAKE cgroupfs tree (the test cannot mount cgroup
 // hierarchies of its own): v1 has per-controller hierarchies and the enclave
 // cgroups /nitropod/<namespace>/<id> under memory/ and cpu/; v2 is the
-// unified hierarchy, where the shim makes no enclave cgroup.
+// unified hierarchy (enclave cgroups there: TestEnclavesOnNodeV2EnclaveCgroups).
 func fakeCgroupfs(t *testing.T, version int, enclaves ...string) string {
 	t.Helper()
 	root := filepath.Join(t.TempDir(), "fake-cgroupfs-v"+strconv.Itoa(version))
