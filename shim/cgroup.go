@@ -47,6 +47,32 @@ func nodeCgroups() cgroupHost {
 	return cgroupHost{Root: defaultCgroupRoot, V2: cgroups.Mode() == cgroups.Unified}
 }
 
+// mountedV1 is the cgroup v1 library's default hierarchy list without the
+// entries whose directory under the root is not a mounted cgroup v1
+// hierarchy: a systemd that could not mount a controller (in a container,
+// cpu,cpuacct when the host mounts them apart) leaves an empty directory
+// there, on a read-only tmpfs, where the library would try to create the
+// cgroup and fail.
+var mountedV1 = cgroup1.WithHiearchy(func() ([]cgroup1.Subsystem, error) {
+	all, err := cgroup1.Default()
+	if err != nil {
+		return nil, err
+	}
+	out := all[:0]
+	for _, s := range all {
+		p, ok := s.(interface{ Path(string) string })
+		if !ok {
+			out = append(out, s)
+			continue
+		}
+		var st unix.Statfs_t
+		if unix.Statfs(p.Path("/"), &st) == nil && st.Type == unix.CGROUP_SUPER_MAGIC {
+			out = append(out, s)
+		}
+	}
+	return out, nil
+})
+
 // launcherResources keeps the limits that apply to the launcher: cpu,
 // memory and pids. The spec's device rules are for a container's own /dev
 // and would stop the launcher and QEMU from opening /dev/null or /dev/kvm.
@@ -94,7 +120,7 @@ func (h cgroupHost) create(path string, res *specs.LinuxResources, pid int) erro
 		}
 		return nil
 	}
-	cg, err := cgroup1.New(cgroup1.StaticPath(ref.Path), res)
+	cg, err := cgroup1.New(cgroup1.StaticPath(ref.Path), res, mountedV1)
 	if err != nil {
 		return fmt.Errorf("creating cgroup %s: %w", ref.Path, err)
 	}
@@ -124,7 +150,7 @@ func (h cgroupHost) update(path string, res *specs.LinuxResources) error {
 		}
 		return m.Update(cgroupsv2.ToResources(res))
 	}
-	cg, err := cgroup1.Load(cgroup1.StaticPath(ref.Path))
+	cg, err := cgroup1.Load(cgroup1.StaticPath(ref.Path), mountedV1)
 	if err != nil {
 		return err
 	}
@@ -156,7 +182,7 @@ func (h cgroupHost) stats(path string) (any, error) {
 		}
 		return m.Stat()
 	}
-	cg, err := cgroup1.Load(cgroup1.StaticPath(ref.Path))
+	cg, err := cgroup1.Load(cgroup1.StaticPath(ref.Path), mountedV1)
 	if err != nil {
 		return nil, err
 	}
@@ -184,20 +210,61 @@ func (h cgroupHost) pids(path string) ([]int, error) {
 		}
 		return out, err
 	}
-	cg, err := cgroup1.Load(cgroup1.StaticPath(ref.Path))
+	return v1Procs(ref.Path)
+}
+
+// v1Procs lists the processes in cgroup path and its descendants, in every
+// mounted v1 hierarchy that has it. A hierarchy whose directory is gone is
+// skipped: with the systemd driver, systemd removes the scope's cgroup in
+// the hierarchies it manages as soon as the scope is empty, while the
+// others remain for a moment. ErrNotExist when no hierarchy has it.
+func v1Procs(path string) ([]int, error) {
+	subs, err := cgroup1.Default()
 	if err != nil {
 		return nil, err
 	}
-	ps, err := cg.Processes(cgroup1.Pids, true)
-	if err != nil {
-		// Not every node mounts the pids controller; fall back to cpu.
-		ps, err = cg.Processes(cgroup1.Cpu, true)
+	seen := map[int]bool{}
+	found := false
+	for _, s := range subs {
+		p, ok := s.(interface{ Path(string) string })
+		if !ok {
+			continue
+		}
+		var st unix.Statfs_t
+		if unix.Statfs(p.Path("/"), &st) != nil || st.Type != unix.CGROUP_SUPER_MAGIC {
+			continue
+		}
+		err := filepath.WalkDir(p.Path(path), func(dir string, d os.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if !d.IsDir() {
+				return nil
+			}
+			b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+			if err != nil {
+				return err
+			}
+			found = true
+			for _, f := range strings.Fields(string(b)) {
+				if pid, err := strconv.Atoi(f); err == nil {
+					seen[pid] = true
+				}
+			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("listing the processes of cgroup %s: %w", path, err)
+		}
 	}
-	out := make([]int, 0, len(ps))
-	for _, p := range ps {
-		out = append(out, p.Pid)
+	if !found {
+		return nil, fmt.Errorf("cgroup %s: %w", path, os.ErrNotExist)
 	}
-	return out, err
+	out := make([]int, 0, len(seen))
+	for pid := range seen {
+		out = append(out, pid)
+	}
+	return out, nil
 }
 
 // killCgroup SIGKILLs every process in the cgroup, a few rounds in case a
@@ -260,7 +327,7 @@ func (h cgroupHost) remove(path string) error {
 			}
 		} else {
 			var cg cgroup1.Cgroup
-			if cg, err = cgroup1.Load(cgroup1.StaticPath(ref.Path)); err == nil {
+			if cg, err = cgroup1.Load(cgroup1.StaticPath(ref.Path), mountedV1); err == nil {
 				err = cg.Delete()
 			}
 		}
@@ -298,7 +365,7 @@ func (h cgroupHost) createEnclave(path string) (string, error) {
 		}
 		return path, nil
 	}
-	if _, err := cgroup1.New(cgroup1.StaticPath(path), &specs.LinuxResources{}); err != nil {
+	if _, err := cgroup1.New(cgroup1.StaticPath(path), &specs.LinuxResources{}, mountedV1); err != nil {
 		return "", fmt.Errorf("creating enclave cgroup %s: %w", path, err)
 	}
 	return path, nil

@@ -13,6 +13,8 @@ import (
 	ptypes "github.com/containerd/containerd/protobuf/types"
 	"github.com/containerd/typeurl/v2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/nitropod/nitropod/internal/shimtest"
 )
 
 // TestParseCgroupsPath reads both drivers' cgroupsPath forms: the systemd
@@ -179,11 +181,22 @@ func TestSystemdScope(t *testing.T) {
 	if st, err := conn.ListUnitsByNamesContext(t.Context(), []string{ref.Unit}); err != nil || len(st) != 1 || st[0].ActiveState != "active" {
 		t.Errorf("unit %s: %+v, %v; want active", ref.Unit, st, err)
 	}
+	cgfs := shimtest.NodeCgroupfs()
+	t.Logf("cgroup directories of the scope: %v", cgfs.Dirs(ref.Path))
+	if m, err := cgfs.MemoryLimit(ref.Path); err != nil || m != limit {
+		t.Errorf("memory limit of the scope = %d, %v; want %d", m, err, limit)
+	}
+	if !cgfs.HasProc(ref.Path, cmd.Process.Pid) {
+		t.Errorf("process %d not in every hierarchy of the scope", cmd.Process.Pid)
+	}
 	if err := h.removeAll(path); err != nil {
 		t.Fatal(err)
 	}
 	if st, _ := conn.ListUnitsByNamesContext(t.Context(), []string{ref.Unit}); len(st) == 1 && st[0].ActiveState == "active" {
 		t.Errorf("unit %s still active after removal", ref.Unit)
+	}
+	if d := cgfs.Dirs(ref.Path); len(d) != 0 {
+		t.Errorf("cgroup directories left after removal: %v", d)
 	}
 }
 
