@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"github.com/nitropod/nitropod/attestation"
 	"github.com/nitropod/nitropod/eif"
@@ -14,19 +15,16 @@ import (
 )
 
 // defaultAttestationDir is where the node's emulation CA lives when
-// Config.AttestationDir is "": under WorkDir when one was configured (the
-// shim's run directory), else in the user's state directory.
-func defaultAttestationDir(workDir string) string {
-	if workDir != "" {
-		return filepath.Join(workDir, "nitropod-attestation")
-	}
+// Config.AttestationDir is "": the user's state directory (never WorkDir,
+// which holds only per-enclave files).
+func defaultAttestationDir() string {
 	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
 		return filepath.Join(d, "nitropod", "attestation")
 	}
 	if h, err := os.UserHomeDir(); err == nil {
 		return filepath.Join(h, ".local", "state", "nitropod", "attestation")
 	}
-	return filepath.Join(os.TempDir(), "nitropod-attestation")
+	return filepath.Join(os.TempDir(), "nitropod-attestation-"+strconv.Itoa(os.Getuid()))
 }
 
 // newNSM is the emulated NSM of one enclave: its boot PCRs are this

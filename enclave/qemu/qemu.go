@@ -74,7 +74,6 @@ type Config struct {
 	Trace func(step string)
 	// AttestationDir holds the node's emulation CA, which signs the
 	// emulated NSM's attestation documents (enclave/nsm); "" is
-	// WorkDir/nitropod-attestation when WorkDir is set, else
 	// $XDG_STATE_HOME/nitropod/attestation (~/.local/state/…).
 	AttestationDir string
 }
@@ -119,7 +118,7 @@ func New(cfg Config) (*Backend, error) {
 		cfg.Binary = DefaultBinary
 	}
 	if cfg.AttestationDir == "" {
-		cfg.AttestationDir = defaultAttestationDir(cfg.WorkDir)
+		cfg.AttestationDir = defaultAttestationDir()
 	}
 	if cfg.WorkDir == "" {
 		cfg.WorkDir = os.TempDir()

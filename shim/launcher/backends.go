@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/nitropod/nitropod/enclave"
 	"github.com/nitropod/nitropod/enclave/nitrocli"
@@ -16,7 +17,12 @@ func newQEMU(cfg BackendConfig) (enclave.Backend, error) {
 			return nil, fmt.Errorf("creating enclave run directory: %w", err)
 		}
 	}
-	return qemu.New(qemu.Config{Binary: cfg.QEMUBinary, Accel: cfg.QEMUAccel, WorkDir: cfg.StateDir})
+	qc := qemu.Config{Binary: cfg.QEMUBinary, Accel: cfg.QEMUAccel, WorkDir: cfg.StateDir}
+	if cfg.StateDir != "" {
+		// The node's emulation attestation CA (enclave/nsm), shared by its launchers.
+		qc.AttestationDir = filepath.Join(cfg.StateDir, "attestation")
+	}
+	return qemu.New(qc)
 }
 
 // newNitroCLI is the production backend. It cannot run on these machines

@@ -1,0 +1,190 @@
+package qemu_test
+
+import (
+	"bytes"
+	"crypto/sha512"
+	"encoding/base64"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/nitropod/nitropod/attestation"
+	"github.com/nitropod/nitropod/eif"
+	"github.com/nitropod/nitropod/enclave"
+	"github.com/nitropod/nitropod/enclave/qemu"
+	"github.com/nitropod/nitropod/internal/testenv"
+	"github.com/nitropod/nitropod/internal/testimage"
+)
+
+var (
+	nsmClientOnce sync.Once
+	nsmClient     []byte
+	nsmClientErr  error
+)
+
+// nsmClientBinary builds testdata/nsmclient (static), a program that uses
+// the NSM driver's raw ioctl.
+func nsmClientBinary(t *testing.T) []byte {
+	t.Helper()
+	nsmClientOnce.Do(func() {
+		out := filepath.Join(t.TempDir(), "nsmclient")
+		cmd := exec.Command("go", "build", "-trimpath", "-o", out, "./testdata/nsmclient")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			nsmClientErr = &buildError{err, b}
+			return
+		}
+		nsmClient, nsmClientErr = os.ReadFile(out)
+	})
+	if nsmClientErr != nil {
+		t.Fatalf("building nsmclient: %v", nsmClientErr)
+	}
+	return nsmClient
+}
+
+// nsmBackend is a TCG backend whose emulation CA lives in its own directory.
+func nsmBackend(t *testing.T) (*qemu.Backend, string) {
+	t.Helper()
+	testenv.Integration(t)
+	bin := testenv.Binary(t, qemu.DefaultBinary)
+	dir, caDir := t.TempDir(), t.TempDir()
+	b, err := qemu.New(qemu.Config{Binary: bin, WorkDir: dir, AttestationDir: caDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { checkClean(t, dir) })
+	return b, caDir
+}
+
+func nsmImageEIF(t *testing.T, cmd ...string) string {
+	t.Helper()
+	layer := testimage.Layer(t, testimage.Reg("nsmclient", 0o755, string(nsmClientBinary(t))))
+	img := testimage.Image(t, []v1.Layer{testimage.Layer(t, testimage.BusyboxFiles(t)...), layer},
+		testimage.Cmd(cmd...), testimage.User("33:33"))
+	return buildEIF(t, img, false)
+}
+
+func outputValues(out string) map[string]string {
+	kv := map[string]string{}
+	for _, line := range strings.Split(out, "\n") {
+		for _, f := range strings.Fields(line) {
+			if k, v, ok := strings.Cut(f, "="); ok {
+				kv[k] = v
+			}
+		}
+	}
+	return kv
+}
+
+// An app running as uid 33 opens /dev/nsm and, with the driver's raw ioctl,
+// gets an attestation document that carries the booted EIF's measurements,
+// its nonce and user data, and verifies against the node's emulation root;
+// the HTTP API returns an equivalent document; PCR16 extends, describes and
+// locks as on Nitro; a flipped byte makes the verifier refuse the document.
+func TestEmulatedNSM(t *testing.T) {
+	b, caDir := nsmBackend(t)
+	nonce, userData := "6e6f6e63652d3432", "7573657264617461"
+	path := nsmImageEIF(t, "sh", "-c", "/nsmclient attest "+nonce+" "+userData+" && /nsmclient pcr")
+	var out, errb bytes.Buffer
+	st, err := run(t, b, enclave.Request{EIFPath: path}, enclave.RunIO{Stdout: &out, Stderr: &errb})
+	t.Logf("stdout:\n%s\nstderr:\n%s", out.String(), errb.String())
+	if err != nil || st.Code != 0 {
+		t.Fatalf("app: status %+v, %v", st, err)
+	}
+	kv := outputValues(out.String())
+	if kv["UID"] != "33" {
+		t.Errorf("the app ran as uid %q, want 33", kv["UID"])
+	}
+
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, _ := f.Stat()
+	ef, err := eif.Open(f, fi.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := ef.Verify()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pcrs := map[int][]byte{}
+	for i, h := range map[int]string{0: rep.Measurements.PCR0, 1: rep.Measurements.PCR1, 2: rep.Measurements.PCR2} {
+		pcrs[i], _ = hex.DecodeString(h)
+	}
+	root, err := attestation.ParseRootPEM(mustRead(t, filepath.Join(caDir, attestation.EmulationRootFile)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantNonce, _ := hex.DecodeString(nonce)
+	wantUD, _ := hex.DecodeString(userData)
+	var docs [][]byte
+	for _, k := range []string{"DOC", "HTTPDOC"} {
+		doc, err := base64.StdEncoding.DecodeString(kv[k])
+		if err != nil || len(doc) == 0 {
+			t.Fatalf("%s: no document in the app's output (%v)", k, err)
+		}
+		d, err := attestation.Verify(doc, attestation.VerifyOptions{Root: root, PCRs: pcrs, Nonce: wantNonce})
+		if err != nil {
+			t.Fatalf("%s: %v", k, err)
+		}
+		if !bytes.Equal(d.UserData, wantUD) || d.PublicKey != nil || len(d.PCRs) != 16 {
+			t.Errorf("%s: user_data %x public_key %x, %d PCRs; want %x, none, 16", k, d.UserData, d.PublicKey, len(d.PCRs), wantUD)
+		}
+		for i := 3; i < 16; i++ {
+			if !bytes.Equal(d.PCRs[i], make([]byte, 48)) {
+				t.Errorf("%s: PCR%d is %x, want zero", k, i, d.PCRs[i])
+			}
+		}
+		if !strings.Contains(d.ModuleID, "emulated") {
+			t.Errorf("%s: module_id %q does not say it is emulated", k, d.ModuleID)
+		}
+		// AWS's root (the default) refuses it.
+		if _, err := attestation.Verify(doc, attestation.VerifyOptions{}); err == nil || !strings.Contains(err.Error(), attestation.CheckChain) {
+			t.Errorf("%s: verified against AWS's root: %v", k, err)
+		}
+		docs = append(docs, doc)
+	}
+	if kv["HTTPSTATUS"] != "200" {
+		t.Errorf("HTTP API status %s, want 200", kv["HTTPSTATUS"])
+	}
+	if kv["BIGUSERDATA"] != "InputTooLarge" {
+		t.Errorf("513 bytes of user data: %q, want InputTooLarge", kv["BIGUSERDATA"])
+	}
+	// A flipped byte in the signature, in the payload.
+	for _, pos := range []int{len(docs[0]) - 5, len(docs[0]) / 2} {
+		bad := bytes.Clone(docs[0])
+		bad[pos] ^= 0x01
+		if _, err := attestation.Verify(bad, attestation.VerifyOptions{Root: root}); err == nil {
+			t.Errorf("a document with byte %d flipped verified", pos)
+		}
+	}
+
+	h := sha512.New384()
+	h.Write(make([]byte, 48))
+	h.Write([]byte("nitropod"))
+	want := hex.EncodeToString(h.Sum(nil))
+	if kv["EXTENDED"] != want || kv["DESCRIBED"] != want || kv["LOCK"] != "false" {
+		t.Errorf("ExtendPCR 16 gave %s, DescribePCR %s (lock %s); want %s, unlocked", kv["EXTENDED"], kv["DESCRIBED"], kv["LOCK"], want)
+	}
+	if kv["LOCKED"] != "LockPCR" || kv["EXTENDLOCKED"] != "ReadOnlyIndex" || kv["EXTENDPCR0"] != "ReadOnlyIndex" {
+		t.Errorf("LockPCR %q, extend after lock %q, extend PCR0 %q; want LockPCR, ReadOnlyIndex, ReadOnlyIndex", kv["LOCKED"], kv["EXTENDLOCKED"], kv["EXTENDPCR0"])
+	}
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
