@@ -14,10 +14,10 @@ import (
 	"github.com/nitropod/nitropod/enclave/nsm"
 )
 
-// defaultAttestationDir is where the node's emulation CA lives when
+// DefaultAttestationDir is where the node's emulation CA lives when
 // Config.AttestationDir is "": the user's state directory (never WorkDir,
 // which holds only per-enclave files).
-func defaultAttestationDir() string {
+func DefaultAttestationDir() string {
 	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
 		return filepath.Join(d, "nitropod", "attestation")
 	}

@@ -118,7 +118,7 @@ func New(cfg Config) (*Backend, error) {
 		cfg.Binary = DefaultBinary
 	}
 	if cfg.AttestationDir == "" {
-		cfg.AttestationDir = defaultAttestationDir()
+		cfg.AttestationDir = DefaultAttestationDir()
 	}
 	if cfg.WorkDir == "" {
 		cfg.WorkDir = os.TempDir()
