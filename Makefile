@@ -64,7 +64,7 @@ lint: ## golangci-lint (pinned in hack/tools/go.mod) and go vet.
 	$(GO) vet ./...
 	$(GO) tool -modfile=hack/tools/go.mod golangci-lint run ./...
 
-.PHONY: bench bench-eif bench-agent bench-shim bench-deviceplugin bench-webhook bench-s3
+.PHONY: bench bench-eif bench-agent bench-shim bench-deviceplugin bench-webhook bench-s3 bench-attestation
 bench: bench-eif bench-agent bench-deviceplugin bench-webhook bench-shim bench-s3 ## Every benchmark (results go to BENCHMARKS.md by hand).
 bench-eif: ## EIF build from a synthetic 256 MiB / 1 GiB rootfs vs sha384sum of a tar.
 	hack/bench-eif.sh
@@ -78,6 +78,9 @@ bench-webhook: build ## Webhook latency/throughput over TLS vs a null handler.
 	hack/bench-webhook.sh
 bench-s3: build ## S3 EIF download throughput vs curl.
 	hack/bench-s3.sh
+bench-attestation: ## Verifier time per attestation document; GetAttestationDoc p50/p99 over 1,000 calls in an emulated enclave.
+	go test -count=1 -run '^$$' -bench 'BenchmarkVerify|BenchmarkSign' -benchtime 2s ./attestation/
+	flock /tmp/nitropod-heavy.lock env NITROPOD_BENCH_NSM_CALLS=1000 go test -count=1 -v -run TestEmulatedNSMLatency ./enclave/qemu/
 
 .PHONY: demo
 demo: deps tools emu-kernel build ## A local cluster to try workloads in emulated enclaves (FILE=x.yaml; default: the document's nginx Pod).

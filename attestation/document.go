@@ -12,7 +12,8 @@ import (
 	"github.com/fxamacker/cbor/v2"
 )
 
-// Limits of the NSM API (aws-nitro-enclaves-nsm-api docs/attestation_process.md).
+// Limits of the NSM API (the attestation process description of
+// aws-nitro-enclaves-nsm-api).
 const (
 	MaxUserData  = 512
 	MaxNonce     = 512

@@ -12,6 +12,9 @@
 //     closes them.
 //   - forward: one forwarded TCP connection; init dials 127.0.0.1:Port inside
 //     the enclave and copies both ways, honouring half-closes.
+//   - nsm: in emulation, the emulated Nitro Secure Module: init sends each
+//     request an app made on /dev/nsm, the host answers (see KindNSM and
+//     docs/ATTESTATION.md).
 //
 // Messages and headers are framed as a 4-byte big-endian length followed by
 // JSON. Nothing that arrives over the channel changes which code runs: the

@@ -188,3 +188,25 @@ func mustRead(t *testing.T, path string) []byte {
 	}
 	return b
 }
+
+// TestEmulatedNSMLatency measures GetAttestationDoc from inside the guest:
+// NITROPOD_BENCH_NSM_CALLS calls (make bench-attestation sets 1000) by a
+// static program with the raw ioctl; it logs p50 and p99.
+func TestEmulatedNSMLatency(t *testing.T) {
+	n := os.Getenv("NITROPOD_BENCH_NSM_CALLS")
+	if n == "" {
+		t.Skip("set NITROPOD_BENCH_NSM_CALLS (make bench-attestation)")
+	}
+	b, _ := nsmBackend(t)
+	path := nsmImageEIF(t, "/nsmclient", "bench", n)
+	var out, errb bytes.Buffer
+	st, err := run(t, b, enclave.Request{EIFPath: path, CPUs: 2}, enclave.RunIO{Stdout: &out, Stderr: &errb})
+	if err != nil || st.Code != 0 {
+		t.Fatalf("app: status %+v, %v\n%s%s", st, err, out.String(), errb.String())
+	}
+	kv := outputValues(out.String())
+	if kv["P50"] == "" {
+		t.Fatalf("no result:\n%s", out.String())
+	}
+	t.Logf("GetAttestationDoc in emulation, %s calls: p50 %s, p99 %s", kv["N"], kv["P50"], kv["P99"])
+}
