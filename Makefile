@@ -79,8 +79,8 @@ bench-webhook: build ## Webhook latency/throughput over TLS vs a null handler.
 bench-s3: build ## S3 EIF download throughput vs curl.
 	hack/bench-s3.sh
 bench-attestation: ## Verifier time per attestation document; GetAttestationDoc p50/p99 over 1,000 calls in an emulated enclave.
-	go test -count=1 -run '^$$' -bench 'BenchmarkVerify|BenchmarkSign' -benchtime 2s ./attestation/
-	flock /tmp/nitropod-heavy.lock env NITROPOD_BENCH_NSM_CALLS=1000 go test -count=1 -v -run TestEmulatedNSMLatency ./enclave/qemu/
+	$(GO) test -count=1 -run '^$$' -bench 'BenchmarkVerify|BenchmarkSign' -benchtime 2s ./attestation/
+	flock /tmp/nitropod-heavy.lock env NITROPOD_BENCH_NSM_CALLS=1000 $(GO) test -count=1 -v -run TestEmulatedNSMLatency ./enclave/qemu/
 
 .PHONY: demo
 demo: deps tools emu-kernel build ## A local cluster to try workloads in emulated enclaves (FILE=x.yaml; default: the document's nginx Pod).

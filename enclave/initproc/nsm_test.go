@@ -307,3 +307,20 @@ func TestAttestationAPI(t *testing.T) {
 		t.Error("port 70000 accepted")
 	}
 }
+
+// Whatever the kernel hands over, the CUSE ioctl step never panics, and its
+// answer is a well-formed reply to the same request.
+func FuzzNSMIoctl(f *testing.F) {
+	f.Add(ioctlRequest(1, nsm.IoctlCmd, ioctlUnrestricted, 0x1000, nil, 0).body)
+	f.Add(ioctlRequest(2, nsm.IoctlCmd, ioctlUnrestricted, 0x1000, append(rawArg(1, 3, 2, 64), 'a', 'b', 'c'), 96).body)
+	f.Fuzz(func(t *testing.T, body []byte) {
+		st := nsmIoctl(fuseRequest(opIoctl, 7, body))
+		b := st.reply
+		if b == nil {
+			b = st.finish(bytes.Repeat([]byte{1}, len(st.request)))
+		}
+		if r := parseReply(t, b); r.unique != 7 {
+			t.Fatalf("reply to request %d", r.unique)
+		}
+	})
+}
