@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -522,4 +523,17 @@ func enclaveCgroupsV2(root string) int {
 		}
 	}
 	return n
+}
+
+// hasController says whether the cgroup controller (such as "memory") can
+// be used: on v2 it is listed in the root's cgroup.controllers (a v2 mount
+// on a host whose controllers are bound to v1 lists none); on v1 its
+// hierarchy is mounted.
+func (h cgroupHost) hasController(name string) bool {
+	if h.V2 {
+		b, err := os.ReadFile(filepath.Join(h.Root, "cgroup.controllers"))
+		return err == nil && slices.Contains(strings.Fields(string(b)), name)
+	}
+	var st unix.Statfs_t
+	return unix.Statfs(filepath.Join(h.Root, name), &st) == nil && st.Type == unix.CGROUP_SUPER_MAGIC
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -220,17 +221,45 @@ func TestContainerdRestart(t *testing.T) {
 // in for Nitro's reserved CPUs and memory) runs outside them — a 128 MiB
 // launcher limit does not stop a 256 MiB enclave.
 func TestLauncherLimits(t *testing.T) {
+	testLauncherLimits(t, "limits1", "", "/"+ns+"/limits1")
+}
+
+// TestLauncherLimitsSystemd is TestLauncherLimits with a cgroupsPath in the
+// systemd driver's form: the launcher's cgroup is a transient systemd scope
+// in the slice. It needs a machine booted with systemd (on the CI machine:
+// inside hack/systemd-sandbox.sh).
+func TestLauncherLimitsSystemd(t *testing.T) {
+	if _, err := os.Stat("/run/systemd/system"); err != nil {
+		t.Skip("not booted with systemd (run it inside hack/systemd-sandbox.sh)")
+	}
+	testLauncherLimits(t, "limits2", "nitropodtest.slice:nitropod:limits2", "/nitropodtest.slice/nitropod-limits2.scope")
+	if out, _ := exec.Command("systemctl", "is-active", "nitropod-limits2.scope").Output(); strings.TrimSpace(string(out)) == "active" {
+		t.Error("scope nitropod-limits2.scope still active after delete")
+	}
+}
+
+// testLauncherLimits runs container id with the cgroupsPath cgroupFlag
+// ("" for ctr's default, /<namespace>/<id>), whose directory below the
+// cgroup root is cg.
+func testLauncherLimits(t *testing.T, id, cgroupFlag, cg string) {
+	if cgfs := shimtest.NodeCgroupfs(); !cgfs.HasController("memory") || !cgfs.HasController("cpu") {
+		t.Skip("no memory and cpu controllers (a cgroup v2 hierarchy whose controllers are bound to v1)")
+	}
 	e := newEnv(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	e.importImage(t, ctx, ns, busyboxRef, busyboxImage(t, ""))
-	e.runDetached(t, ctx, []string{"--memory-limit", "134217728", "--cpus", "1.5"}, "limits1", "sh", "-c", "while true; do sleep 1; done")
-	defer e.remove(ctx, "limits1")
-	e.waitStatus(t, ctx, "limits1", "RUNNING", time.Minute)
-	pid, _ := e.taskPid(t, ctx, "limits1")
+	flags := []string{"--memory-limit", "134217728", "--cpus", "1.5"}
+	if cgroupFlag != "" {
+		flags = append(flags, "--cgroup", cgroupFlag)
+	}
+	e.runDetached(t, ctx, flags, id, "sh", "-c", "while true; do sleep 1; done")
+	defer e.remove(ctx, id)
+	e.waitStatus(t, ctx, id, "RUNNING", time.Minute)
+	pid, _ := e.taskPid(t, ctx, id)
 	// The cgroups are read alike on cgroup v1 and v2 (shimtest.Cgroupfs).
 	cgfs := shimtest.NodeCgroupfs()
-	cg, encl := "/"+ns+"/limits1", "/nitropod/"+ns+"/limits1"
+	encl := "/nitropod/" + ns + "/" + id
 	if m, err := cgfs.MemoryLimit(cg); err != nil || m != 134217728 {
 		t.Errorf("memory limit of %s = %d, %v; want 134217728", cg, m, err)
 	}
@@ -240,7 +269,7 @@ func TestLauncherLimits(t *testing.T) {
 	if !cgfs.HasProc(cg, pid) {
 		t.Errorf("launcher %d not in cgroup %s (%v)", pid, cg, cgfs.Dirs(cg))
 	}
-	e.waitAppStarted(t, "limits1", 3*time.Minute)
+	e.waitAppStarted(t, id, 3*time.Minute)
 	qemu := 0
 	procs, err := cgfs.Procs(encl)
 	if err != nil {
@@ -257,9 +286,9 @@ func TestLauncherLimits(t *testing.T) {
 	if launcherProcs, _ := cgfs.Procs(cg); slices.Contains(launcherProcs, qemu) {
 		t.Errorf("QEMU %d is in the launcher's cgroup %s", qemu, cg)
 	}
-	_, _ = e.Ctrd.Ctr(ctx, ns, "task", "kill", "-s", "SIGKILL", "limits1")
-	e.waitStatus(t, ctx, "limits1", "STOPPED", time.Minute)
-	e.remove(ctx, "limits1")
+	_, _ = e.Ctrd.Ctr(ctx, ns, "task", "kill", "-s", "SIGKILL", id)
+	e.waitStatus(t, ctx, id, "STOPPED", time.Minute)
+	e.remove(ctx, id)
 	for _, p := range []string{cg, encl} {
 		if d := cgfs.Dirs(p); len(d) != 0 {
 			t.Errorf("cgroup %s left after delete: %v", p, d)

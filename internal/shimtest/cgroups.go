@@ -101,6 +101,27 @@ func (c Cgroupfs) v1Hierarchies() []string {
 	return out
 }
 
+// HasController says whether controller (such as "memory") can be used:
+// listed in the v2 root's cgroup.controllers (a v2 hierarchy on a machine
+// whose controllers are bound to v1 lists none), or a mounted v1
+// hierarchy.
+func (c Cgroupfs) HasController(controller string) bool {
+	if c.V2 {
+		b, err := os.ReadFile(filepath.Join(c.Root, "cgroup.controllers"))
+		if err != nil {
+			return false
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if f == controller {
+				return true
+			}
+		}
+		return false
+	}
+	var st unix.Statfs_t
+	return unix.Statfs(filepath.Join(c.Root, controller), &st) == nil && st.Type == unix.CGROUP_SUPER_MAGIC
+}
+
 // controllerDir is the directory of path in the hierarchy of controller
 // (v1), or the cgroup's only directory (v2).
 func (c Cgroupfs) controllerDir(path, controller string) string {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -104,4 +105,25 @@ func TestCgroupfsV2(t *testing.T) {
 	}
 	_ = cmd.Process.Kill()
 	_ = cmd.Wait()
+}
+
+// TestHasController: this machine's hierarchies, and a v2 hierarchy that
+// lists no controllers where they are bound to v1.
+func TestHasController(t *testing.T) {
+	c := NodeCgroupfs()
+	if !c.V2 && !c.HasController("memory") {
+		t.Error("cgroup v1 host without a memory hierarchy")
+	}
+	if c.HasController("no-such-controller") {
+		t.Error("HasController(no-such-controller) = true")
+	}
+	if os.Geteuid() != 0 {
+		return
+	}
+	v2 := Cgroupfs{Root: V2Hierarchy(t), V2: true}
+	b, _ := os.ReadFile(filepath.Join(v2.Root, "cgroup.controllers"))
+	want := strings.Contains(" "+strings.TrimSpace(string(b))+" ", " memory ")
+	if got := v2.HasController("memory"); got != want {
+		t.Errorf("v2 HasController(memory) = %v with cgroup.controllers %q", got, b)
+	}
 }
