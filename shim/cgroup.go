@@ -144,6 +144,11 @@ func (h cgroupHost) update(path string, res *specs.LinuxResources) error {
 		return err
 	}
 	res = launcherResources(res)
+	if ref.systemd() && !h.NoSystemd {
+		if err := setScopeLimits(ref, res, h.V2); err != nil {
+			return err
+		}
+	}
 	if h.V2 {
 		m, err := h.loadV2(ref.Path)
 		if err != nil {

@@ -151,6 +151,15 @@ func scopeProperties(ref cgroupRef, pid int, res *specs.LinuxResources, v2 bool)
 	} else {
 		props = append(props, prop("BlockIOAccounting", true))
 	}
+	return append(props, limitProperties(res, v2)...)
+}
+
+// limitProperties are the unit properties of the launcher limits res.
+func limitProperties(res *specs.LinuxResources, v2 bool) []systemd.Property {
+	prop := func(name string, v any) systemd.Property {
+		return systemd.Property{Name: name, Value: dbus.MakeVariant(v)}
+	}
+	var props []systemd.Property
 	if res == nil {
 		return props
 	}
@@ -298,4 +307,24 @@ func runcOptionsFor(opts *ptypes.Any, spec *specs.Spec) (*ptypes.Any, error) {
 		return nil, fmt.Errorf("writing runc options: %w", err)
 	}
 	return a, nil
+}
+
+// setScopeLimits sets the launcher limits res on the container's scope (an
+// update), so that systemd keeps them when it rewrites the unit's cgroup.
+func setScopeLimits(ref cgroupRef, res *specs.LinuxResources, v2 bool) error {
+	props := limitProperties(res, v2)
+	if len(props) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), systemdTimeout)
+	defer cancel()
+	conn, err := systemdConn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := conn.SetUnitPropertiesContext(ctx, ref.Unit, true, props...); err != nil {
+		return fmt.Errorf("setting the limits of systemd scope %s: %w", ref.Unit, err)
+	}
+	return nil
 }

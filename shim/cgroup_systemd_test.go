@@ -197,6 +197,24 @@ func TestSystemdScope(t *testing.T) {
 	if !cgfs.HasProc(ref.Path, cmd.Process.Pid) {
 		t.Errorf("process %d not in every hierarchy of the scope", cmd.Process.Pid)
 	}
+	if limits {
+		// An update reaches the unit (systemd keeps it) and the file.
+		limit2 := int64(96 << 20)
+		if err := h.update(path, &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &limit2}}); err != nil {
+			t.Fatalf("update: %v", err)
+		}
+		prop := "MemoryLimit"
+		if h.V2 {
+			prop = "MemoryMax"
+		}
+		out, _ := exec.Command("systemctl", "show", "-p", prop, "--value", ref.Unit).Output()
+		if got := strings.TrimSpace(string(out)); got != strconv.FormatInt(limit2, 10) {
+			t.Errorf("the scope's %s after update = %q, want %d", prop, got, limit2)
+		}
+		if m, err := cgfs.MemoryLimit(ref.Path); err != nil || m != limit2 {
+			t.Errorf("memory limit after update = %d, %v; want %d", m, err, limit2)
+		}
+	}
 	if err := h.removeAll(path); err != nil {
 		t.Fatal(err)
 	}

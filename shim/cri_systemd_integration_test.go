@@ -183,6 +183,11 @@ func TestCRIPodSystemdCgroup(t *testing.T) {
 		} else if q, _, err := cgfs.CPUQuota(cg); err != nil || q != 50000 {
 			t.Errorf("cpu quota after update = %d, %v; want 50000", q, err)
 		}
+		// systemd keeps the new quota too (0.5 CPU: 500 ms per second).
+		out, _ := exec.Command("systemctl", "show", "-p", "CPUQuotaPerSecUSec", "--value", "cri-containerd-"+ctrID+".scope").Output()
+		if got := strings.TrimSpace(string(out)); got != "500ms" {
+			t.Errorf("the scope's CPUQuotaPerSecUSec after update = %q, want 500ms", got)
+		}
 	}
 	if out, err := cc.run(ctx, "stats", "-o", "json", ctrID); err != nil {
 		t.Errorf("crictl stats: %v", err)
