@@ -12,6 +12,7 @@ import (
 
 	nitropod "github.com/nitropod/nitropod"
 	"github.com/nitropod/nitropod/internal/ctrtest"
+	"github.com/nitropod/nitropod/internal/shimtest"
 	"github.com/nitropod/nitropod/internal/testenv"
 	"github.com/nitropod/nitropod/test/images"
 )
@@ -211,10 +212,8 @@ func TestCRIEnclaveKilled(t *testing.T) {
 				}
 				time.Sleep(300 * time.Millisecond)
 			}
-			for _, cg := range []string{"memory", "pids"} {
-				if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", cg, "nitropod", criNS, id)); err == nil {
-					t.Errorf("enclave cgroup %s of %s left behind", cg, id)
-				}
+			if d := shimtest.NodeCgroupfs().Dirs("/nitropod/" + criNS + "/" + id); len(d) != 0 {
+				t.Errorf("enclave cgroup of %s left behind: %v", id, d)
 			}
 		})
 	}
