@@ -284,7 +284,7 @@ func (e *env) churn(n int) {
 	t := e.t
 	base := e.nodeSnapshot()
 	dpBefore, whBefore := processRSSKiB("nitropod-device-plugin"), processRSSKiB("nitropod-webhook")
-	var shimRSS, launcherRSS []int
+	var shimRSS, launcherRSS, dpRSS, whRSS []int
 	var mu sync.Mutex
 	start := time.Now()
 	for i := 0; i < n; i += 2 {
@@ -307,6 +307,8 @@ func (e *env) churn(n int) {
 		if t.Failed() {
 			return
 		}
+		dpRSS = append(dpRSS, processRSSKiB("nitropod-device-plugin"))
+		whRSS = append(whRSS, processRSSKiB("nitropod-webhook"))
 	}
 	elapsed := time.Since(start)
 	// Deleted Pods' shims and sandboxes go a little after the Pods.
@@ -327,18 +329,31 @@ func (e *env) churn(n int) {
 	}
 	dpAfter, whAfter := processRSSKiB("nitropod-device-plugin"), processRSSKiB("nitropod-webhook")
 	t.Logf("BENCH churn: %d Pod create/delete cycles (2 at a time) in %.0fs", n, elapsed.Seconds())
-	t.Logf("BENCH churn: device plugin RSS %d -> %d KiB, webhook RSS %d -> %d KiB", dpBefore, dpAfter, whBefore, whAfter)
+	t.Logf("BENCH churn: device plugin RSS %d -> %d (half-way) -> %d KiB, webhook RSS %d -> %d (half-way) -> %d KiB",
+		dpBefore, mid(dpRSS), dpAfter, whBefore, mid(whRSS), whAfter)
 	t.Logf("BENCH churn: total shim RSS per sample first/last %d/%d KiB, launcher %d/%d KiB",
 		first(shimRSS), last(shimRSS), first(launcherRSS), last(launcherRSS))
 	for _, c := range []struct {
-		what          string
-		before, after int
-	}{{"device plugin", dpBefore, dpAfter}, {"webhook", whBefore, whAfter}} {
-		// Flat: allow GC noise and one-off caches, not growth per Pod.
-		if c.before > 0 && c.after > c.before+16<<10 {
+		what                 string
+		before, half, after int
+	}{{"device plugin", dpBefore, mid(dpRSS), dpAfter}, {"webhook", whBefore, mid(whRSS), whAfter}} {
+		// Flat: the Go heap and TLS buffers settle during the first
+		// cycles; after that, the second half must not add what a leak
+		// per Pod would (allowing GC noise).
+		if c.half > 0 && c.after > c.half+8<<10 {
+			t.Errorf("%s RSS grew from %d KiB half-way to %d KiB after %d Pods", c.what, c.half, c.after, n)
+		}
+		if c.before > 0 && c.after > 2*c.before+16<<10 {
 			t.Errorf("%s RSS grew from %d to %d KiB over %d Pods", c.what, c.before, c.after, n)
 		}
 	}
+}
+
+func mid(s []int) int {
+	if len(s) == 0 {
+		return 0
+	}
+	return s[len(s)/2]
 }
 
 func first(s []int) int {
