@@ -334,7 +334,7 @@ func (e *env) churn(n int) {
 	t.Logf("BENCH churn: total shim RSS per sample first/last %d/%d KiB, launcher %d/%d KiB",
 		first(shimRSS), last(shimRSS), first(launcherRSS), last(launcherRSS))
 	for _, c := range []struct {
-		what                 string
+		what                string
 		before, half, after int
 	}{{"device plugin", dpBefore, mid(dpRSS), dpAfter}, {"webhook", whBefore, mid(whRSS), whAfter}} {
 		// Flat: the Go heap and TLS buffers settle during the first
