@@ -79,13 +79,25 @@ var mountedV1 = cgroup1.WithHiearchy(func() ([]cgroup1.Subsystem, error) {
 // and would stop the launcher and QEMU from opening /dev/null or /dev/kvm.
 func launcherResources(res *specs.LinuxResources) *specs.LinuxResources {
 	out := &specs.LinuxResources{}
-	if res != nil {
-		out.CPU = res.CPU
-		out.Memory = res.Memory
-		out.Pids = res.Pids
+	if res == nil {
+		return out
+	}
+	// An empty section sets nothing: leaving it out keeps its controller
+	// from being enabled for nothing (a v2 hierarchy may lack it).
+	if c := res.CPU; c != nil && (nonZero(c.Shares) || nonZero(c.Quota) || nonZero(c.Period) ||
+		nonZero(c.RealtimeRuntime) || nonZero(c.RealtimePeriod) || c.Cpus != "" || c.Mems != "" || c.Idle != nil) {
+		out.CPU = c
+	}
+	if m := res.Memory; m != nil && (m.Limit != nil || m.Reservation != nil || m.Swap != nil) {
+		out.Memory = m
+	}
+	if p := res.Pids; p != nil && p.Limit != 0 {
+		out.Pids = p
 	}
 	return out
 }
+
+func nonZero[T int64 | uint64](p *T) bool { return p != nil && *p != 0 }
 
 // createCgroup creates the cgroup with the launcher limits and moves pid
 // into it.
