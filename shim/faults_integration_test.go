@@ -134,8 +134,17 @@ func TestFaultsDuringStart(t *testing.T) {
 			}
 			e.remove(ctx, tc.id)
 			e.AssertNothingLeft(t)
-			if d := shimtest.NodeCgroupfs().Dirs("/nitropod/" + ns + "/" + tc.id); len(d) != 0 {
-				t.Errorf("enclave cgroup left behind: %v", d)
+			// After a dead shim, containerd's cleanup (the shim's delete)
+			// removes the enclave cgroup a moment after the processes end.
+			for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+				d := shimtest.NodeCgroupfs().Dirs("/nitropod/" + ns + "/" + tc.id)
+				if len(d) == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Errorf("enclave cgroup left behind: %v", d)
+					break
+				}
 			}
 		})
 	}
