@@ -3,8 +3,8 @@ package nsm
 import (
 	"errors"
 	"fmt"
-	"os"
 	"runtime"
+	"sync"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -15,21 +15,36 @@ const DevicePath = "/dev/nsm"
 
 // Client talks to an NSM device (the real one on Nitro, the emulated one
 // in emulation) with the driver's ioctl, as AWS's library does.
+//
+// The device is a plain file descriptor, never registered with Go's
+// netpoller: in emulation /dev/nsm is served by nitropod-init itself
+// (CUSE), and an epoll_ctl on it from init would wait for init's own CUSE
+// loop, which waits on the same epoll instance.
 type Client struct {
-	f *os.File
+	mu sync.Mutex
+	fd int
 }
 
 // Open opens the NSM device at path (DevicePath).
 func Open(path string) (*Client, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("opening the NSM device: %w", err)
+		return nil, fmt.Errorf("opening the NSM device %s: %w", path, err)
 	}
-	return &Client{f: f}, nil
+	return &Client{fd: fd}, nil
 }
 
 // Close closes the device.
-func (c *Client) Close() error { return c.f.Close() }
+func (c *Client) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fd < 0 {
+		return nil
+	}
+	err := unix.Close(c.fd)
+	c.fd = -1
+	return err
+}
 
 // Call sends one CBOR request and returns the CBOR response.
 func (c *Client) Call(req []byte) ([]byte, error) {
@@ -41,19 +56,14 @@ func (c *Client) Call(req []byte) ([]byte, error) {
 		uint64(uintptr(unsafe.Pointer(&req[0]))), uint64(len(req)),
 		uint64(uintptr(unsafe.Pointer(&resp[0]))), uint64(len(resp)),
 	}
-	sc, err := c.f.SyscallConn()
-	if err != nil {
-		return nil, err
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.fd < 0 {
+		return nil, errors.New("NSM device is closed")
 	}
-	var errno unix.Errno
-	cerr := sc.Control(func(fd uintptr) {
-		_, _, errno = unix.Syscall(unix.SYS_IOCTL, fd, IoctlCmd, uintptr(unsafe.Pointer(&raw)))
-	})
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(c.fd), IoctlCmd, uintptr(unsafe.Pointer(&raw)))
 	runtime.KeepAlive(req)
 	runtime.KeepAlive(resp)
-	if cerr != nil {
-		return nil, cerr
-	}
 	if errno != 0 {
 		return nil, fmt.Errorf("NSM ioctl: %w", errno)
 	}

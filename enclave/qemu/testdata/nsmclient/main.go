@@ -77,8 +77,9 @@ func main() {
 		fmt.Println("DOC=" + base64.StdEncoding.EncodeToString(a.Document))
 		body, _ := json.Marshal(map[string][]byte{"nonce": nonce, "user_data": ud})
 		var r *http.Response
+		hc := &http.Client{Timeout: 60 * time.Second}
 		for range 50 { // the API starts with the app; give it a moment
-			if r, err = http.Post("http://127.0.0.1:9910/v1/attestation", "application/json", bytes.NewReader(body)); err == nil {
+			if r, err = hc.Post("http://127.0.0.1:9910/v1/attestation", "application/json", bytes.NewReader(body)); err == nil {
 				break
 			}
 			time.Sleep(100 * time.Millisecond)
