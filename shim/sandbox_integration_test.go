@@ -150,18 +150,24 @@ func (c *criEnv) waitExited(t *testing.T, ctx context.Context, id string, timeou
 // TestCRIEnclaveKilled kills an enclave from outside while its Pod runs —
 // QEMU, and separately the launcher — as the OOM killer or an operator
 // would: only that container ends (exit 137), the shim keeps serving the
-// Pod's sandbox, and stopping and removing the container and the Pod
-// succeed and leave no shim, launcher, QEMU or mount behind.
+// Pod's sandbox and its other container, and stopping and removing the
+// containers and the Pod succeed and leave no shim, launcher, QEMU, mount
+// or cgroup behind. The QEMU case removes the containers first (kubelet's
+// order); the launcher case stops and removes the Pod directly, which
+// stops and removes its containers (critest's order).
 func TestCRIEnclaveKilled(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	c := newCRIEnv(t, ctx)
 	for _, victim := range []string{"qemu", "launcher"} {
 		t.Run(victim, func(t *testing.T) {
 			pod := c.runPod(t, ctx, "killed-"+victim, nil)
 			id := c.createContainer(t, ctx, pod, "app", []string{"sh", "-c", "echo up; exec sleep 600"}, nil)
-			if _, err := c.cc.run(ctx, "start", id); err != nil {
-				t.Fatal(err)
+			other := c.createContainer(t, ctx, pod, "other", []string{"sh", "-c", "while true; do echo alive; sleep 1; done"}, nil)
+			for _, ctr := range []string{id, other} {
+				if _, err := c.cc.run(ctx, "start", ctr); err != nil {
+					t.Fatal(err)
+				}
 			}
 			launcherPid := processOf(30*time.Second, "nitropod-launcher", id)
 			if launcherPid == 0 {
@@ -181,15 +187,27 @@ func TestCRIEnclaveKilled(t *testing.T) {
 			if code == "0" {
 				t.Errorf("exit code of a killed enclave is 0")
 			}
-			// The shim still serves the Pod: its sandbox is ready and the
-			// shim answers for the pause container.
+			// The shim still serves the Pod: its sandbox is ready, the other
+			// enclave container runs and its output still arrives.
 			if st, err := c.cc.run(ctx, "inspectp", "-o", "go-template", "--template", "{{.status.state}}", pod.id); err != nil || st != "SANDBOX_READY" {
 				t.Errorf("sandbox after the enclave died: state %q, err %v", st, err)
+			}
+			if st := c.inspect(ctx, other, "{{.status.state}}"); st != "CONTAINER_RUNNING" {
+				t.Errorf("the Pod's other container after the enclave died: %q", st)
+			}
+			before, _ := c.cc.run(ctx, "logs", other)
+			time.Sleep(3 * time.Second)
+			if after, _ := c.cc.run(ctx, "logs", other); strings.Count(after, "alive") <= strings.Count(before, "alive") {
+				t.Errorf("the other container's output stopped: %d lines, then %d", strings.Count(before, "alive"), strings.Count(after, "alive"))
 			}
 			if n := c.ShimProcesses(); n != 1 {
 				t.Errorf("%d shim processes after the enclave died, want 1", n)
 			}
-			for _, args := range [][]string{{"stop", "--timeout", "5", id}, {"rm", id}, {"stopp", pod.id}, {"rmp", pod.id}} {
+			steps := [][]string{{"stop", "--timeout", "5", id}, {"rm", id}, {"stop", "--timeout", "5", other}, {"rm", other}, {"stopp", pod.id}, {"rmp", pod.id}}
+			if victim == "launcher" {
+				steps = [][]string{{"stopp", pod.id}, {"rmp", pod.id}}
+			}
+			for _, args := range steps {
 				if out, err := c.cc.run(ctx, args...); err != nil {
 					t.Errorf("crictl %s: %v (%s)", strings.Join(args, " "), err, out)
 				}
@@ -212,8 +230,12 @@ func TestCRIEnclaveKilled(t *testing.T) {
 				}
 				time.Sleep(300 * time.Millisecond)
 			}
-			if d := shimtest.NodeCgroupfs().Dirs("/nitropod/" + criNS + "/" + id); len(d) != 0 {
-				t.Errorf("enclave cgroup of %s left behind: %v", id, d)
+			for _, ctr := range []string{id, other} {
+				for _, cg := range []string{"/nitropod/" + criNS + "/" + ctr, "/" + criNS + "/" + ctr} {
+					if d := shimtest.NodeCgroupfs().Dirs(cg); len(d) != 0 {
+						t.Errorf("cgroup %s left behind: %v", cg, d)
+					}
+				}
 			}
 		})
 	}
