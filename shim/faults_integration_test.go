@@ -100,7 +100,8 @@ func TestFaultsDuringStart(t *testing.T) {
 		}, []string{"ttrpc", "closed", "shim", "connection"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cmd := e.Ctrd.CtrCmd(ctx, ns, "run", "-d", "--runtime", nitropod.RuntimeType, busyboxRef, tc.id, "sh", "-c", "echo up; exec sleep 1000")
+			args := append(append([]string{"run", "-d", "--runtime", nitropod.RuntimeType}, ctrCPUFlags()...), busyboxRef, tc.id, "sh", "-c", "echo up; exec sleep 1000")
+			cmd := e.Ctrd.CtrCmd(ctx, ns, args...)
 			var out strings.Builder
 			cmd.Stdout, cmd.Stderr = &out, &out
 			if err := cmd.Start(); err != nil {

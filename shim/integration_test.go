@@ -96,7 +96,8 @@ func (e *env) importImage(t testing.TB, ctx context.Context, namespace, ref stri
 
 // run is `ctr run --rm --runtime io.containerd.nitro.v1 IMAGE ID ARGS...`.
 func (e *env) run(ctx context.Context, extra []string, image, id string, args ...string) *exec.Cmd {
-	full := append([]string{"run", "--rm", "--runtime", nitropod.RuntimeType}, extra...)
+	full := append([]string{"run", "--rm", "--runtime", nitropod.RuntimeType}, ctrCPUFlags()...)
+	full = append(full, extra...)
 	full = append(full, image, id)
 	full = append(full, args...)
 	return e.Ctrd.CtrCmd(ctx, ns, full...)

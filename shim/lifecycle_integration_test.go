@@ -37,7 +37,8 @@ func (e *env) taskPid(t testing.TB, ctx context.Context, id string) (int, string
 
 func (e *env) runDetached(t testing.TB, ctx context.Context, extra []string, id string, args ...string) {
 	t.Helper()
-	full := append([]string{"run", "-d", "--runtime", nitropod.RuntimeType}, extra...)
+	full := append([]string{"run", "-d", "--runtime", nitropod.RuntimeType}, ctrCPUFlags()...)
+	full = append(full, extra...)
 	full = append(full, busyboxRef, id)
 	full = append(full, args...)
 	if out, err := e.Ctrd.CtrCmd(ctx, ns, full...).CombinedOutput(); err != nil {
