@@ -128,7 +128,8 @@ func (in installed) command(args ...string) *exec.Cmd {
 		}
 		env = append(env, kv)
 	}
-	cmd.Env = append(env, "XDG_DATA_HOME="+in.data, "XDG_CACHE_HOME="+in.cache)
+	env = append(env, "XDG_DATA_HOME="+in.data, "XDG_CACHE_HOME="+in.cache)
+	cmd.Env = env
 	return cmd
 }
 

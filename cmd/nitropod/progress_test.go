@@ -83,7 +83,8 @@ func TestRunProgressTicksWhileBuilding(t *testing.T) {
 	if !strings.Contains(s, "still building the EIF") {
 		t.Errorf("no build ticks: %q", s)
 	}
-	if after := s[strings.Index(s, "booting enclave"):]; strings.Contains(after, "still building") {
+	_, after, found := strings.Cut(s, "booting enclave")
+	if !found || strings.Contains(after, "still building") {
 		t.Errorf("ticks after the build ended: %q", s)
 	}
 }

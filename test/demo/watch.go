@@ -261,7 +261,7 @@ func (w *watcher) pendingWorkloads(ctx context.Context) ([]string, error) {
 			ready = len(f) > 0 && (f[0] == "Succeeded" || (len(f) == 2 && f[1] == "True"))
 		case "Job":
 			if strings.Contains(out, "True") && !strings.HasPrefix(out, "True") {
-				return nil, fmt.Errorf("Job %s/%s failed: see kubectl -n %s describe job %s", o.Namespace, o.Name, o.Namespace, o.Name)
+				return nil, fmt.Errorf("the Job %s/%s failed: see kubectl -n %s describe job %s", o.Namespace, o.Name, o.Namespace, o.Name)
 			}
 			ready = strings.HasPrefix(out, "True")
 		default:
