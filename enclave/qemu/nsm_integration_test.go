@@ -5,9 +5,11 @@ import (
 	"crypto/sha512"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -153,6 +155,39 @@ func TestEmulatedNSM(t *testing.T) {
 		}
 		docs = append(docs, doc)
 	}
+	// The CLI: `nitropod eif describe` gives the same PCRs, and `nitropod
+	// attestation verify --root` accepts the document with them.
+	cli := nitropodCLI(t)
+	desc, err := exec.Command(cli, "eif", "describe", path).Output()
+	if err != nil {
+		t.Fatalf("nitropod eif describe: %v", err)
+	}
+	var dj struct{ Measurements eif.Measurements }
+	if err := json.Unmarshal(desc, &dj); err != nil {
+		t.Fatalf("nitropod eif describe output: %v", err)
+	}
+	args := []string{"attestation", "verify", "-", "--root", filepath.Join(caDir, attestation.EmulationRootFile), "--nonce", nonce}
+	for i, h := range []string{dj.Measurements.PCR0, dj.Measurements.PCR1, dj.Measurements.PCR2} {
+		if h != hex.EncodeToString(pcrs[i]) {
+			t.Errorf("nitropod eif describe PCR%d %s, the launcher measured %x", i, h, pcrs[i])
+		}
+		args = append(args, "--pcr", strconv.Itoa(i)+"="+h)
+	}
+	for _, k := range []string{"DOC", "HTTPDOC"} {
+		cmd := exec.Command(cli, args...)
+		cmd.Stdin = strings.NewReader(kv[k])
+		if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), `"module_id"`) {
+			t.Errorf("nitropod attestation verify %s: %v\n%s", k, err, out)
+		}
+	}
+	bad, _ := base64.StdEncoding.DecodeString(kv["DOC"])
+	bad[len(bad)-10] ^= 0x01
+	cmd := exec.Command(cli, args...)
+	cmd.Stdin = bytes.NewReader(bad)
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "signature check failed") {
+		t.Errorf("nitropod attestation verify of a flipped byte: %v\n%s", err, out)
+	}
+
 	if kv["HTTPSTATUS"] != "200" {
 		t.Errorf("HTTP API status %s, want 200", kv["HTTPSTATUS"])
 	}
@@ -178,6 +213,33 @@ func TestEmulatedNSM(t *testing.T) {
 	if kv["LOCKED"] != "LockPCR" || kv["EXTENDLOCKED"] != "ReadOnlyIndex" || kv["EXTENDPCR0"] != "ReadOnlyIndex" {
 		t.Errorf("LockPCR %q, extend after lock %q, extend PCR0 %q; want LockPCR, ReadOnlyIndex, ReadOnlyIndex", kv["LOCKED"], kv["EXTENDLOCKED"], kv["EXTENDPCR0"])
 	}
+}
+
+var (
+	cliOnce sync.Once
+	cliPath string
+	cliErr  error
+)
+
+// nitropodCLI builds the nitropod command once per test binary.
+func nitropodCLI(t *testing.T) string {
+	t.Helper()
+	cliOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "nitropod-cli-")
+		if err != nil {
+			cliErr = err
+			return
+		}
+		cliPath = filepath.Join(dir, "nitropod")
+		if b, err := exec.Command("go", "build", "-o", cliPath, "github.com/nitropod/nitropod/cmd/nitropod").CombinedOutput(); err != nil {
+			cliErr = &buildError{err, b}
+		}
+	})
+	if cliErr != nil {
+		t.Fatalf("building nitropod: %v", cliErr)
+	}
+	t.Cleanup(func() { os.RemoveAll(filepath.Dir(cliPath)) })
+	return cliPath
 }
 
 func mustRead(t *testing.T, path string) []byte {
