@@ -1,8 +1,11 @@
 package shim
 
 import (
+	"errors"
 	"fmt"
 	"maps"
+	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -147,6 +150,46 @@ func PlanContainer(spec *specs.Spec, cfg Config) (Plan, error) {
 	}
 	p.Process = proc
 	return p, nil
+}
+
+// InheritSandboxSysctls adds the Pod's sysctls to the enclave's process.
+// Kubernetes sets sysctls per Pod, and containerd's CRI writes them only
+// into the sandbox (pause) container's spec, where runc applies them to
+// the Pod's namespaces; an enclave has its own kernel, so init applies
+// them there. The sandbox spec is the sibling bundle named by the
+// sandbox-id annotation (containerd's, not the Pod's); the container's
+// own sysctls win.
+func (p *Plan) InheritSandboxSysctls(spec *specs.Spec, bundle string) error {
+	sb := spec.Annotations[nitropod.CRISandboxID]
+	if sb == "" || p.Pod == (PodRef{}) {
+		return nil
+	}
+	if strings.ContainsAny(sb, "/\x00") || sb == "." || sb == ".." {
+		return fmt.Errorf("annotation %s %q is not a container id", nitropod.CRISandboxID, sb)
+	}
+	sbSpec, err := readBundleSpec(filepath.Join(filepath.Dir(bundle), sb))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // no sandbox task here (the Pod's sandbox is not a container of this runtime)
+	}
+	if err != nil {
+		return fmt.Errorf("reading the Pod sandbox's spec for its sysctls: %w", err)
+	}
+	if sbSpec.Linux == nil || len(sbSpec.Linux.Sysctl) == 0 {
+		return nil
+	}
+	sec := p.Process.Security
+	if sec == nil {
+		sec = &ramdisk.Security{}
+	}
+	merged := maps.Clone(sbSpec.Linux.Sysctl)
+	maps.Copy(merged, sec.Sysctls)
+	next := *sec
+	next.Sysctls = merged
+	if err := secctx.Check(&next); err != nil {
+		return fmt.Errorf("the Pod's sysctls cannot be applied inside the enclave: %w", err)
+	}
+	p.Process.Security = &next
+	return nil
 }
 
 // securityOf is the spec's security context as init applies it inside the

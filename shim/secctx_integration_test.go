@@ -8,15 +8,17 @@ import (
 )
 
 // probeScript reports, one key=value per line, what the app may do inside
-// its enclave.
-const probeScript = `grep -E '^(CapEff|CapBnd|NoNewPrivs|Groups|Seccomp):' /proc/self/status
-touch /probe 2>/dev/null && echo rootfs=rw || echo rootfs=ro
-echo "unshare=$(unshare -U true 2>&1 && echo ok)"
-echo "version=$(cat /proc/version 2>/dev/null | wc -c)"
-echo "syskernel=$(ls /sys/kernel 2>/dev/null | wc -l)"
-echo "sysctl=$(cat /proc/sys/kernel/shm_rmid_forced)"
-(echo 0 > /proc/sys/kernel/shm_rmid_forced) 2>/dev/null && echo procsys=rw || echo procsys=ro
-echo probe-done`
+// its enclave (one line: the measured argv cannot hold newlines).
+var probeScript = strings.Join([]string{
+	`grep -E '^(CapEff|CapBnd|NoNewPrivs|Groups|Seccomp):' /proc/self/status`,
+	`touch /probe 2>/dev/null && echo rootfs=rw || echo rootfs=ro`,
+	`echo "unshare=$(unshare -U true 2>&1 && echo ok)"`,
+	`echo "version=$(cat /proc/version 2>/dev/null | wc -c)"`,
+	`echo "syskernel=$(ls /sys/kernel 2>/dev/null | wc -l)"`,
+	`echo "sysctl=$(cat /proc/sys/kernel/shm_rmid_forced)"`,
+	`(echo 0 > /proc/sys/kernel/shm_rmid_forced) 2>/dev/null && echo procsys=rw || echo procsys=ro`,
+	`echo probe-done`,
+}, "; ")
 
 // probe runs probeScript in a new container of pod and returns its report.
 func (c *criEnv) probe(t *testing.T, ctx context.Context, pod criPod, name string, linux map[string]any) map[string]string {
@@ -65,14 +67,17 @@ func TestCRISecurityContext(t *testing.T) {
 		"security_context": map[string]any{"supplemental_groups": []int{1234}},
 	})
 	locked := c.probe(t, ctx, pod, "locked", map[string]any{"security_context": map[string]any{
-		"readonly_rootfs": true,
-		"no_new_privs":    true,
-		"capabilities":    map[string]any{"drop_capabilities": []string{"ALL"}, "add_capabilities": []string{"NET_BIND_SERVICE"}},
-		"seccomp":         map[string]any{"profile_type": 0}, // RuntimeDefault
-		"masked_paths":    []string{"/proc/version", "/sys/kernel"},
-		"readonly_paths":  []string{"/proc/sys"},
+		"supplemental_groups": []int{1234},
+		"readonly_rootfs":     true,
+		"no_new_privs":        true,
+		"capabilities":        map[string]any{"drop_capabilities": []string{"ALL"}, "add_capabilities": []string{"NET_BIND_SERVICE"}},
+		"seccomp":             map[string]any{"profile_type": 0}, // RuntimeDefault
+		"masked_paths":        []string{"/proc/version", "/sys/kernel"},
+		"readonly_paths":      []string{"/proc/sys"},
 	}})
-	plain := c.probe(t, ctx, pod, "plain", nil)
+	// kubelet copies the Pod's supplementalGroups into every container's
+	// security context; sysctls reach only the sandbox's spec.
+	plain := c.probe(t, ctx, pod, "plain", map[string]any{"security_context": map[string]any{"supplemental_groups": []int{1234}}})
 
 	for _, chk := range []struct {
 		key, locked, plain string

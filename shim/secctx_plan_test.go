@@ -1,12 +1,17 @@
 package shim
 
 import (
+	"encoding/json"
+	"maps"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	nitropod "github.com/nitropod/nitropod"
 	"github.com/nitropod/nitropod/eif/ramdisk"
 )
 
@@ -70,5 +75,44 @@ func TestPlanContainerSecurity(t *testing.T) {
 		if _, err := PlanContainer(s, cfg); err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "security context") {
 			t.Errorf("PlanContainer: %v, want an error about %q", err, c.want)
 		}
+	}
+}
+
+// TestInheritSandboxSysctls checks that the Pod's sysctls, which CRI
+// writes only into the sandbox's spec, reach the enclave's process.
+func TestInheritSandboxSysctls(t *testing.T) {
+	dir := t.TempDir()
+	sbDir := filepath.Join(dir, "sandbox1")
+	if err := os.MkdirAll(sbDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sb, _ := json.Marshal(specs.Spec{Linux: &specs.Linux{Sysctl: map[string]string{"kernel.shm_rmid_forced": "1", "net.ipv4.ip_forward": "0"}}})
+	if err := os.WriteFile(filepath.Join(sbDir, "config.json"), sb, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	spec := testSpec(map[string]string{nitropod.CRIContainerType: nitropod.CRIContainerTypeApp, nitropod.CRIContainerName: "app",
+		nitropod.CRISandboxID: "sandbox1", nitropod.CRISandboxNamespace: "ns", nitropod.CRISandboxName: "pod"})
+	spec.Linux = &specs.Linux{Sysctl: map[string]string{"net.ipv4.ip_forward": "1"}}
+	p, err := PlanContainer(spec, DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.InheritSandboxSysctls(spec, filepath.Join(dir, "ctr1")); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"kernel.shm_rmid_forced": "1", "net.ipv4.ip_forward": "1"}
+	if p.Process.Security == nil || !maps.Equal(p.Process.Security.Sysctls, want) {
+		t.Errorf("sysctls %+v, want %v", p.Process.Security, want)
+	}
+
+	spec.Annotations[nitropod.CRISandboxID] = "../sandbox1"
+	if err := p.InheritSandboxSysctls(spec, filepath.Join(dir, "ctr1")); err == nil {
+		t.Error("a sandbox id with a slash was followed")
+	}
+	// Not through CRI (ctr run): nothing to inherit, nothing read.
+	plain := testSpec(nil)
+	p2, _ := PlanContainer(plain, DefaultConfig())
+	if err := p2.InheritSandboxSysctls(plain, filepath.Join(dir, "ctr2")); err != nil || p2.Process.Security != nil {
+		t.Errorf("ctr run: %v, %+v", err, p2.Process.Security)
 	}
 }

@@ -190,6 +190,11 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	if err != nil {
 		return nil, errdefs.ToGRPCf(errdefs.ErrInvalidArgument, "%v", err)
 	}
+	if plan.Enclave {
+		if err := plan.InheritSandboxSysctls(spec, r.Bundle); err != nil {
+			return nil, errdefs.ToGRPCf(errdefs.ErrInvalidArgument, "%v", err)
+		}
+	}
 	if !plan.Enclave {
 		if r.Options, err = runcOptionsFor(r.Options, spec); err != nil {
 			return nil, errdefs.ToGRPC(err)
