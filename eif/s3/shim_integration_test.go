@@ -286,9 +286,9 @@ func TestConcurrentImageLocationThroughShim(t *testing.T) {
 	loc := s3.Location{Bucket: "shared", Key: "apps/one.eif"}
 	access := &objectAccess{path: "/" + loc.Bucket + "/" + loc.Key}
 	front := access.proxy(t, srv.Endpoint)
-	// 128 MiB per enclave: the QEMU backend needs about 93 MiB.
+	// 256 MiB per enclave: the QEMU backend needs about 140 MiB for this EIF.
 	e := shimtest.Start(t, shimtest.Options{
-		MemoryMiB:  128,
+		MemoryMiB:  256,
 		Containerd: ctrtest.Options{Env: awsEnv},
 		Config:     fmt.Sprintf("[s3]\nendpoint = %q\nnode_identity_buckets = [\"shared\"]", front.URL),
 	})
