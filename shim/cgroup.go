@@ -307,11 +307,19 @@ func (h cgroupHost) kill(path string) error {
 			}
 			return err
 		}
-		if len(pids) == 0 {
-			return nil
-		}
+		n := 0
 		for _, p := range pids {
+			// cgroup.procs shows a process outside the reader's PID
+			// namespace as 0, and kill(0) would kill the shim's own
+			// process group: only real pids, never the shim itself.
+			if p <= 1 || p == os.Getpid() {
+				continue
+			}
 			_ = unix.Kill(p, unix.SIGKILL)
+			n++
+		}
+		if n == 0 {
+			return nil
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -241,3 +241,24 @@ func TestEnclavesOnNodeV2EnclaveCgroups(t *testing.T) {
 		t.Errorf("enclaveCgroupsV2 of a v1 tree = %d, want 0", got)
 	}
 }
+
+// TestKillCgroupSkipsInvisibleAndSelf: cgroup.procs lists a process
+// outside the reader's PID namespace as 0, and kill(0) would hit the shim's
+// own process group; neither that nor the shim itself is ever signalled
+// (on a FAKE v2 tree whose cgroup.procs holds exactly those). The test
+// process is the stand-in for the shim: it survives.
+func TestKillCgroupSkipsInvisibleAndSelf(t *testing.T) {
+	root := fakeCgroup2Tree(t, "k8s")
+	h := cgroupHost{Root: root, V2: true, NoSystemd: true}
+	dir := filepath.Join(root, "k8s", "c1")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	procs := fmt.Sprintf("0\n1\n%d\n", os.Getpid())
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(procs), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.kill("/k8s/c1"); err != nil {
+		t.Errorf("kill: %v", err)
+	}
+}
