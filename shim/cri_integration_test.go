@@ -111,7 +111,7 @@ func TestCRIPodWithEnclave(t *testing.T) {
 		"hostname":      "nitro-pod",
 		"log_directory": logDir,
 		"annotations": map[string]string{
-			nitropod.EnclavesAnnotation: `{"app":{"cpu":1,"memoryMiB":256,"ports":[8080]}}`,
+			nitropod.EnclavesAnnotation: `{"app":{"cpu":2,"memoryMiB":256,"ports":[8080]}}`,
 		},
 		"linux": map[string]any{},
 	})

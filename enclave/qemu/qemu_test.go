@@ -261,7 +261,8 @@ func TestBootErrors(t *testing.T) {
 	}{
 		{"too little memory", b, enclave.Request{EIFPath: big, CPUs: 1, MemoryMiB: 128}, "at least 4× the EIF size"},
 		{"below the minimum", b, enclave.Request{EIFPath: good, CPUs: 1, MemoryMiB: 32}, "at least 64 MiB"},
-		{"too small for the kernel", b, enclave.Request{EIFPath: good, CPUs: 1, MemoryMiB: 64}, "too small to boot this EIF in emulation"},
+		// Enough for the 4× rule, too little for the emulated boot.
+		{"too small for the kernel", b, enclave.Request{EIFPath: good, CPUs: 1, MemoryMiB: int((4*gi.Size() + (1 << 20) - 1) >> 20)}, "too small to boot this EIF in emulation"},
 		{"corrupt eif", b, enclave.Request{EIFPath: corrupt, CPUs: 1, MemoryMiB: 256}, "is corrupt"},
 		{"missing eif", b, enclave.Request{EIFPath: dir + "/nothing.eif", CPUs: 1, MemoryMiB: 256}, "no such file"},
 		{"not a kernel", b, enclave.Request{EIFPath: noKernel, CPUs: 1, MemoryMiB: 256}, "qemu exited"},
