@@ -331,8 +331,9 @@ func applyProcess(req *execRequest) error {
 			}
 		}
 	}
-	err := unix.Exec(req.Path, req.Args, req.Env)
-	return fmt.Errorf("executing %s: %w", req.Path, err)
+	// The caller names the path: the message is the bare errno, as
+	// syscall.ForkExec reports it.
+	return unix.Exec(req.Path, req.Args, req.Env)
 }
 
 func loadSeccomp(filter []unix.SockFilter, flags uint) error {
