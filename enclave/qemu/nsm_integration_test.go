@@ -270,5 +270,5 @@ func TestEmulatedNSMLatency(t *testing.T) {
 	if kv["P50"] == "" {
 		t.Fatalf("no result:\n%s", out.String())
 	}
-	t.Logf("GetAttestationDoc in emulation, %s calls: p50 %s, p99 %s", kv["N"], kv["P50"], kv["P99"])
+	t.Logf("GetAttestationDoc in emulation, %s calls in %s: p50 %s, p99 %s, max %s, mean %s (guest clocksource %s)", kv["N"], kv["WALL"], kv["P50"], kv["P99"], kv["MAX"], kv["MEAN"], kv["CLOCKSOURCE"])
 }
