@@ -236,7 +236,9 @@ func TestCAFiles(t *testing.T) {
 	if di.Mode().Perm() != 0o700 {
 		t.Errorf("CA directory mode %v, want 0700", di.Mode())
 	}
-	os.Chmod(filepath.Join(dir, EmulationRootKeyFile), 0o644)
+	if err := os.Chmod(filepath.Join(dir, EmulationRootKeyFile), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := LoadOrCreateCA(dir); err == nil || !strings.Contains(err.Error(), "chmod 600") {
 		t.Errorf("a world-readable key: %v", err)
 	}

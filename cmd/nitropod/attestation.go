@@ -124,8 +124,11 @@ func readDocument(stdin io.Reader, path string) ([]byte, error) {
 		var v struct {
 			Document []byte `json:"document"`
 		}
-		if err := json.Unmarshal(t, &v); err != nil || len(v.Document) == 0 {
-			return nil, fmt.Errorf("attestation document %s is JSON without a base64 \"document\" (%v)", path, err)
+		if err := json.Unmarshal(t, &v); err != nil {
+			return nil, fmt.Errorf("attestation document %s is JSON without a base64 \"document\": %w", path, err)
+		}
+		if len(v.Document) == 0 {
+			return nil, fmt.Errorf("attestation document %s is JSON without a base64 \"document\"", path)
 		}
 		return v.Document, nil
 	}

@@ -197,7 +197,7 @@ func TestCUSEInit(t *testing.T) {
 func TestEnsureNSMNode(t *testing.T) {
 	root := t.TempDir()
 	dev, sys := filepath.Join(root, "dev"), filepath.Join(root, "sys")
-	os.MkdirAll(dev, 0o755)
+	mustOK(t, os.MkdirAll(dev, 0o755))
 	var made []string
 	fakeMknod := func(path string, mode uint32, d int) error {
 		made = append(made, path)
@@ -210,8 +210,8 @@ func TestEnsureNSMNode(t *testing.T) {
 	if ok || err != nil || len(made) != 0 {
 		t.Fatalf("without the driver: %v %v %v", ok, err, made)
 	}
-	os.MkdirAll(filepath.Join(sys, "class", "misc", "nsm"), 0o755)
-	os.WriteFile(filepath.Join(sys, "class", "misc", "nsm", "dev"), []byte("10:123\n"), 0o644)
+	mustOK(t, os.MkdirAll(filepath.Join(sys, "class", "misc", "nsm"), 0o755))
+	mustOK(t, os.WriteFile(filepath.Join(sys, "class", "misc", "nsm", "dev"), []byte("10:123\n"), 0o644))
 	ok, err = ensureNSMNode(dev, sys, fakeMknod)
 	if !ok || err != nil || len(made) != 1 || made[0] != filepath.Join(dev, "nsm") {
 		t.Fatalf("with the driver: %v %v %v", ok, err, made)
@@ -224,9 +224,21 @@ func TestEnsureNSMNode(t *testing.T) {
 	if !ok || err == nil || !strings.Contains(err.Error(), "not a character device") || len(made) != 1 {
 		t.Errorf("a regular file at /dev/nsm: %v %v", ok, err)
 	}
-	os.WriteFile(filepath.Join(sys, "class", "misc", "nsm", "dev"), []byte("garbage"), 0o644)
+	mustOK(t, os.WriteFile(filepath.Join(sys, "class", "misc", "nsm", "dev"), []byte("garbage"), 0o644))
 	if _, err := ensureNSMNode(dev, sys, fakeMknod); err == nil || !strings.Contains(err.Error(), "MAJOR:MINOR") {
 		t.Errorf("a bad device number: %v", err)
+	}
+}
+
+type postResult struct {
+	StatusCode int
+	Header     http.Header
+}
+
+func mustOK(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -248,7 +260,7 @@ func TestAttestationAPI(t *testing.T) {
 	}
 	srv := httptest.NewServer(attestationHandler(call))
 	defer srv.Close()
-	post := func(body string, hdr ...string) (*http.Response, []byte) {
+	post := func(body string, hdr ...string) (postResult, []byte) {
 		req, _ := http.NewRequest(http.MethodPost, srv.URL+AttestationPath, strings.NewReader(body))
 		for i := 0; i+1 < len(hdr); i += 2 {
 			req.Header.Set(hdr[i], hdr[i+1])
@@ -259,8 +271,10 @@ func TestAttestationAPI(t *testing.T) {
 		}
 		defer resp.Body.Close()
 		var buf bytes.Buffer
-		buf.ReadFrom(resp.Body)
-		return resp, buf.Bytes()
+		if _, err := buf.ReadFrom(resp.Body); err != nil {
+			t.Fatal(err)
+		}
+		return postResult{resp.StatusCode, resp.Header}, buf.Bytes()
 	}
 	b64 := base64.StdEncoding.EncodeToString
 	resp, body := post(`{"nonce":"` + b64([]byte("n1")) + `","user_data":"` + b64([]byte("u")) + `","public_key":"` + b64([]byte("k")) + `"}`)
@@ -295,8 +309,12 @@ func TestAttestationAPI(t *testing.T) {
 		}
 	}
 	r, err := http.Get(srv.URL + AttestationPath)
-	if err != nil || r.StatusCode != http.StatusMethodNotAllowed {
-		t.Errorf("GET: %v %v", r, err)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Body.Close()
+	if r.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("GET: %d", r.StatusCode)
 	}
 	for p, want := range map[int]int{0: 9910, -1: 0, 8080: 8080} {
 		if got, err := attestationPort(p, 9910); err != nil || got != want {

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"crypto/sha512"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -82,7 +83,8 @@ func BootPCRs(hexPCRs map[int]string) (map[int][]byte, error) {
 func (d *Device) Handle(req []byte) []byte {
 	r, err := DecodeRequest(req)
 	if err != nil {
-		if re, ok := err.(*RequestError); ok {
+		var re *RequestError
+		if errors.As(err, &re) {
 			return ErrorResponse(re.Code)
 		}
 		return ErrorResponse(InvalidArgument)

@@ -27,7 +27,7 @@ func head(major byte, n int) []byte {
 
 func tstr(s string) []byte   { return append(head(3, len(s)), s...) }
 func bstr(b []byte) []byte   { return append(head(2, len(b)), b...) }
-func uint_(n int) []byte     { return head(0, n) }
+func uintc(n int) []byte     { return head(0, n) }
 func mapn(n int) []byte      { return head(5, n) }
 func arrn(n int) []byte      { return head(4, n) }
 func cat(p ...[]byte) []byte { return bytes.Join(p, nil) }
@@ -43,10 +43,10 @@ var recordedRequests = []struct {
 }{
 	{"DescribeNSM", tstr("DescribeNSM"), Request{Kind: KindDescribeNSM}},
 	{"GetRandom", tstr("GetRandom"), Request{Kind: KindGetRandom}},
-	{"DescribePCR", cat(mapn(1), tstr("DescribePCR"), mapn(1), tstr("index"), uint_(0)), Request{Kind: KindDescribePCR}},
-	{"ExtendPCR", cat(mapn(1), tstr("ExtendPCR"), mapn(2), tstr("index"), uint_(16), tstr("data"), bstr([]byte{1, 2, 3})), Request{Kind: KindExtendPCR, Index: 16, Data: []byte{1, 2, 3}}},
-	{"LockPCR", cat(mapn(1), tstr("LockPCR"), mapn(1), tstr("index"), uint_(16)), Request{Kind: KindLockPCR, Index: 16}},
-	{"LockPCRs", cat(mapn(1), tstr("LockPCRs"), mapn(1), tstr("range"), uint_(32)), Request{Kind: KindLockPCRs, Range: 32}},
+	{"DescribePCR", cat(mapn(1), tstr("DescribePCR"), mapn(1), tstr("index"), uintc(0)), Request{Kind: KindDescribePCR}},
+	{"ExtendPCR", cat(mapn(1), tstr("ExtendPCR"), mapn(2), tstr("index"), uintc(16), tstr("data"), bstr([]byte{1, 2, 3})), Request{Kind: KindExtendPCR, Index: 16, Data: []byte{1, 2, 3}}},
+	{"LockPCR", cat(mapn(1), tstr("LockPCR"), mapn(1), tstr("index"), uintc(16)), Request{Kind: KindLockPCR, Index: 16}},
+	{"LockPCRs", cat(mapn(1), tstr("LockPCRs"), mapn(1), tstr("range"), uintc(32)), Request{Kind: KindLockPCRs, Range: 32}},
 	{"Attestation none", cat(mapn(1), tstr("Attestation"), mapn(3), tstr("user_data"), null, tstr("nonce"), null, tstr("public_key"), null), Request{Kind: KindAttestation}},
 	{"Attestation all", cat(mapn(1), tstr("Attestation"), mapn(3), tstr("user_data"), bstr([]byte{0xaa}), tstr("nonce"), bstr([]byte{0xbb, 0xcc}), tstr("public_key"), bstr([]byte{0xdd})),
 		Request{Kind: KindAttestation, UserData: []byte{0xaa}, Nonce: []byte{0xbb, 0xcc}, PublicKey: []byte{0xdd}}},
@@ -82,7 +82,7 @@ func TestResponseRoundTrip(t *testing.T) {
 	lockedEnc := [][]byte{}
 	for i := range 16 {
 		locked = append(locked, uint16(i))
-		lockedEnc = append(lockedEnc, uint_(i))
+		lockedEnc = append(lockedEnc, uintc(i))
 	}
 	for _, c := range []struct {
 		name string
@@ -96,8 +96,8 @@ func TestResponseRoundTrip(t *testing.T) {
 		{"Attestation", cat(mapn(1), tstr("Attestation"), mapn(1), tstr("document"), bstr([]byte{0x84, 1})), Response{Kind: KindAttestation, Document: []byte{0x84, 1}}},
 		{"GetRandom", cat(mapn(1), tstr("GetRandom"), mapn(1), tstr("random"), bstr(bytes.Repeat([]byte{9}, 256))), Response{Kind: KindGetRandom, Random: bytes.Repeat([]byte{9}, 256)}},
 		{"DescribeNSM", cat(mapn(1), tstr("DescribeNSM"), mapn(7),
-			tstr("version_major"), uint_(1), tstr("version_minor"), uint_(0), tstr("version_patch"), uint_(0),
-			tstr("module_id"), tstr("i-x-enc1"), tstr("max_pcrs"), uint_(32),
+			tstr("version_major"), uintc(1), tstr("version_minor"), uintc(0), tstr("version_patch"), uintc(0),
+			tstr("module_id"), tstr("i-x-enc1"), tstr("max_pcrs"), uintc(32),
 			tstr("locked_pcrs"), cat(append([][]byte{arrn(16)}, lockedEnc...)...), tstr("digest"), tstr("SHA384")),
 			Response{Kind: KindDescribeNSM, Description: &Description{1, 0, 0, "i-x-enc1", 32, locked, "SHA384"}}},
 	} {
@@ -186,13 +186,13 @@ func TestDeviceErrors(t *testing.T) {
 		{name: "empty", raw: []byte{}, want: InvalidArgument},
 		{name: "unknown unit", raw: tstr("Reboot"), want: InvalidArgument},
 		{name: "unknown struct", raw: cat(mapn(1), tstr("Reboot"), mapn(0)), want: InvalidArgument},
-		{name: "two variants", raw: cat(mapn(2), tstr("LockPCR"), mapn(1), tstr("index"), uint_(16), tstr("DescribePCR"), mapn(1), tstr("index"), uint_(1)), want: InvalidArgument},
+		{name: "two variants", raw: cat(mapn(2), tstr("LockPCR"), mapn(1), tstr("index"), uintc(16), tstr("DescribePCR"), mapn(1), tstr("index"), uintc(1)), want: InvalidArgument},
 		{name: "missing index", raw: cat(mapn(1), tstr("DescribePCR"), mapn(0)), want: InvalidArgument},
 		{name: "index above u16", raw: cat(mapn(1), tstr("DescribePCR"), mapn(1), tstr("index"), []byte{0x1a, 0, 1, 0, 0}), want: InvalidArgument},
 		{name: "negative index", raw: cat(mapn(1), tstr("DescribePCR"), mapn(1), tstr("index"), []byte{0x20}), want: InvalidArgument},
-		{name: "extend without data", raw: cat(mapn(1), tstr("ExtendPCR"), mapn(1), tstr("index"), uint_(16)), want: InvalidArgument},
-		{name: "data not bytes", raw: cat(mapn(1), tstr("ExtendPCR"), mapn(2), tstr("index"), uint_(16), tstr("data"), tstr("x")), want: InvalidArgument},
-		{name: "request too large", raw: cat(mapn(1), tstr("ExtendPCR"), mapn(2), tstr("index"), uint_(16), tstr("data"), bstr(big(MaxRequest))), want: InputTooLarge},
+		{name: "extend without data", raw: cat(mapn(1), tstr("ExtendPCR"), mapn(1), tstr("index"), uintc(16)), want: InvalidArgument},
+		{name: "data not bytes", raw: cat(mapn(1), tstr("ExtendPCR"), mapn(2), tstr("index"), uintc(16), tstr("data"), tstr("x")), want: InvalidArgument},
+		{name: "request too large", raw: cat(mapn(1), tstr("ExtendPCR"), mapn(2), tstr("index"), uintc(16), tstr("data"), bstr(big(MaxRequest))), want: InputTooLarge},
 		{name: "describe PCR32", req: &Request{Kind: KindDescribePCR, Index: 32}, want: InvalidIndex},
 		{name: "extend PCR40", req: &Request{Kind: KindExtendPCR, Index: 40, Data: []byte{1}}, want: InvalidIndex},
 		{name: "lock PCR99", req: &Request{Kind: KindLockPCR, Index: 99}, want: InvalidIndex},
