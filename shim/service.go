@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v2"
@@ -62,6 +63,9 @@ type service struct {
 	runc    taskAPI.TaskService
 	sd      shutdown.Service
 	events  chan interface{}
+	// pending counts events sent and not yet published, so that Shutdown
+	// does not end the shim with a TaskDelete still queued.
+	pending sync.WaitGroup
 
 	mu     sync.Mutex
 	tasks  map[string]*enclaveTask // by container id
@@ -103,7 +107,10 @@ func (s *service) RegisterTTRPC(server *ttrpc.Server) error {
 	return nil
 }
 
-func (s *service) send(evt interface{}) { s.events <- evt }
+func (s *service) send(evt interface{}) {
+	s.pending.Add(1)
+	s.events <- evt
+}
 
 func (s *service) forward(ctx context.Context, publisher shim.Publisher) {
 	ns, _ := namespaces.Namespace(ctx)
@@ -112,6 +119,7 @@ func (s *service) forward(ctx context.Context, publisher shim.Publisher) {
 		if err := publisher.Publish(ctx, runc.GetTopic(e), e); err != nil {
 			log.G(ctx).WithError(err).Error("post event")
 		}
+		s.pending.Done()
 	}
 }
 
@@ -410,6 +418,15 @@ func (s *service) Shutdown(ctx context.Context, r *taskAPI.ShutdownRequest) (*pt
 	s.mu.Unlock()
 	if n > 0 {
 		return empty, nil
+	}
+	// Publish what is queued (the last TaskDelete) before the shim goes;
+	// Publish is synchronous, bounded by its own 5 s timeout per event.
+	done := make(chan struct{})
+	go func() { s.pending.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		log.G(ctx).Warn("shutting down with events still unpublished")
 	}
 	// runc's Shutdown checks its own containers and then shuts the shim down.
 	return s.runc.Shutdown(ctx, r)
