@@ -326,6 +326,34 @@ func (h cgroupHost) kill(path string) error {
 	return fmt.Errorf("processes still in cgroup %s after SIGKILL", path)
 }
 
+// signalCgroup sends SIGKILL once to every process in the cgroup and
+// returns without waiting for them to go (a Kill request: the exit comes
+// through the reaper; delete waits and removes, see killCgroup).
+func signalCgroup(path string) error {
+	return nodeCgroups().signal(path)
+}
+
+func (h cgroupHost) signal(path string) error {
+	if h.V2 {
+		if ref, err := parseCgroupsPath(path); err == nil {
+			_ = os.WriteFile(filepath.Join(h.Root, ref.Path, "cgroup.kill"), []byte("1"), 0)
+		}
+	}
+	pids, err := h.pids(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, cgroup1.ErrCgroupDeleted) {
+			return nil
+		}
+		return err
+	}
+	for _, p := range pids {
+		if p > 1 && p != os.Getpid() { // see kill
+			_ = unix.Kill(p, unix.SIGKILL)
+		}
+	}
+	return nil
+}
+
 func deleteCgroup(path string) error {
 	return nodeCgroups().remove(path)
 }

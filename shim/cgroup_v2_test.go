@@ -262,3 +262,40 @@ func TestKillCgroupSkipsInvisibleAndSelf(t *testing.T) {
 		t.Errorf("kill: %v", err)
 	}
 }
+
+// TestSignalCgroupV2Real: signal sends SIGKILL to a cgroup's processes on
+// a real cgroup v2 hierarchy and returns without waiting for them (Kill),
+// unlike kill, which waits until the cgroup is empty.
+func TestSignalCgroupV2Real(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	root := shimtest.V2Hierarchy(t)
+	h := cgroupHost{Root: root, V2: true, NoSystemd: true}
+	cg := fmt.Sprintf("/nitropod-signal-test-%d", os.Getpid())
+	t.Cleanup(func() { _ = h.removeAll(cg) })
+	if _, err := h.createEnclave(cg); err != nil {
+		t.Fatal(err)
+	}
+	p := startIn(t, filepath.Join(root, cg))
+	exited := make(chan error, 1)
+	go func() { exited <- p.Wait() }()
+	t0 := time.Now()
+	if err := h.signal(cg); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(t0); d > 40*time.Millisecond {
+		t.Errorf("signal took %v; it must not wait for the processes", d)
+	}
+	select {
+	case err := <-exited:
+		if ws, ok := err.(*exec.ExitError); !ok || ws.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+			t.Errorf("process ended with %v, want SIGKILL", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("process still running after signal")
+	}
+	if err := h.signal(cg + "-missing"); err != nil {
+		t.Errorf("signal of a missing cgroup: %v", err)
+	}
+}

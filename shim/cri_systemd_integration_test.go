@@ -34,6 +34,23 @@ func TestCRIPodSystemdCgroup(t *testing.T) {
 	if _, err := os.Stat("/run/systemd/system"); err != nil {
 		t.Skip("not booted with systemd (run it inside hack/systemd-sandbox.sh)")
 	}
+	// kubelet's systemd driver names a Pod's slice after its QoS class and
+	// uid, below kubepods.slice; a slice of the test's own stands in.
+	testCRIPodCgroups(t, "nitropodtest-pod1.slice", "/nitropodtest.slice/nitropodtest-pod1.slice", true)
+}
+
+// TestCRIPodCgroupfsParent is the same Pod with kubelet's cgroupfs driver:
+// the cgroup parent is a path, the sandbox's and the container's cgroups
+// are <parent>/<id>.
+func TestCRIPodCgroupfsParent(t *testing.T) {
+	testenv.Integration(t)
+	testenv.RequireRoot(t)
+	testCRIPodCgroups(t, "/nitropodtest/pod1", "/nitropodtest/pod1", false)
+}
+
+// testCRIPodCgroups runs the Pod with cgroup parent parent, whose cgroup
+// directory is parentDir; systemd says whether CRI makes systemd scopes.
+func testCRIPodCgroups(t *testing.T, parent, parentDir string, systemd bool) {
 	if cgfs := shimtest.NodeCgroupfs(); !cgfs.HasController("memory") || !cgfs.HasController("cpu") {
 		// CRI gives every container cpu shares, which runc (the sandbox)
 		// cannot set without the cpu controller.
@@ -72,10 +89,6 @@ func TestCRIPodSystemdCgroup(t *testing.T) {
 	e.importImage(t, ctx, criNS, pauseRef, pause)
 	e.importImage(t, ctx, criNS, busyboxRef, busyboxImage(t, ""))
 
-	// kubelet's systemd driver names a Pod's slice after its QoS class and
-	// uid, below kubepods.slice; a slice of the test's own stands in.
-	const slice = "nitropodtest-pod1.slice"
-	sliceDir := "/nitropodtest.slice/nitropodtest-pod1.slice"
 	podCfg := writeJSON(t, filepath.Join(dir, "pod.json"), map[string]any{
 		"metadata":      map[string]any{"name": "nitro-sd", "namespace": "default", "uid": "nitro-sd-uid", "attempt": 0},
 		"hostname":      "nitro-sd",
@@ -83,7 +96,7 @@ func TestCRIPodSystemdCgroup(t *testing.T) {
 		"annotations": map[string]string{
 			nitropod.EnclavesAnnotation: `{"app":{"cpu":2,"memoryMiB":256}}`,
 		},
-		"linux": map[string]any{"cgroup_parent": slice},
+		"linux": map[string]any{"cgroup_parent": parent},
 	})
 	cgfs := shimtest.NodeCgroupfs()
 	linux := map[string]any{"resources": map[string]any{"cpu_period": 100000, "cpu_quota": 150000, "memory_limit_in_bytes": 134217728}}
@@ -108,12 +121,18 @@ func TestCRIPodSystemdCgroup(t *testing.T) {
 		_, _ = cc.run(c, "stopp", pod)
 		_, _ = cc.run(c, "rmp", "-f", pod)
 	})
-	podScope := "cri-containerd-" + pod + ".scope"
-	if !unitActive(podScope) {
-		t.Errorf("the sandbox's scope %s is not active", podScope)
+	// CRI's names: cri-containerd-<id>.scope in the slice (systemd), or
+	// <parent>/<id> (cgroupfs).
+	unit := func(id string) string { return "cri-containerd-" + id + ".scope" }
+	dirOf := func(id string) string { return parentDir + "/" + id }
+	if systemd {
+		dirOf = func(id string) string { return parentDir + "/" + unit(id) }
+		if !unitActive(unit(pod)) {
+			t.Errorf("the sandbox's scope %s is not active", unit(pod))
+		}
 	}
-	if d := cgfs.Dirs(sliceDir + "/" + podScope); len(d) == 0 {
-		t.Errorf("no cgroup %s/%s for the sandbox", sliceDir, podScope)
+	if d := cgfs.Dirs(dirOf(pod)); len(d) == 0 {
+		t.Errorf("no cgroup %s for the sandbox", dirOf(pod))
 	}
 	ctrID, err := cc.run(ctx, "create", pod, ctrCfg, podCfg)
 	if err != nil {
@@ -122,10 +141,10 @@ func TestCRIPodSystemdCgroup(t *testing.T) {
 	if _, err := cc.run(ctx, "start", ctrID); err != nil {
 		t.Fatal(err)
 	}
-	cg := sliceDir + "/cri-containerd-" + ctrID + ".scope"
+	cg := dirOf(ctrID)
 	encl := "/nitropod/" + criNS + "/" + ctrID
-	if !unitActive("cri-containerd-" + ctrID + ".scope") {
-		t.Errorf("the launcher's scope cri-containerd-%s.scope is not active", ctrID)
+	if systemd && !unitActive(unit(ctrID)) {
+		t.Errorf("the launcher's scope %s is not active", unit(ctrID))
 	}
 	pidOut, err := cc.run(ctx, "inspect", "-o", "go-template", "--template", "{{.info.pid}}", ctrID)
 	if err != nil {
@@ -177,10 +196,12 @@ func TestCRIPodSystemdCgroup(t *testing.T) {
 	} else if q, _, err := cgfs.CPUQuota(cg); err != nil || q != 50000 {
 		t.Errorf("cpu quota after update = %d, %v; want 50000", q, err)
 	}
-	// systemd keeps the new quota too (0.5 CPU: 500 ms per second).
-	out, _ := exec.Command("systemctl", "show", "-p", "CPUQuotaPerSecUSec", "--value", "cri-containerd-"+ctrID+".scope").Output()
-	if got := strings.TrimSpace(string(out)); got != "500ms" {
-		t.Errorf("the scope's CPUQuotaPerSecUSec after update = %q, want 500ms", got)
+	if systemd {
+		// systemd keeps the new quota too (0.5 CPU: 500 ms per second).
+		out, _ := exec.Command("systemctl", "show", "-p", "CPUQuotaPerSecUSec", "--value", unit(ctrID)).Output()
+		if got := strings.TrimSpace(string(out)); got != "500ms" {
+			t.Errorf("the scope's CPUQuotaPerSecUSec after update = %q, want 500ms", got)
+		}
 	}
 	if out, err := cc.run(ctx, "stats", "-o", "json", ctrID); err != nil {
 		t.Errorf("crictl stats: %v", err)
@@ -198,12 +219,12 @@ func TestCRIPodSystemdCgroup(t *testing.T) {
 	deadline = time.Now().Add(15 * time.Second)
 	for {
 		var left []string
-		for _, u := range []string{podScope, "cri-containerd-" + ctrID + ".scope"} {
-			if unitActive(u) {
-				left = append(left, "unit "+u)
+		for _, id := range []string{pod, ctrID} {
+			if systemd && unitActive(unit(id)) {
+				left = append(left, "unit "+unit(id))
 			}
 		}
-		for _, p := range []string{cg, sliceDir + "/" + podScope, encl} {
+		for _, p := range []string{cg, dirOf(pod), encl} {
 			for _, d := range cgfs.Dirs(p) {
 				left = append(left, "cgroup "+d)
 			}

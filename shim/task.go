@@ -384,11 +384,14 @@ func (t *enclaveTask) kill(ctx context.Context, sig uint32) error {
 	}
 	_ = unix.Kill(-t.pid, unix.SIGKILL)
 	_ = unix.Kill(t.pid, unix.SIGKILL)
+	// Signal only: a Kill that waited for the cgroups to empty could still
+	// be running when containerd, told of the exit, deletes the task and
+	// closes the connection (delete waits and removes them).
 	for _, cg := range []string{t.cgroupsPath, t.enclaveCgroup} {
 		if cg == "" {
 			continue
 		}
-		if err := killCgroup(cg); err != nil {
+		if err := signalCgroup(cg); err != nil {
 			return err
 		}
 	}
