@@ -2,7 +2,7 @@
 # Builds the pinned test tools into OUTDIR from the Go module proxy, using the
 # separate module test/tools (its go.mod pins every version): etcd,
 # kube-apiserver, kube-scheduler, kube-controller-manager, kubelet, kubectl, registry, versitygw,
-# crictl, helm. A binary whose stamp (package, module version, Go version)
+# crictl, critest, helm. A binary whose stamp (package, module version, Go version)
 # matches is not rebuilt, so a second run takes seconds.
 #
 # Usage: hack/build-tools.sh OUTDIR [TOOL...]   (default: every tool, in the
@@ -26,9 +26,10 @@ tools=(
   "kubectl k8s.io/kubernetes/cmd/kubectl k8s.io/kubernetes"
   "registry github.com/distribution/distribution/v3/cmd/registry github.com/distribution/distribution/v3"
   "versitygw github.com/versity/versitygw/cmd/versitygw github.com/versity/versitygw"
-  # crictl and helm are built in their own module (go install PKG@VERSION):
+  # crictl, critest and helm are built in their own module (go install PKG@VERSION):
   # their pinned releases do not compile against Kubernetes 1.37's libraries.
   "crictl sigs.k8s.io/cri-tools/cmd/crictl@v1.34.0 sigs.k8s.io/cri-tools"
+  "critest sigs.k8s.io/cri-tools/cmd/critest@v1.34.0 sigs.k8s.io/cri-tools"
   "helm helm.sh/helm/v3/cmd/helm@v3.19.0 helm.sh/helm/v3"
 )
 
@@ -76,7 +77,13 @@ for t in "${tools[@]}"; do
   echo "build-tools: building $name $version"
   start=$SECONDS
   rm -f "$out/.stamps/$name"
-  if [[ $pkg == *@* ]]; then
+  if [[ $name == critest ]]; then
+    # critest is a test binary (cmd/critest holds only _test.go files):
+    # compile it with go test -c inside its own module at the pinned version.
+    moddir=$(cd / && GOFLAGS= go mod download -json "$module@$version" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+    (cd "$moddir" && GOFLAGS=-mod=mod go test -c -trimpath -ldflags "$ldflags" -o "$out/$name.tmp" ./cmd/critest)
+    mv "$out/$name.tmp" "$out/$name"
+  elif [[ $pkg == *@* ]]; then
     gobin=$(mktemp -d)
     (cd / && GOFLAGS= GOBIN=$gobin go install -trimpath -ldflags "$ldflags" "$pkg")
     mv "$gobin/$name" "$out/$name"
