@@ -173,9 +173,19 @@ func TestShimKilled(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	for _, p := range []string{"/" + ns + "/crash1", "/nitropod/" + ns + "/crash1"} {
-		if d := shimtest.NodeCgroupfs().Dirs(p); len(d) != 0 {
-			t.Errorf("cgroup %s left behind: %v", p, d)
+	// The dead shim's cleanup removes the cgroups a moment after the
+	// processes are gone.
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		var left []string
+		for _, p := range []string{"/" + ns + "/crash1", "/nitropod/" + ns + "/crash1"} {
+			left = append(left, shimtest.NodeCgroupfs().Dirs(p)...)
+		}
+		if len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("cgroups left behind: %v", left)
+			break
 		}
 	}
 }
