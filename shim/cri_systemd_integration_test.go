@@ -107,6 +107,20 @@ func testCRIPodCgroups(t *testing.T, parent, parentDir string, systemd bool) {
 		"log_path": "app.log",
 		"linux":    linux,
 	})
+	if !systemd {
+		// The Pod's parent cgroups are kubelet's to remove; here the test
+		// made them (through CRI), so it removes them, deepest first.
+		t.Cleanup(func() {
+			for p := parentDir; p != "/" && p != "."; p = filepath.Dir(p) {
+				for _, pat := range []string{"/sys/fs/cgroup/*" + p, "/sys/fs/cgroup" + p} {
+					dirs, _ := filepath.Glob(pat)
+					for _, d := range dirs {
+						_ = os.Remove(d)
+					}
+				}
+			}
+		})
+	}
 	pod, err := cc.run(ctx, "runp", "--runtime", nitropod.RuntimeClassName, podCfg)
 	if err != nil {
 		t.Fatal(err)
