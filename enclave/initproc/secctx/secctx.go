@@ -202,11 +202,6 @@ const (
 // x32SyscallBit marks x32 ABI syscall numbers on x86_64.
 const x32SyscallBit = 0x40000000
 
-// cond is one argument condition as BPF: fail is the number of
-// instructions from the end of this condition's code to where a failed
-// check must jump (patched once the alternative's length is known).
-type cond []jump
-
 // jump is an instruction; a JumpIf whose branch goes to "fail" is marked.
 type jump struct {
 	inst                    bpf.Instruction

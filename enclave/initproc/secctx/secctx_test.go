@@ -73,7 +73,7 @@ func TestSeccompRuntimeDefault(t *testing.T) {
 	if len(prog) < 100 || len(prog) > maxInsns {
 		t.Errorf("%d instructions", len(prog))
 	}
-	eperm := uint32(unix.SECCOMP_RET_ERRNO | uint32(unix.EPERM))
+	eperm := unix.SECCOMP_RET_ERRNO | uint32(unix.EPERM)
 	for _, c := range []struct {
 		name string
 		args []uint64
@@ -91,7 +91,7 @@ func TestSeccompRuntimeDefault(t *testing.T) {
 		{"personality", []uint64{0}, unix.SECCOMP_RET_ALLOW},
 		{"personality", []uint64{0x0040000}, eperm},
 		// clone3 gets ENOSYS so that libc falls back to clone.
-		{"clone3", nil, uint32(unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS))},
+		{"clone3", nil, unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)},
 	} {
 		if got := run(t, prog, auditArchX86_64, nr(t, c.name), c.args...); got != c.want {
 			t.Errorf("%s%v: %#x, want %#x", c.name, c.args, got, c.want)
