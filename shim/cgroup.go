@@ -354,10 +354,6 @@ func (h cgroupHost) signal(path string) error {
 	return nil
 }
 
-func deleteCgroup(path string) error {
-	return nodeCgroups().remove(path)
-}
-
 // remove removes the cgroup: for the systemd form its scope is stopped
 // first (systemd removes the cgroup; what it leaves is removed here).
 func (h cgroupHost) remove(path string) error {

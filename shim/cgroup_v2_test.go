@@ -1,6 +1,7 @@
 package shim
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -116,7 +117,8 @@ func TestCgroupV2Real(t *testing.T) {
 	for range 2 {
 		select {
 		case err := <-exited:
-			if ws, ok := err.(*exec.ExitError); !ok || ws.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+			var ws *exec.ExitError
+			if !errors.As(err, &ws) || ws.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
 				t.Errorf("process ended with %v, want SIGKILL", err)
 			}
 		case <-time.After(10 * time.Second):
@@ -289,7 +291,8 @@ func TestSignalCgroupV2Real(t *testing.T) {
 	}
 	select {
 	case err := <-exited:
-		if ws, ok := err.(*exec.ExitError); !ok || ws.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+		var ws *exec.ExitError
+		if !errors.As(err, &ws) || ws.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
 			t.Errorf("process ended with %v, want SIGKILL", err)
 		}
 	case <-time.After(5 * time.Second):
