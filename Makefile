@@ -51,6 +51,11 @@ test-e2e: e2e
 e2e: build ## End-to-end tier: a local cluster runs the document's Pods in emulated enclaves.
 	hack/e2e.sh
 
+.PHONY: conformance
+conformance: build ## CRI validation suite (critest) with the runc and nitro handlers; not part of `make test` (results in docs/COMPATIBILITY.md).
+	hack/build-tools.sh $(OUT)/tools/bin critest crictl
+	$(GO) test -tags conformance -count=1 -v -timeout $${CONFORMANCE_TIMEOUT:-40m} -run TestConformance ./test/conformance
+
 .PHONY: soak
 soak: build ## Churn: 200 enclave Pod create/delete cycles on the e2e cluster; leak and RSS checks (results to BENCHMARKS.md).
 	E2E_RUN='TestEnclaveLifecycle/churn' E2E_CHURN_CYCLES=$${SOAK_CYCLES:-200} E2E_TIMEOUT=$${E2E_TIMEOUT:-90m} hack/e2e.sh
