@@ -1,31 +1,14 @@
 //go:build conformance
 
-// Package conformance runs the CRI validation suite (critest, pinned with
-// the other test tools) against a private containerd with the nitro runtime
-// installed (internal/shimtest), once with the default runc handler and once
-// with the nitro handler, and checks that nothing is left behind.
-//
-// The images critest creates containers from are built locally and imported
-// under the names critest looks for (it pulls only when the image is
-// missing), so no registry is needed. Run it with `make conformance`;
-// docs/COMPATIBILITY.md records the results.
-//
-// Environment:
-//
-//	CONFORMANCE_HANDLERS  handlers to run, comma-separated (default "runc,nitro")
-//	CONFORMANCE_FOCUS     --ginkgo.focus for every handler (default: all specs)
-//	CONFORMANCE_SKIP      --ginkgo.skip for every handler
 package conformance
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -52,66 +35,6 @@ const (
 	// suiteTimeout bounds one handler's run (critest's --ginkgo.timeout).
 	suiteTimeout = 12 * time.Minute
 )
-
-// Result is the summary line of one critest run.
-type Result struct {
-	Ran, Total                      int
-	Passed, Failed, Pending, Skippd int
-	Failures                        []string
-	Seconds                         float64
-}
-
-var (
-	ranRE     = regexp.MustCompile(`Ran (\d+) of (\d+) Specs in ([0-9.]+) seconds`)
-	countsRE  = regexp.MustCompile(`(\d+) Passed \| (\d+) Failed \| (\d+) Pending \| (\d+) Skipped`)
-	failureRE = regexp.MustCompile(`^\s*\[(FAIL|TIMEDOUT|PANICKED|INTERRUPTED)\] (.*)$`)
-)
-
-// ParseSummary reads ginkgo's report at the end of critest's output.
-func ParseSummary(out string) (Result, error) {
-	var r Result
-	m := ranRE.FindStringSubmatch(out)
-	if m == nil {
-		return r, fmt.Errorf("critest output has no \"Ran N of M Specs\" line (did the suite start?)")
-	}
-	r.Ran, _ = strconv.Atoi(m[1])
-	r.Total, _ = strconv.Atoi(m[2])
-	r.Seconds, _ = strconv.ParseFloat(m[3], 64)
-	c := countsRE.FindAllStringSubmatch(out, -1)
-	if c == nil {
-		return r, fmt.Errorf("critest output has no \"N Passed | N Failed | N Pending | N Skipped\" line")
-	}
-	last := c[len(c)-1]
-	r.Passed, _ = strconv.Atoi(last[1])
-	r.Failed, _ = strconv.Atoi(last[2])
-	r.Pending, _ = strconv.Atoi(last[3])
-	r.Skippd, _ = strconv.Atoi(last[4])
-	if i := strings.LastIndex(out, "Summarizing "); i >= 0 {
-		sc := bufio.NewScanner(strings.NewReader(out[i:]))
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		for sc.Scan() {
-			if f := failureRE.FindStringSubmatch(sc.Text()); f != nil {
-				r.Failures = append(r.Failures, f[1]+" "+strings.TrimSpace(f[2]))
-			}
-		}
-	}
-	return r, nil
-}
-
-func TestParseSummary(t *testing.T) {
-	out := "junk\nSummarizing 2 Failures:\n  [FAIL] [k8s.io] Streaming runtime should support exec [It] sync\n  /x.go:1\n" +
-		"  [TIMEDOUT] [k8s.io] Container attach\n\nRan 80 of 95 Specs in 120.5 seconds\nFAIL! -- 78 Passed | 2 Failed | 0 Pending | 15 Skipped\n"
-	r, err := ParseSummary(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r.Ran != 80 || r.Total != 95 || r.Passed != 78 || r.Failed != 2 || r.Skippd != 15 || r.Seconds != 120.5 || len(r.Failures) != 2 {
-		t.Fatalf("parsed %+v", r)
-	}
-	if _, err := ParseSummary("no summary"); err == nil {
-		t.Fatal("no error for output without a summary")
-	}
-}
 
 // expected reads test/conformance/expected.txt: "HANDLER MIN_PASSED" lines.
 func expected(t *testing.T) map[string]int {
