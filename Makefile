@@ -54,7 +54,7 @@ e2e: build ## End-to-end tier: a local cluster runs the document's Pods in emula
 .PHONY: conformance
 conformance: build ## CRI validation suite (critest) with the runc and nitro handlers; not part of `make test` (results in docs/COMPATIBILITY.md).
 	hack/build-tools.sh $(OUT)/tools/bin critest crictl
-	$(GO) test -tags conformance -count=1 -v -timeout $${CONFORMANCE_TIMEOUT:-40m} -run TestConformance ./test/conformance
+	test/conformance/run.sh -test.timeout=$${CONFORMANCE_TIMEOUT:-40m}
 
 .PHONY: soak
 soak: build ## Churn: 200 enclave Pod create/delete cycles on the e2e cluster; leak and RSS checks (results to BENCHMARKS.md).
