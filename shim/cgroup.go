@@ -1,10 +1,8 @@
 package shim
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,6 +15,8 @@ import (
 	cgroupsv2 "github.com/containerd/cgroups/v3/cgroup2"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/nitropod/nitropod/internal/safefile"
 )
 
 // The launcher is placed in the container's own cgroup (linux.cgroupsPath),
@@ -505,21 +505,9 @@ func (n nodeEnclaves) liveEnclaveRecords() int {
 }
 
 func readStateFile(path string) (bundleState, error) {
-	var st bundleState
-	f, err := os.Open(path)
-	if err != nil {
-		return st, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxStateFileBytes+1))
-	if err != nil {
-		return st, err
-	}
-	if len(b) > maxStateFileBytes {
-		return st, fmt.Errorf("%s is larger than %d bytes", path, maxStateFileBytes)
-	}
-	err = json.Unmarshal(b, &st)
-	return st, err
+	var v bundleState
+	err := safefile.ReadJSON(path, maxStateFileBytes, &v)
+	return v, err
 }
 
 // launcherRunning says whether pid is a running (not zombie) process whose

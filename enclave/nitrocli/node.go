@@ -5,13 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nitropod/nitropod/internal/safefile"
 )
 
 // Files in Config.StateDir that every launcher on the node shares.
@@ -144,21 +145,9 @@ func (b *Backend) pollDescribe(ctx context.Context, notBefore time.Time) describ
 }
 
 func readCache(path string) (cachedDescribe, error) {
-	var c cachedDescribe
-	f, err := os.Open(path)
-	if err != nil {
-		return c, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxCacheSize+1))
-	if err != nil {
-		return c, err
-	}
-	if len(b) > maxCacheSize {
-		return c, fmt.Errorf("%s is larger than %d bytes", path, maxCacheSize)
-	}
-	err = json.Unmarshal(b, &c)
-	return c, err
+	var v cachedDescribe
+	err := safefile.ReadJSON(path, maxCacheSize, &v)
+	return v, err
 }
 
 // hasErrorCode reports whether nitro-cli's stderr carries its "[ Exx ]"
