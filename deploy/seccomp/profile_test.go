@@ -20,6 +20,8 @@ import (
 	cseccomp "github.com/containerd/containerd/contrib/seccomp"
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/nitropod/nitropod/internal/testenv"
 )
 
 var update = flag.Bool("update", false, "rewrite deny-vsock.json from containerd's RuntimeDefault profile")
@@ -93,7 +95,7 @@ func marshal(p *specs.LinuxSeccomp) ([]byte, error) {
 func TestProfileUpToDate(t *testing.T) {
 	p, err := generate()
 	if err != nil {
-		t.Skip(err)
+		t.Fatalf("generating the profile from containerd's RuntimeDefault: %v", err)
 	}
 	want, err := marshal(p)
 	if err != nil {
@@ -164,18 +166,13 @@ func equalRule(a, b specs.LinuxSyscall) bool {
 // others; the same probe without the profile opens one, so the test can
 // fail. Needs root, runc, and AF_VSOCK in this kernel.
 func TestProfileInRunc(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts runc containers")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for runc")
-	}
-	runc, err := exec.LookPath("runc")
-	if err != nil {
-		t.Skip("no runc on PATH")
-	}
+	// Missing prerequisites fail under NITROPOD_REQUIRE_INTEGRATION (CI)
+	// instead of skipping.
+	testenv.Integration(t)
+	testenv.RequireRoot(t)
+	runc := testenv.Binary(t, "runc")
 	if fd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM, 0); err != nil {
-		t.Skipf("this kernel has no AF_VSOCK (%v): nothing to deny", err)
+		testenv.Missing(t, "this kernel has no AF_VSOCK (%v): nothing to deny", err)
 	} else {
 		unix.Close(fd)
 	}
