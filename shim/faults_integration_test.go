@@ -181,6 +181,21 @@ func TestContainerdRestartDuringStart(t *testing.T) {
 		t.Errorf("container rm after the restart: %v: %s", err, out)
 	}
 	e.AssertNothingLeft(t)
+	deadline := time.Now().Add(15 * time.Second)
+	for e.ShimProcesses() > 0 && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+	}
+	if n := e.ShimProcesses(); n > 0 {
+		// Known and open: in about half the runs the shim of a container
+		// whose Start straddled the restart does not exit after its
+		// removal. Recorded, and ended here so that no test process
+		// outlives the test.
+		t.Logf("KNOWN ISSUE: %d shim processes still run 15s after the container was removed; killing them", n)
+		for pid := processOf(time.Second, nitropod.ShimBinary, e.Ctrd.Socket); pid != 0; pid = processOf(time.Second, nitropod.ShimBinary, e.Ctrd.Socket) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
 }
 
 // TestDiskFullDuringBuild builds an EIF into a cache on a 2 MiB tmpfs:
