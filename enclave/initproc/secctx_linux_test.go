@@ -12,6 +12,8 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/nitropod/nitropod/eif/ramdisk"
+
+	"github.com/nitropod/nitropod/internal/testenv"
 )
 
 const execStageEnv = "NITROPOD_TEST_EXEC_STAGE"
@@ -73,13 +75,10 @@ func statusField(out, key string) string {
 // RuntimeDefault filter, which refuses unshare; without a context the app
 // keeps root's capabilities and no filter.
 func TestExecStage(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Skip("needs root: the exec stage changes credentials")
-	}
-	sh, err := exec.LookPath("sh")
-	if err != nil {
-		t.Skip(err)
-	}
+	// The exec stage changes credentials: root is required, and in CI
+	// (NITROPOD_REQUIRE_INTEGRATION=1) its absence fails the test.
+	testenv.RequireRoot(t)
+	sh := testenv.Binary(t, "sh")
 	script := "grep -E '^(CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp|Uid|Groups):' /proc/self/status; unshare -U true 2>&1 || echo unshare-failed"
 	caps := []string{"CAP_NET_BIND_SERVICE"}
 	out, msg := runExecStage(t, execRequest{
