@@ -192,11 +192,16 @@ func TestRegistrationAndKubeletRestart(t *testing.T) {
 	if n := len(regs[nitropod.ResourceEnclave].devices); n != nitropod.DefaultEnclaveSlots {
 		t.Errorf("%d slot devices, want %d", n, nitropod.DefaultEnclaveSlots)
 	}
-	p.waitMetric(t, `nitropod_deviceplugin_registered{resource="nitropod.io/enclave-memory"} 1`)
+	// The stub records a registration when the request arrives; the plugin
+	// counts itself registered only when kubelet's answer is back, so wait
+	// for every resource before reading /healthz.
+	for _, r := range Resources {
+		p.waitMetric(t, `nitropod_deviceplugin_registered{resource="`+r+`"} 1`)
+	}
 	p.waitMetric(t, `nitropod_deviceplugin_capacity{resource="nitropod.io/enclave-cpu"} 12`)
 	p.waitMetric(t, `nitropod_deviceplugin_allocatable{resource="nitropod.io/enclave-memory"} 48`)
 	p.waitMetric(t, `nitropod_deviceplugin_nitro_supported 1`)
-	if code, body := p.get(t, "/healthz"); code != http.StatusOK || !strings.Contains(body, "nitropod.io/enclave serving=true registered=true") {
+	if code, body := p.get(t, "/healthz"); code != http.StatusOK || strings.Contains(body, "registered=false") || strings.Count(body, "serving=true registered=true") != len(Resources) {
 		t.Errorf("/healthz = %d %q", code, body)
 	}
 
