@@ -11,7 +11,8 @@ import (
 // memory a hostile annotation can cost the shim.
 const (
 	// MaxEnclavesAnnotationBytes bounds the annotation's length.
-	MaxEnclavesAnnotationBytes = 16 << 10
+	// (Kubernetes bounds all of a Pod's annotations together at 256 KiB.)
+	MaxEnclavesAnnotationBytes = 256 << 10
 	// MaxEnclavesPerPod bounds the number of entries (Nitro runs at most 4
 	// enclaves on a host; the rest is headroom for larger hosts).
 	MaxEnclavesPerPod = 16
@@ -41,6 +42,10 @@ type Enclave struct {
 	Ports []int32 `json:"ports,omitempty"`
 	// Debug is true for a debug enclave (ANJ_ENCLAVE_DEBUG_MODE=yes).
 	Debug bool `json:"debug,omitempty"`
+	// Exec are the commands a production enclave may execute (see
+	// ExecPolicy): the container's exec probes and hooks and the ones
+	// listed in ExecCommandsAnnotation. They are measured into the EIF.
+	Exec [][]string `json:"exec,omitempty"`
 }
 
 // Validate reports what is wrong with e, naming the container.
@@ -58,6 +63,9 @@ func (e Enclave) Validate(container string) error {
 		if p < 1 || p > 65535 {
 			return fmt.Errorf("enclave of container %q: port %d is not between 1 and 65535", container, p)
 		}
+	}
+	if err := CheckExecCommands(container, e.Exec); err != nil {
+		return fmt.Errorf("enclave of %w", err)
 	}
 	return nil
 }
@@ -87,7 +95,7 @@ func ParseEnclaves(s string) (map[string]Enclave, error) {
 // MarshalEnclaves encodes m as the annotation's value. Map keys come out
 // sorted, so the value is deterministic.
 func MarshalEnclaves(m map[string]Enclave) string {
-	// A map of plain structs of integers cannot fail to marshal.
+	// A map of plain structs of integers and strings cannot fail to marshal.
 	b, _ := json.Marshal(m)
 	return string(b)
 }

@@ -148,8 +148,34 @@ func PlanContainer(spec *specs.Spec, cfg Config) (Plan, error) {
 	if err := secctx.Check(proc.Security); err != nil {
 		return Plan{}, fmt.Errorf("the container's security context cannot be applied inside the enclave: %w", err)
 	}
+	switch {
+	case p.Debug:
+		proc.Exec = &contract.ExecPolicy{Any: true}
+	case entry != nil && len(entry.Exec) > 0:
+		proc.Exec = &contract.ExecPolicy{Commands: entry.Exec}
+	}
 	p.Process = proc
 	return p, nil
+}
+
+// ExecFromAnnotation gives a production container that did not come
+// through Kubernetes (ctr run --annotation) the commands listed for id in
+// its nitropod.io/exec-commands annotation. A CRI container's list is the
+// webhook's (in nitropod.io/enclaves), which also holds the Pod's probes
+// and hooks; the Pod's own annotation is not read for it.
+func (p *Plan) ExecFromAnnotation(spec *specs.Spec, id string) error {
+	raw, ok := spec.Annotations[contract.ExecCommandsAnnotation]
+	if !ok || p.Debug || spec.Annotations[nitropod.CRIContainerType] != "" {
+		return nil
+	}
+	all, err := contract.ParseExecCommands(raw)
+	if err != nil {
+		return err
+	}
+	if cmds := all[id]; len(cmds) > 0 {
+		p.Process.Exec = &contract.ExecPolicy{Commands: cmds}
+	}
+	return nil
 }
 
 // InheritSandboxSysctls adds the Pod's sysctls to the enclave's process.

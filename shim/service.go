@@ -31,6 +31,7 @@ import (
 
 	nitropod "github.com/nitropod/nitropod"
 	"github.com/nitropod/nitropod/eifcache"
+	"github.com/nitropod/nitropod/shim/launcher"
 )
 
 func init() {
@@ -202,6 +203,9 @@ func (s *service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 		if err := plan.InheritSandboxSysctls(spec, r.Bundle); err != nil {
 			return nil, errdefs.ToGRPCf(errdefs.ErrInvalidArgument, "%v", err)
 		}
+		if err := plan.ExecFromAnnotation(spec, r.ID); err != nil {
+			return nil, errdefs.ToGRPCf(errdefs.ErrInvalidArgument, "%v", err)
+		}
 	}
 	if !plan.Enclave {
 		if r.Options, err = runcOptionsFor(r.Options, spec); err != nil {
@@ -250,7 +254,15 @@ func (s *service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		return s.runc.Start(ctx, r)
 	}
 	if r.ExecID != "" {
-		return nil, notSupported("exec")
+		p, err := t.exec(r.ExecID)
+		if err != nil {
+			return nil, err
+		}
+		pid, err := t.startExec(s, p)
+		if err != nil {
+			return nil, err
+		}
+		return &taskAPI.StartResponse{Pid: uint32(pid)}, nil
 	}
 	if err := t.start(s); err != nil {
 		return nil, errdefs.ToGRPC(err)
@@ -264,7 +276,11 @@ func (s *service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		return s.runc.Delete(ctx, r)
 	}
 	if r.ExecID != "" {
-		return nil, errdefs.ToGRPCf(errdefs.ErrNotFound, "exec %s not found", r.ExecID)
+		p, err := t.exec(r.ExecID)
+		if err != nil {
+			return nil, err
+		}
+		return t.deleteExec(p)
 	}
 	status, exitedAt := t.delete(ctx)
 	s.mu.Lock()
@@ -284,17 +300,36 @@ func notSupported(what string) error {
 }
 
 func (s *service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*ptypes.Empty, error) {
-	if s.get(r.ID) == nil {
+	t := s.get(r.ID)
+	if t == nil {
 		return s.runc.Exec(ctx, r)
 	}
-	return nil, notSupported("exec")
+	if err := t.addExec(r); err != nil {
+		return nil, err
+	}
+	s.send(&eventstypes.TaskExecAdded{ContainerID: r.ID, ExecID: r.ExecID})
+	return empty, nil
 }
 
 func (s *service) ResizePty(ctx context.Context, r *taskAPI.ResizePtyRequest) (*ptypes.Empty, error) {
-	if s.get(r.ID) == nil {
+	t := s.get(r.ID)
+	if t == nil {
 		return s.runc.ResizePty(ctx, r)
 	}
-	return empty, nil // no terminal: nothing to resize
+	if r.ExecID == "" {
+		return empty, nil // the app has no terminal: nothing to resize
+	}
+	p, err := t.exec(r.ExecID)
+	if err != nil {
+		return nil, err
+	}
+	if r.Height > 0xffff || r.Width > 0xffff {
+		return nil, errdefs.ToGRPCf(errdefs.ErrInvalidArgument, "terminal size %dx%d", r.Width, r.Height)
+	}
+	if err := p.send(launcher.ExecMsg{Type: launcher.ExecMsgResize, Rows: uint16(r.Height), Cols: uint16(r.Width)}); err != nil {
+		return nil, err
+	}
+	return empty, nil
 }
 
 func (s *service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.StateResponse, error) {
@@ -303,7 +338,11 @@ func (s *service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.
 		return s.runc.State(ctx, r)
 	}
 	if r.ExecID != "" {
-		return nil, errdefs.ToGRPCf(errdefs.ErrNotFound, "exec %s not found", r.ExecID)
+		p, err := t.exec(r.ExecID)
+		if err != nil {
+			return nil, err
+		}
+		return p.state(t), nil
 	}
 	return t.state(), nil
 }
@@ -328,7 +367,14 @@ func (s *service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*ptypes.Emp
 		return s.runc.Kill(ctx, r)
 	}
 	if r.ExecID != "" {
-		return nil, errdefs.ToGRPCf(errdefs.ErrNotFound, "exec %s not found", r.ExecID)
+		p, err := t.exec(r.ExecID)
+		if err != nil {
+			return nil, err
+		}
+		if err := p.kill(r.Signal); err != nil {
+			return nil, err
+		}
+		return empty, nil
 	}
 	if err := t.kill(ctx, r.Signal); err != nil {
 		return nil, errdefs.ToGRPC(err)
@@ -345,10 +391,19 @@ func (s *service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.Pi
 }
 
 func (s *service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*ptypes.Empty, error) {
-	if s.get(r.ID) == nil {
+	t := s.get(r.ID)
+	if t == nil {
 		return s.runc.CloseIO(ctx, r)
 	}
-	return empty, nil // the launcher owns stdin; it sees EOF when the writer closes
+	if r.ExecID != "" && r.Stdin {
+		p, err := t.exec(r.ExecID)
+		if err != nil {
+			return nil, err
+		}
+		// An exec that already ended has nothing to close.
+		_ = p.send(launcher.ExecMsg{Type: launcher.ExecMsgCloseStdin})
+	}
+	return empty, nil // the launcher owns the app's stdin; it sees EOF when the writer closes
 }
 
 func (s *service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskRequest) (*ptypes.Empty, error) {
@@ -375,7 +430,11 @@ func (s *service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.Wa
 		return s.runc.Wait(ctx, r)
 	}
 	if r.ExecID != "" {
-		return nil, errdefs.ToGRPCf(errdefs.ErrNotFound, "exec %s not found", r.ExecID)
+		p, err := t.exec(r.ExecID)
+		if err != nil {
+			return nil, err
+		}
+		return p.wait(ctx)
 	}
 	select {
 	case <-t.exited:

@@ -68,6 +68,8 @@ type enclaveTask struct {
 	exited     chan struct{}
 	exitStatus int
 	exitedAt   time.Time
+	// execs are the container's execs by exec id (exec.go).
+	execs map[string]*execProcess
 }
 
 // createEnclave gets the EIF, starts the launcher in the container's cgroup
@@ -417,6 +419,7 @@ func (t *enclaveTask) delete(ctx context.Context) (int, time.Time) {
 	if err := unmountRootfs(filepath.Join(t.bundle, "rootfs")); err != nil {
 		log.G(ctx).WithError(err).Warn("unmounting rootfs")
 	}
+	t.closeExecs()
 	t.entry.Release()
 	t.ready.Close() // a container deleted without Start still holds it
 	_ = os.Remove(filepath.Join(t.bundle, stateFile))

@@ -1,6 +1,10 @@
 package ramdisk
 
-import specs "github.com/opencontainers/runtime-spec/specs-go"
+import (
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/nitropod/nitropod/contract"
+)
 
 // The layout that nitropod's builder writes and nitropod-init reads. It follows
 // AWS's (docs/EIF-FORMAT.md "Ramdisks"): the bootstrap ramdisk (ramdisk 0, measured
@@ -49,6 +53,11 @@ type Process struct {
 	// attestation HTTP API (docs/ATTESTATION.md): 0 is the default,
 	// DefaultAttestationPort; -1 turns the API off.
 	AttestationPort int `json:"attestationPort,omitempty"`
+	// Exec says which commands init executes on request of the host
+	// (kubectl exec, exec probes and hooks): any in a debug enclave, else
+	// only the listed argv vectors, matched exactly. nil refuses every
+	// exec; being measured, the list is part of the enclave's PCRs.
+	Exec *contract.ExecPolicy `json:"exec,omitempty"`
 }
 
 // DefaultAttestationPort is where init serves the attestation HTTP API on

@@ -15,11 +15,17 @@
 //   - nsm: in emulation, the emulated Nitro Secure Module: init sends each
 //     request an app made on /dev/nsm, the host answers (see KindNSM and
 //     docs/ATTESTATION.md).
+//   - exec: one process init runs next to the app on the host's request
+//     (kubectl exec, exec probes and hooks), with its stdio, terminal size,
+//     signals and exit status on that one stream; init runs only what the
+//     measured process description allows (see KindExec).
 //
 // Messages and headers are framed as a 4-byte big-endian length followed by
 // JSON. Nothing that arrives over the channel changes which code runs: the
 // process is measured in the EIF, the channel only starts it, signals it and
-// carries its I/O.
+// carries its I/O. Exec streams run only commands the measured process
+// description lists, or any command when it says so (debug enclaves, whose
+// measurement thus differs from a production one).
 //
 // Before yamux starts, init sends the Nitro heartbeat byte (0xB7) and waits
 // for its echo: on Nitro to CID 3 port 9000 (nitro-cli answers), in emulation

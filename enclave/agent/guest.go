@@ -37,6 +37,8 @@ type Guest struct {
 	nsmOnce   sync.Once
 	nsmMu     sync.Mutex // serialises NSM round trips
 	nsmBroken bool
+
+	execHandler ExecHandler // exec.go
 }
 
 // GuestConfig configures NewGuest.
@@ -121,6 +123,8 @@ func (g *Guest) handle(s *yamux.Stream) {
 		Splice(s, c)
 	case KindNSM:
 		g.nsmStream(s)
+	case KindExec:
+		g.execStream(s)
 	default:
 		s.Close()
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"sync"
 	"syscall"
@@ -38,6 +37,7 @@ func Main() int {
 type initState struct {
 	console io.Writer
 	guest   *agent.Guest
+	reaper  *reaper
 }
 
 func (i *initState) logf(format string, args ...any) {
@@ -74,6 +74,8 @@ func (i *initState) run() {
 		return
 	}
 	i.startAttestationAPI(proc) // nsm_linux.go
+	i.reaper = newReaper()
+	i.guest.SetExecHandler(i.execHandler(proc)) // exec_linux.go
 	if err := i.runApp(proc); err != nil {
 		i.fail(err)
 	}
@@ -321,11 +323,11 @@ func (i *initState) runApp(proc *ramdisk.Process) error {
 	}
 	childFiles := []uintptr{pipes[0][0].Fd(), pipes[1][1].Fd(), pipes[2][1].Fd()}
 
-	sigchld := make(chan os.Signal, 1)
-	signal.Notify(sigchld, unix.SIGCHLD)
 	groups := make([]uint32, len(proc.AdditionalGIDs))
 	copy(groups, proc.AdditionalGIDs)
-	pid, err := startApp(proc, path, env, cwd, childFiles, groups)
+	pid, exited, err := i.reaper.spawn(func() (int, error) {
+		return startApp(proc, path, env, cwd, childFiles, groups)
+	})
 	for n := range pipes {
 		// The child's ends belong to the child now.
 		if n == 0 {
@@ -358,7 +360,7 @@ func (i *initState) runApp(proc *ramdisk.Process) error {
 		}
 	}()
 
-	ws := reap(pid, sigchld)
+	ws := <-exited
 	// Drain the app's output; a leftover child holding the pipes open
 	// must not keep the enclave alive.
 	drained := make(chan struct{})
@@ -387,28 +389,6 @@ func forkExec(path string, args, env []string, cwd string, files []uintptr, uid,
 		Credential: &syscall.Credential{Uid: uid, Gid: gid, Groups: groups},
 	}
 	return syscall.ForkExec(path, args, &syscall.ProcAttr{Dir: cwd, Env: env, Files: files, Sys: attr})
-}
-
-// reap reaps every child until pid exits and returns its status.
-func reap(pid int, sigchld <-chan os.Signal) syscall.WaitStatus {
-	tick := time.NewTicker(time.Second) // in case a SIGCHLD coalesced
-	defer tick.Stop()
-	for {
-		for {
-			var ws syscall.WaitStatus
-			p, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
-			if err != nil || p <= 0 {
-				break
-			}
-			if p == pid {
-				return ws
-			}
-		}
-		select {
-		case <-sigchld:
-		case <-tick.C:
-		}
-	}
 }
 
 func (i *initState) powerOff() {

@@ -68,7 +68,23 @@ func startApp(proc *ramdisk.Process, path string, env []string, cwd string, file
 	if err := applyFilesystem(proc.Security); err != nil {
 		return 0, fmt.Errorf("applying the security context: %w", err)
 	}
-	req, err := json.Marshal(execRequest{Path: path, Args: proc.Args, Env: env, UID: proc.UID, GID: proc.GID, Groups: groups, Security: proc.Security})
+	return startProcess(proc, proc.Args, path, env, cwd, files, groups, false)
+}
+
+// startProcess starts args (path resolved) with proc's user, groups and
+// security context through the exec stage (forkExec without a context),
+// in a new session; tty makes files[0] its controlling terminal. The
+// filesystem part of the context is already applied (startApp did).
+func startProcess(proc *ramdisk.Process, args []string, path string, env []string, cwd string, files []uintptr, groups []uint32, tty bool) (int, error) {
+	if proc.Security == nil {
+		attr := &syscall.SysProcAttr{
+			Setsid:     true,
+			Setctty:    tty,
+			Credential: &syscall.Credential{Uid: proc.UID, Gid: proc.GID, Groups: groups},
+		}
+		return syscall.ForkExec(path, args, &syscall.ProcAttr{Dir: cwd, Env: env, Files: files, Sys: attr})
+	}
+	req, err := json.Marshal(execRequest{Path: path, Args: args, Env: env, UID: proc.UID, GID: proc.GID, Groups: groups, Security: proc.Security})
 	if err != nil {
 		return 0, err
 	}
@@ -88,7 +104,7 @@ func startApp(proc *ramdisk.Process, path string, env []string, cwd string, file
 		Dir:   cwd,
 		Env:   []string{},
 		Files: append(append([]uintptr{}, files...), reqR.Fd(), errW.Fd()),
-		Sys:   &syscall.SysProcAttr{Setsid: true},
+		Sys:   &syscall.SysProcAttr{Setsid: true, Setctty: tty},
 	}
 	pid, err := syscall.ForkExec("/proc/self/exe", []string{"nitropod-init", ExecStageArg}, attr)
 	if err != nil {

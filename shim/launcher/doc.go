@@ -11,7 +11,8 @@
 //     boots the enclave through the configured backend and starts the app
 //     over the agent channel (enclave.Start),
 //  5. copies the app's stdout/stderr into the FIFOs, forwards SIGTERM/SIGINT
-//     to the app, and exits with the app's exit status.
+//     to the app, runs the shim's execs in the enclave (ExecSocket: the
+//     agent's exec streams), and exits with the app's exit status.
 //
 // To the shim the launcher is the container's init process: its pid is the
 // task pid, its exit is the task exit. The enclave record written next to the

@@ -188,6 +188,11 @@ func Run(ctx context.Context, spec Spec, start io.Reader, ready io.WriteCloser, 
 	if err := writeRecord(spec.Bundle, Record{Backend: spec.Backend.Name, EnclaveID: sess.Enclave().ID(), EnclaveName: spec.ID, CID: sess.Enclave().CID(), NitroCLI: spec.Backend.NitroCLI}); err != nil {
 		logger.Printf("writing enclave record: %v", err)
 	}
+	stopExec, err := ServeExec(spec.Bundle, sess, logger)
+	if err != nil {
+		logger.Printf("exec is unavailable: %v", err)
+		stopExec = func() {}
+	}
 	go func() {
 		for sig := range sigs {
 			if sig == unix.SIGWINCH {
@@ -199,6 +204,7 @@ func Run(ctx context.Context, spec Spec, start io.Reader, ready io.WriteCloser, 
 		}
 	}()
 	st, err := sess.Wait()
+	stopExec()
 	if err != nil {
 		logger.Printf("enclave ended: %v", err)
 		if rio.Stderr != nil {
