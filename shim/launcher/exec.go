@@ -169,9 +169,12 @@ func serveExec(c net.Conn, e Execer, logger *log.Logger) {
 		send(ExecMsg{Type: ExecMsgError, Error: fmt.Sprintf("bad exec request: %v", err)})
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// The FIFOs' opens complete in the background (stdin's once its writer
+	// opens it) and are abandoned when ctx ends: it lasts as long as the
+	// exec.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	stdio, err := openExecStdio(ctx, spec)
-	cancel()
 	if err != nil {
 		send(ExecMsg{Type: ExecMsgError, Error: err.Error()})
 		return
@@ -218,14 +221,17 @@ func serveExec(c net.Conn, e Execer, logger *log.Logger) {
 	if stdio.stdin != nil {
 		go func() {
 			b := make([]byte, agent.MaxExecPayload)
+			total := 0
 			for {
 				n, err := stdio.stdin.Read(b)
 				if n > 0 {
+					total += n
 					if x.Write(agent.ExecStdin, b[:n]) != nil {
 						return
 					}
 				}
 				if err != nil {
+					logger.Printf("exec %s: stdin ended after %d bytes: %v", spec.ID, total, err)
 					eofStdin()
 					return
 				}
@@ -304,7 +310,9 @@ func openExecStdio(ctx context.Context, spec ExecSpec) (*execStdio, error) {
 		if o.path == "" {
 			continue
 		}
-		f, err := fifo.OpenFifo(ctx, o.path, unix.O_WRONLY, 0)
+		octx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		f, err := fifo.OpenFifo(octx, o.path, unix.O_WRONLY, 0)
+		cancel()
 		if err != nil {
 			s.close()
 			return nil, fmt.Errorf("opening exec output fifo %s: %w", o.path, err)
