@@ -166,11 +166,13 @@ func (c *converter) convert() {
 	c.hostNamespaces()
 	license := c.licenseVolume()
 
+	extraExec := c.execCommands()
 	enclaves := make(map[string]contract.Enclave, len(spec.Containers))
 	for i := range spec.Containers {
 		ctr := &spec.Containers[i]
 		e, ok := c.container(ctr, license)
 		if ok {
+			e.Exec = c.containerExec(ctr, extraExec[ctr.Name])
 			enclaves[ctr.Name] = e
 		}
 	}
@@ -208,13 +210,14 @@ var userAnnotations = map[string]bool{
 	nitropod.ExpectedPCR0Annotation: true,
 	nitropod.ExpectedPCR8Annotation: true,
 	nitropod.EnclavesAnnotation:     true,
+	contract.ExecCommandsAnnotation: true,
 }
 
 func (c *converter) reservedAnnotations() {
 	for _, k := range slices.Sorted(maps.Keys(c.pod.Annotations)) {
 		if strings.HasPrefix(k, nitropod.AnnotationPrefix) && !userAnnotations[k] {
-			c.deny("annotation %s is reserved for nitropod; remove it (a Pod may set only %s and %s)",
-				k, nitropod.ExpectedPCR0Annotation, nitropod.ExpectedPCR8Annotation)
+			c.deny("annotation %s is reserved for nitropod; remove it (a Pod may set only %s, %s and %s)",
+				k, nitropod.ExpectedPCR0Annotation, nitropod.ExpectedPCR8Annotation, contract.ExecCommandsAnnotation)
 		}
 	}
 }
@@ -519,4 +522,53 @@ func (c *converter) debugMode(ctr *corev1.Container) bool {
 		c.warn("container %s: %s is %q, not %q: the enclave runs in production mode", ctr.Name, nitropod.DebugModeEnv, env.Value, nitropod.DebugModeValue)
 		return false
 	}
+}
+
+// execCommands reads the commands the Pod's author allows in production
+// enclaves (contract.ExecCommandsAnnotation), by container.
+func (c *converter) execCommands() map[string][][]string {
+	raw, ok := c.pod.Annotations[contract.ExecCommandsAnnotation]
+	if !ok {
+		return nil
+	}
+	m, err := contract.ParseExecCommands(raw)
+	if err != nil {
+		c.deny("%v", err)
+		return nil
+	}
+	names := map[string]bool{}
+	for _, ctr := range c.pod.Spec.Containers {
+		names[ctr.Name] = true
+	}
+	for _, name := range slices.Sorted(maps.Keys(m)) {
+		if !names[name] {
+			c.deny("annotation %s lists commands for container %s, which the Pod does not have; use the name of one of its containers", contract.ExecCommandsAnnotation, contract.Clip(name))
+		}
+	}
+	return m
+}
+
+// containerExec is the list of commands a production enclave of ctr may
+// execute: its exec probes and postStart/preStop exec hooks, which kubelet
+// runs with exactly these argv vectors, then the author's extra ones.
+func (c *converter) containerExec(ctr *corev1.Container, extra [][]string) [][]string {
+	var cmds [][]string
+	for _, p := range []*corev1.Probe{ctr.LivenessProbe, ctr.ReadinessProbe, ctr.StartupProbe} {
+		if p != nil && p.Exec != nil && len(p.Exec.Command) > 0 {
+			cmds = contract.MergeExecCommands(cmds, p.Exec.Command)
+		}
+	}
+	if l := ctr.Lifecycle; l != nil {
+		for _, h := range []*corev1.LifecycleHandler{l.PostStart, l.PreStop} {
+			if h != nil && h.Exec != nil && len(h.Exec.Command) > 0 {
+				cmds = contract.MergeExecCommands(cmds, h.Exec.Command)
+			}
+		}
+	}
+	cmds = contract.MergeExecCommands(cmds, extra...)
+	if err := contract.CheckExecCommands(ctr.Name, cmds); err != nil {
+		c.deny("%v (exec probes, lifecycle hooks and %s together); shorten the list", err, contract.ExecCommandsAnnotation)
+		return nil
+	}
+	return cmds
 }

@@ -268,9 +268,9 @@ func serveExec(c net.Conn, e Execer, logger *log.Logger) {
 		}
 		switch t {
 		case agent.ExecStdout:
-			stdio.stdout.Write(p)
+			_, _ = stdio.stdout.Write(p)
 		case agent.ExecStderr:
-			stdio.stderr.Write(p)
+			_, _ = stdio.stderr.Write(p)
 		case agent.ExecExit:
 			v, err := agent.ParseUint32s(p, 2)
 			if err != nil {
