@@ -74,7 +74,7 @@ func TestPlanContainer(t *testing.T) {
 				"A=1", nitropod.EnvCPUIDs+"=2-3,6,7", nitropod.EnvMemoryMiB+"=1024", nitropod.EnvEnclaveSlot+"=1", nitropod.DebugModeEnv+"=yes"),
 			want: Plan{Enclave: true, CPUs: 2, MemoryMiB: 512, Pod: PodRef{"ns", "pod", "app"}, Debug: true, Ports: []uint16{80, 8080}, Process: ramdisk.Process{
 				Args: []string{"sh", "-c", "echo hi"}, Env: []string{"A=1", nitropod.DebugModeEnv + "=yes"}, Cwd: "/work", UID: 1000, GID: 1000,
-				AdditionalGIDs: []uint32{10}, Hostname: "pod-a", Ports: []uint16{80, 8080},
+				AdditionalGIDs: []uint32{10}, Hostname: "pod-a", Ports: []uint16{80, 8080}, Exec: &contract.ExecPolicy{Any: true},
 			}},
 		},
 		{
@@ -239,5 +239,58 @@ func TestApplyAllocation(t *testing.T) {
 		if p.Allocated || p.MemoryMiB != cfg.DefaultMemoryMiB {
 			t.Errorf("env %s: the refused plan was sized anyway: %+v", env, p)
 		}
+	}
+}
+
+// TestPlanExecPolicy: the measured exec policy is "any" for a debug
+// enclave, the webhook's list for a production CRI container (the Pod's
+// own exec-commands annotation is not read for it), and for a container
+// created without Kubernetes the annotation's entry named by its id.
+func TestPlanExecPolicy(t *testing.T) {
+	cfg := DefaultConfig()
+	criAnn := map[string]string{nitropod.CRIContainerType: nitropod.CRIContainerTypeApp, nitropod.CRIContainerName: "app",
+		nitropod.CRISandboxNamespace: "ns", nitropod.CRISandboxName: "pod",
+		nitropod.EnclavesAnnotation:     `{"app":{"cpu":2,"memoryMiB":512,"exec":[["cat","/tmp/ok"]]}}`,
+		contract.ExecCommandsAnnotation: `{"app":[["sh"]]}`}
+	spec := testSpec(criAnn)
+	p, err := PlanContainer(spec, cfg)
+	if err == nil {
+		err = p.ExecFromAnnotation(spec, "ctr-id")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(&contract.ExecPolicy{Commands: [][]string{{"cat", "/tmp/ok"}}}, p.Process.Exec); diff != "" {
+		t.Errorf("CRI container policy (-want +got):\n%s", diff)
+	}
+
+	spec = testSpec(map[string]string{contract.ExecCommandsAnnotation: `{"ctr-id":[["sh","-c","exit 4"]],"other":[["sh"]]}`})
+	p, err = PlanContainer(spec, cfg)
+	if err == nil {
+		err = p.ExecFromAnnotation(spec, "ctr-id")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(&contract.ExecPolicy{Commands: [][]string{{"sh", "-c", "exit 4"}}}, p.Process.Exec); diff != "" {
+		t.Errorf("ctr container policy (-want +got):\n%s", diff)
+	}
+
+	spec = testSpec(map[string]string{contract.ExecCommandsAnnotation: `{"ctr-id":[[""]]}`})
+	p, err = PlanContainer(spec, cfg)
+	if err == nil {
+		err = p.ExecFromAnnotation(spec, "ctr-id")
+	}
+	if err == nil {
+		t.Error("an invalid exec-commands annotation was accepted")
+	}
+
+	spec = testSpec(nil, nitropod.DebugModeEnv+"="+nitropod.DebugModeValue)
+	if p, err = PlanContainer(spec, cfg); err != nil || p.Process.Exec == nil || !p.Process.Exec.Any {
+		t.Errorf("debug container policy %+v, %v: want any", p.Process.Exec, err)
+	}
+	spec = testSpec(nil)
+	if p, err = PlanContainer(spec, cfg); err != nil || p.Process.Exec != nil {
+		t.Errorf("production container without a list: policy %+v, %v: want none", p.Process.Exec, err)
 	}
 }
