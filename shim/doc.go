@@ -51,8 +51,14 @@
 //     which forwards it to the app.
 //   - Delete frees the launcher, the cgroup, any mount and the cache
 //     reference. Stats returns the cgroup's metrics; Update changes the
-//     launcher limits; Exec, Pause, Resume and Checkpoint are refused as
-//     not supported for enclave containers.
+//     launcher limits; Pause, Resume and Checkpoint are refused as not
+//     supported for enclave containers.
+//   - Exec, and Start, Kill, ResizePty, CloseIO, State, Wait and Delete of
+//     an exec id, run a process inside the enclave through the launcher
+//     (exec.go, launcher.ExecSocket) and init; a production enclave runs
+//     only the commands measured into it (contract.ExecPolicy), and init's
+//     refusal is Start's error. TaskExecAdded, TaskExecStarted and the
+//     exec's TaskExit carry the exec id.
 //
 // `delete` (containerd cleaning up after a shim it lost) reads the state
 // file the shim wrote into the bundle and kills the launcher, QEMU and the
