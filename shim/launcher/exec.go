@@ -65,6 +65,10 @@ type ExecMsg struct {
 	Error  string `json:"error,omitempty"`
 }
 
+// stdinDrain bounds how long an exec's stdin FIFO is still read after the
+// shim's close-stdin.
+const stdinDrain = 2 * time.Second
+
 // maxExecConns bounds the execs one launcher serves at once.
 const maxExecConns = 64
 
@@ -208,35 +212,38 @@ func serveExec(c net.Conn, e Execer, logger *log.Logger) {
 	logger.Printf("exec %s started (pid %d in the enclave)", spec.ID, pid)
 	send(ExecMsg{Type: ExecMsgStarted, Pid: pid})
 
-	// stdin: the FIFO until EOF or the shim's close-stdin.
+	// stdin: the FIFO until EOF. The shim's close-stdin (containerd's
+	// CloseIO, which CRI sends right after it wrote the last input into
+	// the FIFO and closed it) lets the reader drain what the FIFO still
+	// holds first, for up to stdinDrain.
 	var stdinOnce sync.Once
-	eofStdin := func() {
-		stdinOnce.Do(func() {
-			_ = x.Write(agent.ExecStdinEOF, nil)
-			if stdio.stdin != nil {
-				stdio.stdin.Close()
-			}
-		})
-	}
+	sendEOF := func() { stdinOnce.Do(func() { _ = x.Write(agent.ExecStdinEOF, nil) }) }
+	stdinDone := make(chan struct{})
+	closeStdin := sendEOF
 	if stdio.stdin != nil {
 		go func() {
+			defer close(stdinDone)
 			b := make([]byte, agent.MaxExecPayload)
-			total := 0
 			for {
 				n, err := stdio.stdin.Read(b)
 				if n > 0 {
-					total += n
 					if x.Write(agent.ExecStdin, b[:n]) != nil {
 						return
 					}
 				}
 				if err != nil {
-					logger.Printf("exec %s: stdin ended after %d bytes: %v", spec.ID, total, err)
-					eofStdin()
+					sendEOF()
 					return
 				}
 			}
 		}()
+		closeStdin = func() {
+			select {
+			case <-stdinDone:
+			case <-time.After(stdinDrain):
+				stdio.stdin.Close()
+			}
+		}
 	}
 	// The shim's requests.
 	go func() {
@@ -253,7 +260,7 @@ func serveExec(c net.Conn, e Execer, logger *log.Logger) {
 					_ = x.Write(agent.ExecSignal, agent.Uint32s(uint32(m.Signal)))
 				}
 			case ExecMsgCloseStdin:
-				eofStdin()
+				go closeStdin()
 			}
 		}
 	}()
