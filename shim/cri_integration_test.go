@@ -111,7 +111,7 @@ func TestCRIPodWithEnclave(t *testing.T) {
 		"hostname":      "nitro-pod",
 		"log_directory": logDir,
 		"annotations": map[string]string{
-			nitropod.EnclavesAnnotation: `{"app":{"cpu":2,"memoryMiB":256,"ports":[8080]}}`,
+			nitropod.EnclavesAnnotation: `{"app":{"cpu":2,"memoryMiB":256,"ports":[8080],"exec":[["cat","/www/index.html"]]}}`,
 		},
 		"linux": map[string]any{},
 	})
@@ -194,9 +194,13 @@ func TestCRIPodWithEnclave(t *testing.T) {
 	} else if !strings.Contains(out, "memory") {
 		t.Errorf("crictl stats output lacks memory: %s", out)
 	}
-	// exec is refused with a clear error.
-	if out, err := cc.run(ctx, "exec", ctrID, "true"); err == nil || !strings.Contains(out, "not supported for enclave containers") {
-		t.Errorf("crictl exec: err=%v out=%q, want 'not supported for enclave containers'", err, out)
+	// A production enclave runs the command measured into it (from the
+	// webhook's annotation) and refuses any other with the reason.
+	if out, err := cc.run(ctx, "exec", ctrID, "cat", "/www/index.html"); err != nil || strings.TrimSpace(out) != "pong" {
+		t.Errorf("crictl exec of the measured command: err=%v out=%q, want pong", err, out)
+	}
+	if out, err := cc.run(ctx, "exec", ctrID, "true"); err == nil || !strings.Contains(out, "production enclaves run only measured commands") {
+		t.Errorf("crictl exec: err=%v out=%q, want the production refusal", err, out)
 	}
 	// A Pod the webhook did not annotate: the image's EXPOSEd port is
 	// forwarded.
