@@ -69,7 +69,7 @@ lint: ## golangci-lint (pinned in hack/tools/go.mod) and go vet.
 	$(GO) vet ./...
 	$(GO) tool -modfile=hack/tools/go.mod golangci-lint run ./...
 
-.PHONY: bench bench-eif bench-agent bench-shim bench-deviceplugin bench-webhook bench-s3 bench-attestation
+.PHONY: bench bench-eif bench-agent bench-shim bench-deviceplugin bench-webhook bench-s3 bench-attestation bench-exec
 bench: bench-eif bench-agent bench-deviceplugin bench-webhook bench-shim bench-s3 ## Every benchmark (results go to BENCHMARKS.md by hand).
 bench-eif: ## EIF build from a synthetic 256 MiB / 1 GiB rootfs vs sha384sum of a tar.
 	hack/bench-eif.sh
@@ -77,6 +77,8 @@ bench-agent: build ## Agent channel throughput and time to first output line und
 	hack/bench-agent.sh
 bench-shim: build ## Shim + launcher RSS vs runc shim; Create→Start on a cache hit.
 	hack/bench-shim.sh
+bench-exec: build ## `ctr task exec … true` round trip, debug enclave vs runc; time inside the agent channel vs host side.
+	hack/bench-exec.sh
 bench-deviceplugin: ## ListAndWatch size for a 768 GiB / 192-CPU node; Allocate latency.
 	hack/bench-deviceplugin.sh
 bench-webhook: build ## Webhook latency/throughput over TLS vs a null handler.

@@ -16,7 +16,7 @@ import (
 )
 
 // killOnCleanup kills and deletes container id when the test ends.
-func (e *env) killOnCleanup(t *testing.T, id string) {
+func (e *env) killOnCleanup(t testing.TB, id string) {
 	t.Cleanup(func() {
 		c, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()

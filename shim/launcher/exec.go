@@ -184,6 +184,7 @@ func serveExec(c net.Conn, e Execer, logger *log.Logger) {
 		return
 	}
 	defer stdio.close()
+	t0 := time.Now()
 	x, err := e.Exec(agent.ExecRequest{Args: spec.Args, TTY: spec.Terminal, Rows: spec.Rows, Cols: spec.Cols, Stdin: stdio.stdin != nil})
 	if err != nil {
 		send(ExecMsg{Type: ExecMsgError, Error: fmt.Sprintf("exec in the enclave: %v", err)})
@@ -285,7 +286,9 @@ func serveExec(c net.Conn, e Execer, logger *log.Logger) {
 			}
 			// Output is complete once the FIFOs are closed.
 			stdio.close()
-			logger.Printf("exec %s exited: code %d signal %d", spec.ID, v[0], v[1])
+			// "in the enclave": from the request on the agent channel to the
+			// exit status (make bench-exec reads it).
+			logger.Printf("exec %s exited: code %d signal %d; %dus in the enclave", spec.ID, v[0], v[1], time.Since(t0).Microseconds())
 			send(ExecMsg{Type: ExecMsgExit, Code: int(v[0]), Signal: int(v[1])})
 			return
 		}
