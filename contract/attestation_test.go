@@ -6,7 +6,7 @@ import (
 )
 
 func TestParseAttestationPort(t *testing.T) {
-	for in, want := range map[string]int{"": 0, "off": AttestationPortOff, "9443": 9443, " 1 ": 1, "65535": 65535} {
+	for in, want := range map[string]int{"": 0, "off": AttestationPortOff, "9443": 9443, "1": 1, "65535": 65535} {
 		got, err := ParseAttestationPort(in)
 		if err != nil || got != want {
 			t.Errorf("ParseAttestationPort(%q) = %d, %v; want %d", in, got, err, want)
