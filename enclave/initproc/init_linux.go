@@ -124,7 +124,7 @@ func (i *initState) boot() error {
 	if err != nil {
 		return stage("opening the agent channel", err)
 	}
-	g, err := agent.NewGuest(conn, agent.GuestConfig{})
+	g, err := agent.NewGuest(conn, agent.GuestConfig{Streams: i.netStreams()}) // net_linux.go
 	if err != nil {
 		return stage("opening the agent channel", err)
 	}

@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nitropod/nitropod/enclave"
+	"github.com/nitropod/nitropod/enclave/podnet"
 )
 
 // Main is the launcher's entry point: nitropod-launcher SPECFILE, with the
@@ -127,6 +128,20 @@ func Run(ctx context.Context, spec Spec, start io.Reader, ready io.WriteCloser, 
 		rio.Publish = append(rio.Publish, enclave.PortMapping{HostAddr: ":" + strconv.Itoa(int(p)), EnclavePort: p})
 	}
 	rio.Progress = func(stage string) { logger.Print(stage) }
+	// The enclave's network (enclave/podnet): egress leaves from the Pod's
+	// namespace with the Pod IP, every port the app listens on is
+	// published there.
+	ns, err := podnet.OpenNS(spec.NetNS)
+	if err != nil {
+		fmt.Fprintf(ready, "error: %v\n", err)
+		return ExitSetupFailed
+	}
+	defer ns.Close()
+	netCfg := &podnet.HostConfig{Net: ns, AutoListen: true, Logf: logger.Printf}
+	if spec.NetNS != "" {
+		netCfg.Addr = ns.PodAddr()
+	}
+	rio.Net = netCfg
 
 	if spec.Backend.Name == "nitro-cli" {
 		if err := writeRecord(spec.Bundle, Record{Backend: spec.Backend.Name, EnclaveName: spec.ID, NitroCLI: spec.Backend.NitroCLI}); err != nil {
