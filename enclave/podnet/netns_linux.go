@@ -91,6 +91,9 @@ func (n *NS) do(ctx context.Context, fn func()) error {
 	return nil
 }
 
+// Do runs fn on a thread of the namespace: sockets fn makes are in it.
+func (n *NS) Do(fn func()) error { return n.do(context.Background(), fn) }
+
 // DialContext dials from the namespace.
 func (n *NS) DialContext(ctx context.Context, network, addr string) (c net.Conn, err error) {
 	if e := n.do(ctx, func() {
