@@ -33,6 +33,8 @@ const (
 
 type fixture struct {
 	pod, enc *NS
+	podPath  string
+	gcfg     GuestConfig
 	host     *Host
 	client   *agent.Client
 }
@@ -59,6 +61,14 @@ func netns(t testing.TB, name string) *NS {
 
 func newFixture(t testing.TB, lim Limits) *fixture {
 	t.Helper()
+	f := newNamespaces(t)
+	f.attach(t, lim)
+	return f
+}
+
+// newNamespaces makes the pod and enc namespaces.
+func newNamespaces(t testing.TB) *fixture {
+	t.Helper()
 	if tt, ok := t.(*testing.T); ok {
 		testenv.Integration(tt)
 	}
@@ -70,14 +80,20 @@ func newFixture(t testing.TB, lim Limits) *fixture {
 		testenv.Missing(t, "/dev/net/tun")
 	}
 	id := fmt.Sprintf("%d-%d", os.Getpid(), rand.IntN(1<<30))
-	f := &fixture{pod: netns(t, "np-pod-"+id), enc: netns(t, "np-enc-"+id)}
+	f := &fixture{pod: netns(t, "np-pod-"+id), enc: netns(t, "np-enc-"+id), podPath: "/run/netns/np-pod-" + id}
 	run(t, "ip", "-n", "np-pod-"+id, "addr", "add", podIP+"/32", "dev", "lo")
 	run(t, "ip", "-n", "np-pod-"+id, "addr", "add", clientIP+"/32", "dev", "lo")
 
 	// The enclave side's /proc/net is the enc namespace's: a thread in it.
 	var tid int
 	_ = f.enc.do(context.Background(), func() { tid = unix.Gettid() })
-	gcfg := GuestConfig{ProcNet: fmt.Sprintf("/proc/%d/task/%d/net", os.Getpid(), tid), PollInterval: 50 * time.Millisecond}
+	f.gcfg = GuestConfig{ProcNet: fmt.Sprintf("/proc/%d/task/%d/net", os.Getpid(), tid), PollInterval: 50 * time.Millisecond}
+	return f
+}
+
+// attach joins the namespaces with a Host over the agent channel.
+func (f *fixture) attach(t testing.TB, lim Limits) {
+	t.Helper()
 
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -93,14 +109,7 @@ func newFixture(t testing.TB, lim Limits) *fixture {
 		}
 	}
 	hc, gc := conns[0], conns[1]
-	g, err := agent.NewGuest(gc, agent.GuestConfig{Streams: map[string]func(net.Conn){
-		KindPackets: func(s net.Conn) {
-			// Set up the device on a thread of the enc namespace; the
-			// copying goes on from any thread (the fd is the device).
-			_ = f.enc.do(context.Background(), func() { ServePackets(s, gcfg) })
-		},
-		KindPorts: func(s net.Conn) { ServePorts(s, gcfg) },
-	}})
+	g, err := agent.NewGuest(gc, agent.GuestConfig{Streams: f.guestStreams()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +129,18 @@ func newFixture(t testing.TB, lim Limits) *fixture {
 	if err := f.host.Attach(ctx, f.client); err != nil {
 		t.Fatal(err)
 	}
-	return f
+}
+
+// guestStreams are init's handlers, run in the enc namespace.
+func (f *fixture) guestStreams() map[string]func(net.Conn) {
+	return map[string]func(net.Conn){
+		KindPackets: func(s net.Conn) {
+			// Set up the device on a thread of the enc namespace; the
+			// copying goes on from any thread (the fd is the device).
+			_ = f.enc.do(context.Background(), func() { ServePackets(s, f.gcfg) })
+		},
+		KindPorts: func(s net.Conn) { ServePorts(s, f.gcfg) },
+	}
 }
 
 // waitListening waits until the host published port (or, with want false,
