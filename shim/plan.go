@@ -115,6 +115,14 @@ func PlanContainer(spec *specs.Spec, cfg Config) (Plan, error) {
 		GID:      spec.Process.User.GID,
 		Hostname: spec.Hostname,
 	}
+	if raw, ok := ann[nitropod.EgressAllowAnnotation]; ok {
+		rules, err := contract.ParseEgressAllow(raw)
+		if err != nil {
+			return Plan{}, fmt.Errorf("annotation %s: %w", nitropod.EgressAllowAnnotation, err)
+		}
+		allow := rules.Strings()
+		proc.EgressAllow = &allow
+	}
 	for _, g := range spec.Process.User.AdditionalGids {
 		if g != proc.GID {
 			proc.AdditionalGIDs = append(proc.AdditionalGIDs, g)

@@ -162,6 +162,7 @@ func (c *converter) convert() {
 	c.reservedAnnotations()
 	c.reservedEnv()
 	c.imageLocation()
+	c.egressAllow()
 	c.launcherResources()
 	c.hostNamespaces()
 	license := c.licenseVolume()
@@ -208,13 +209,14 @@ var userAnnotations = map[string]bool{
 	nitropod.ExpectedPCR0Annotation: true,
 	nitropod.ExpectedPCR8Annotation: true,
 	nitropod.EnclavesAnnotation:     true,
+	nitropod.EgressAllowAnnotation:  true,
 }
 
 func (c *converter) reservedAnnotations() {
 	for _, k := range slices.Sorted(maps.Keys(c.pod.Annotations)) {
 		if strings.HasPrefix(k, nitropod.AnnotationPrefix) && !userAnnotations[k] {
-			c.deny("annotation %s is reserved for nitropod; remove it (a Pod may set only %s and %s)",
-				k, nitropod.ExpectedPCR0Annotation, nitropod.ExpectedPCR8Annotation)
+			c.deny("annotation %s is reserved for nitropod; remove it (a Pod may set only %s, %s and %s)",
+				k, nitropod.ExpectedPCR0Annotation, nitropod.ExpectedPCR8Annotation, nitropod.EgressAllowAnnotation)
 		}
 	}
 }
@@ -264,6 +266,15 @@ func (c *converter) imageLocation() {
 	}
 	c.warn("the enclave boots %s (annotation %s); the image %q of container %s is ignored",
 		loc, nitropod.ImageLocationAnnotation, ctrs[0].Image, ctrs[0].Name)
+}
+
+// egressAllow refuses a Pod whose egress allowlist the shim would refuse.
+func (c *converter) egressAllow() {
+	if raw, ok := c.pod.Annotations[nitropod.EgressAllowAnnotation]; ok {
+		if _, err := contract.ParseEgressAllow(raw); err != nil {
+			c.deny("annotation %s: %v", nitropod.EgressAllowAnnotation, err)
+		}
+	}
 }
 
 func (c *converter) launcherResources() {

@@ -186,6 +186,9 @@ func (i *initState) setup() (*ramdisk.Process, error) {
 	if err != nil {
 		return nil, stage("reading the process description", err)
 	}
+	if err := setEgress(proc); err != nil { // net_linux.go
+		return nil, stage("reading the egress allowlist", err)
+	}
 	if err := switchRoot("/" + ramdisk.RootfsDir); err != nil {
 		return nil, stage("switching root to /"+ramdisk.RootfsDir, err)
 	}

@@ -2,19 +2,46 @@ package initproc
 
 import (
 	"net"
+	"sync/atomic"
 
+	"github.com/nitropod/nitropod/contract"
+	"github.com/nitropod/nitropod/eif/ramdisk"
 	"github.com/nitropod/nitropod/enclave/podnet"
 )
+
+// egress is the enclave's egress filter, set by setEgress once the
+// measured process description is read; until then nothing leaves (the app
+// has not started).
+var egress atomic.Pointer[func([]byte) bool]
 
 // netStreams serves the enclave's network (enclave/podnet): the host's
 // packet stream becomes the interface eth0, and the listening-ports
 // stream tells the host which ports to publish on the Pod IP.
 func (i *initState) netStreams() map[string]func(net.Conn) {
-	cfg := podnet.GuestConfig{}
+	cfg := podnet.GuestConfig{Filter: func(pkt []byte) bool {
+		f := egress.Load()
+		return f != nil && (*f)(pkt)
+	}}
 	return map[string]func(net.Conn){
-		podnet.KindPackets: func(s net.Conn) {
-			podnet.ServePackets(s, cfg)
-		},
-		podnet.KindPorts: func(s net.Conn) { podnet.ServePorts(s, cfg) },
+		podnet.KindPackets: func(s net.Conn) { podnet.ServePackets(s, cfg) },
+		podnet.KindPorts:   func(s net.Conn) { podnet.ServePorts(s, cfg) },
 	}
+}
+
+// setEgress installs the measured egress allowlist (none: allow all).
+func setEgress(proc *ramdisk.Process) error {
+	var rules contract.EgressRules
+	if proc.EgressAllow != nil {
+		all := ""
+		for _, r := range *proc.EgressAllow {
+			all += r + ","
+		}
+		var err error
+		if rules, err = contract.ParseEgressAllow(all); err != nil {
+			return err
+		}
+	}
+	f := podnet.EgressFilter(rules)
+	egress.Store(&f)
+	return nil
 }

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nitropod/nitropod/contract"
 )
 
 // echo serves TCP on l: it sends back what it reads, then the client's
@@ -349,5 +351,55 @@ func TestFloodBounded(t *testing.T) {
 	}
 	if d := f.host.Stats().UDPDropped.Load(); d < 90 {
 		t.Errorf("%d datagrams of new flows dropped over a limit of 10 flows, want ≥ 90", d)
+	}
+}
+
+// TestEgressAllowlist: with an allowlist (enforced on the enclave's side,
+// as init does) a connect elsewhere is refused at once inside the enclave
+// and nothing reaches the host; an allowed one works.
+func TestEgressAllowlist(t *testing.T) {
+	f := newNamespaces(t)
+	allowed, err := f.pod.Listen("tcp", podIP+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer allowed.Close()
+	go echo(allowed)
+	other, err := f.pod.Listen("tcp", podIP+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	accepted := make(chan struct{}, 1)
+	go func() {
+		if c, err := other.Accept(); err == nil {
+			accepted <- struct{}{}
+			c.Close()
+		}
+	}()
+	rules, err := contract.ParseEgressAllow(allowed.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.gcfg.Filter = EgressFilter(rules)
+	f.attach(t, Limits{})
+
+	c, err := f.enc.DialContext(context.Background(), "tcp", allowed.Addr().String())
+	if err != nil {
+		t.Fatalf("allowed destination: %v", err)
+	}
+	c.Close()
+	t0 := time.Now()
+	_, err = f.enc.DialContext(context.Background(), "tcp", other.Addr().String())
+	if !errors.Is(err, syscall.ECONNREFUSED) || time.Since(t0) > time.Second {
+		t.Errorf("destination not on the allowlist: %v after %v, want ECONNREFUSED at once", err, time.Since(t0))
+	}
+	select {
+	case <-accepted:
+		t.Error("a connection not on the allowlist reached the Pod network")
+	case <-time.After(200 * time.Millisecond):
+	}
+	if f.host.Stats().TCPRefused.Load() != 0 {
+		t.Error("the refused connection reached the host side's stack")
 	}
 }
