@@ -132,14 +132,9 @@ func TestEnclaveNetwork(t *testing.T) {
 	go serveDNS(dns)
 
 	open, lo := freePort(t), freePort(t)
-	script := fmt.Sprintf(`
-wget -q -O /tmp/page http://%[1]s/ && echo "wget ok $(wc -c </tmp/page)"
-nslookup web.test %[1]s
-httpd -p %[2]d -h /var/www
-httpd -p 127.0.0.1:%[3]d -h /var/www
-echo ready
-sleep 600
-`, hostIP, open, lo)
+	script := fmt.Sprintf(`wget -q -O /tmp/page http://%[1]s/ && echo "wget ok $(wc -c </tmp/page)"; `+
+		`nslookup web.test %[1]s; httpd -p %[2]d -h /var/www; httpd -p 127.0.0.1:%[3]d -h /var/www; echo ready; sleep 600`,
+		hostIP, open, lo)
 	img := busybox(t, testimage.Cmd("sh", "-c", script))
 	img = withLayer(t, img,
 		testimage.Reg("var/www/cgi-bin/peer", 0o755, "#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho \"$REMOTE_ADDR\"\n"),
