@@ -42,13 +42,13 @@ func TestParseEgressAllow(t *testing.T) {
 
 func TestParseEgressAllowErrors(t *testing.T) {
 	for in, want := range map[string]string{
-		"example.com:443":   "host names are not accepted",
-		"10.0.0.1:0":        "port must be 1..65535",
-		"10.0.0.1:99999":    "port must be 1..65535",
-		"10.0.0.1:":         "port must be 1..65535",
-		"10.0.0.0/33":       "not a CIDR",
-		"2001:db8::/32":     "only IPv4",
-		"[2001:db8::1]:443": "only IPv4",
+		"example.com:443":               "host names are not accepted",
+		"10.0.0.1:0":                    "port must be 1..65535",
+		"10.0.0.1:99999":                "port must be 1..65535",
+		"10.0.0.1:":                     "port must be 1..65535",
+		"10.0.0.0/33":                   "not a CIDR",
+		"2001:db8::/32":                 "only IPv4",
+		"[2001:db8::1]:443":             "only IPv4",
 		strings.Repeat("10.0.0.1,", 65): "more than 64",
 		strings.Repeat(" ", 5000):       "exceeds 4096",
 	} {

@@ -84,8 +84,7 @@ type Session struct {
 	listeners []net.Listener
 	net       *podnet.Host
 
-	ioWG  sync.WaitGroup // stdout and stderr copies
-	fwdWG sync.WaitGroup
+	ioWG sync.WaitGroup // stdout and stderr copies
 
 	done   chan struct{}
 	status ExitStatus

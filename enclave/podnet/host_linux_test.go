@@ -256,7 +256,7 @@ func TestThousandConnections(t *testing.T) {
 			_ = c.SetDeadline(time.Now().Add(60 * time.Second))
 			b, err := io.ReadAll(c)
 			if err != nil || !bytes.HasPrefix(b, msg) {
-				errs <- fmt.Errorf("conn %d: %d bytes back, %v", i, len(b), err)
+				errs <- fmt.Errorf("conn %d: %d bytes back: %w", i, len(b), err)
 			}
 		}()
 	}

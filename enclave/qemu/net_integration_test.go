@@ -175,16 +175,20 @@ func TestEnclaveNetwork(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	var resp *http.Response
+	var body []byte
 	_ = th.Do(func() {
 		c := &http.Client{Timeout: 30 * time.Second}
-		resp, err = c.Get(fmt.Sprintf("http://%s:%d/cgi-bin/peer", vethHostIP, open))
+		resp, gerr := c.Get(fmt.Sprintf("http://%s:%d/cgi-bin/peer", vethHostIP, open))
+		if gerr != nil {
+			err = gerr
+			return
+		}
+		defer resp.Body.Close()
+		body, err = io.ReadAll(resp.Body)
 	})
 	if err != nil {
 		t.Fatalf("a client on the test host reaching the undeclared port: %v", err)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
 	if strings.TrimSpace(string(body)) != hostIP {
 		t.Errorf("the app saw its client as %q, want the client's own address %s", strings.TrimSpace(string(body)), hostIP)
 	}
