@@ -36,6 +36,9 @@ type RunIO struct {
 	// through the enclave's network (enclave/podnet) with the client's
 	// address as their source.
 	Publish []PortMapping
+	// PublishUDP lists UDP ports to publish the same way (the app sees each
+	// client's address).
+	PublishUDP []PortMapping
 	// Net configures the enclave's network (enclave/podnet): where egress
 	// leaves from, the enclave's address, whether every listening port is
 	// published. nil takes the defaults (the caller's namespace, no
@@ -82,6 +85,7 @@ type Session struct {
 	enc       Enclave
 	cl        *agent.Client
 	listeners []net.Listener
+	udp       []net.PacketConn
 	net       *podnet.Host
 
 	ioWG sync.WaitGroup // stdout and stderr copies
@@ -116,6 +120,13 @@ func Start(ctx context.Context, b Backend, req Request, rio RunIO) (_ *Session, 
 			return nil, fmt.Errorf("publishing enclave port %d on %s: %w (choose another host port)", p.EnclavePort, p.HostAddr, err)
 		}
 		s.listeners = append(s.listeners, l)
+	}
+	for _, p := range rio.PublishUDP {
+		pc, err := net.ListenPacket("udp", p.HostAddr)
+		if err != nil {
+			return nil, fmt.Errorf("publishing enclave UDP port %d on %s: %w (choose another host port)", p.EnclavePort, p.HostAddr, err)
+		}
+		s.udp = append(s.udp, pc)
 	}
 
 	progress(StageBooting)
@@ -179,6 +190,9 @@ func Start(ctx context.Context, b Backend, req Request, rio RunIO) (_ *Session, 
 		for i, l := range s.listeners {
 			s.net.Publish(l, rio.Publish[i].EnclavePort)
 		}
+		for i, pc := range s.udp {
+			s.net.PublishUDP(pc, rio.PublishUDP[i].EnclavePort)
+		}
 	}
 	progress(StageStarted)
 	if rio.Ready != nil {
@@ -205,7 +219,7 @@ func (s *Session) startNet(ctx context.Context, rio RunIO, progress func(string)
 	}
 	if err := h.Attach(ctx, s.cl); err != nil {
 		h.Close()
-		if rio.Net == nil && len(rio.Publish) == 0 {
+		if rio.Net == nil && len(rio.Publish) == 0 && len(rio.PublishUDP) == 0 {
 			progress(StageNoNetwork + ": " + err.Error())
 			return nil
 		}
@@ -340,6 +354,9 @@ func (s *Session) shutdown(ctx context.Context) error {
 	s.termOnce.Do(func() {
 		for _, l := range s.listeners {
 			l.Close()
+		}
+		for _, pc := range s.udp {
+			pc.Close()
 		}
 		if s.cl != nil {
 			s.cl.Close()

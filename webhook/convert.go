@@ -335,13 +335,17 @@ func (c *converter) container(ctr *corev1.Container, license string) (contract.E
 		c.mountLicense(ctr, license)
 	}
 	e.Debug = c.debugMode(ctr)
-	seen := map[int32]bool{}
+	seen, seenUDP := map[int32]bool{}, map[int32]bool{}
 	for _, p := range ctr.Ports {
 		// Out-of-range ports are the apiserver's validation to refuse.
 		valid := p.ContainerPort >= 1 && p.ContainerPort <= 65535
 		if valid && (p.Protocol == "" || p.Protocol == corev1.ProtocolTCP) && !seen[p.ContainerPort] {
 			seen[p.ContainerPort] = true
 			e.Ports = append(e.Ports, p.ContainerPort)
+		}
+		if valid && p.Protocol == corev1.ProtocolUDP && !seenUDP[p.ContainerPort] {
+			seenUDP[p.ContainerPort] = true
+			e.UDPPorts = append(e.UDPPorts, p.ContainerPort)
 		}
 	}
 	return e, len(c.violations) == before

@@ -415,7 +415,7 @@ func TestConvertPortsAndDebug(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := `{"nginx-pod":{"cpu":2,"memoryMiB":2048,"ports":[443,8080]}}`; got.Annotations[nitropod.EnclavesAnnotation] != want {
+	if want := `{"nginx-pod":{"cpu":2,"memoryMiB":2048,"ports":[443,8080],"udpPorts":[53]}}`; got.Annotations[nitropod.EnclavesAnnotation] != want {
 		t.Errorf("enclaves = %s, want %s", got.Annotations[nitropod.EnclavesAnnotation], want)
 	}
 	want := []string{"container nginx-pod: ANJ_ENCLAVE_DEBUG_MODE comes from valueFrom, which admission cannot see; the enclave is recorded as production mode"}

@@ -117,12 +117,13 @@ type Host struct {
 	tcpSlots chan struct{}
 	udpSlots chan struct{}
 
-	mu        sync.Mutex
-	listeners map[uint16]net.Listener // AutoListen's, by port
-	fixed     map[uint16]bool         // ports published by the caller
-	published []net.Listener          // their listeners, closed by Close
-	closed    bool
-	wg        sync.WaitGroup
+	mu           sync.Mutex
+	listeners    map[uint16]net.Listener // AutoListen's, by port
+	fixed        map[uint16]bool         // ports published by the caller
+	published    []net.Listener          // their listeners, closed by Close
+	publishedUDP []net.PacketConn        // PublishUDP's sockets, closed by Close
+	closed       bool
+	wg           sync.WaitGroup
 
 	stats Stats
 }
@@ -521,6 +522,9 @@ func (h *Host) Close() {
 	}
 	for _, l := range h.published {
 		l.Close()
+	}
+	for _, pc := range h.publishedUDP {
+		pc.Close()
 	}
 	h.mu.Unlock()
 	h.stop()

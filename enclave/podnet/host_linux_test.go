@@ -403,3 +403,54 @@ func TestEgressAllowlist(t *testing.T) {
 		t.Error("the refused connection reached the host side's stack")
 	}
 }
+
+// TestIngressUDP: a declared UDP port, published by the caller, reaches
+// the app's UDP socket with the client's own address as source, and the
+// app's answer reaches the client.
+func TestIngressUDP(t *testing.T) {
+	f := newFixture(t, Limits{})
+	app, err := f.enc.ListenPacket("udp", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := app.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = app.WriteTo(append([]byte(from.String()+" "), buf[:n]...), from)
+		}
+	}()
+	port := uint16(app.LocalAddr().(*net.UDPAddr).Port)
+	// Bound to the Pod IP: the pod namespace here has two addresses on lo,
+	// and a wildcard socket would answer from the other one.
+	pub, err := f.pod.ListenPacket("udp", net.JoinHostPort(podIP, fmt.Sprint(port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.host.PublishUDP(pub, port)
+	var c net.Conn
+	_ = f.pod.Do(func() {
+		d := net.Dialer{LocalAddr: &net.UDPAddr{IP: net.ParseIP(clientIP)}}
+		c, err = d.Dial("udp", net.JoinHostPort(podIP, fmt.Sprint(port)))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 2048)
+	for i := range 2 {
+		_, _ = fmt.Fprintf(c, "q%d", i)
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatalf("answer %d: %v", i, err)
+		}
+		if want := fmt.Sprintf("%s q%d", c.LocalAddr(), i); string(buf[:n]) != want {
+			t.Errorf("answer %q, want %q (the app sees the client's address)", buf[:n], want)
+		}
+	}
+}

@@ -127,6 +127,9 @@ func Run(ctx context.Context, spec Spec, start io.Reader, ready io.WriteCloser, 
 	for _, p := range spec.Ports {
 		rio.Publish = append(rio.Publish, enclave.PortMapping{HostAddr: ":" + strconv.Itoa(int(p)), EnclavePort: p})
 	}
+	for _, p := range spec.UDPPorts {
+		rio.PublishUDP = append(rio.PublishUDP, enclave.PortMapping{HostAddr: ":" + strconv.Itoa(int(p)), EnclavePort: p})
+	}
 	rio.Progress = func(stage string) { logger.Print(stage) }
 	// The enclave's network (enclave/podnet): egress leaves from the Pod's
 	// namespace with the Pod IP, every port the app listens on is
