@@ -22,6 +22,10 @@ type NS struct {
 	reqs chan func()
 	done chan struct{}
 	once sync.Once
+	// pod and home are the Pod's namespace and the launcher's own, for
+	// dials made by a thread that visits the Pod's namespace (see
+	// DialContext); -1 without a Pod namespace.
+	pod, home int
 }
 
 // NSWorkers is the number of threads in the namespace (connects in flight).
@@ -31,14 +35,24 @@ const NSWorkers = 64
 // then makes its sockets directly).
 func OpenNS(path string) (*NS, error) {
 	if path == "" {
-		return &NS{}, nil
+		return &NS{pod: -1, home: -1}, nil
 	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("opening the Pod network namespace: %w", err)
 	}
 	defer f.Close()
-	n := &NS{reqs: make(chan func()), done: make(chan struct{})}
+	n := &NS{reqs: make(chan func()), done: make(chan struct{}), pod: -1, home: -1}
+	// The launcher's own namespace: that of a thread that never joined
+	// another (the main thread's, by process).
+	if n.home, err = unix.Open("/proc/self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
+		return nil, fmt.Errorf("opening the launcher's network namespace: %w", err)
+	}
+	if n.pod, err = unix.Dup(int(f.Fd())); err != nil {
+		unix.Close(n.home)
+		return nil, fmt.Errorf("opening the Pod network namespace: %w", err)
+	}
+	unix.CloseOnExec(n.pod)
 	errc := make(chan error, NSWorkers)
 	for range NSWorkers {
 		go func() {
@@ -70,7 +84,11 @@ func OpenNS(path string) (*NS, error) {
 // Close ends the namespace's threads.
 func (n *NS) Close() {
 	if n.done != nil {
-		n.once.Do(func() { close(n.done) })
+		n.once.Do(func() {
+			close(n.done)
+			unix.Close(n.pod)
+			unix.Close(n.home)
+		})
 	}
 }
 
@@ -94,13 +112,23 @@ func (n *NS) do(ctx context.Context, fn func()) error {
 // Do runs fn on a thread of the namespace: sockets fn makes are in it.
 func (n *NS) Do(fn func()) error { return n.do(context.Background(), fn) }
 
-// DialContext dials from the namespace.
-func (n *NS) DialContext(ctx context.Context, network, addr string) (c net.Conn, err error) {
-	if e := n.do(ctx, func() {
-		var d net.Dialer
-		c, err = d.DialContext(ctx, network, addr)
-	}); e != nil {
-		return nil, e
+// DialContext dials from the namespace. The calling goroutine's own thread
+// visits the namespace while it makes the socket (no hand-over to a worker,
+// which costs a thread wake-up per connect) and returns home; a thread that
+// cannot return is never handed back to Go (it ends with the goroutine).
+func (n *NS) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	var d net.Dialer
+	if n.pod < 0 {
+		return d.DialContext(ctx, network, addr)
+	}
+	runtime.LockOSThread()
+	if err := unix.Setns(n.pod, unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		return nil, fmt.Errorf("joining the Pod network namespace: %w", err)
+	}
+	c, err := d.DialContext(ctx, network, addr)
+	if unix.Setns(n.home, unix.CLONE_NEWNET) == nil {
+		runtime.UnlockOSThread()
 	}
 	return c, err
 }
