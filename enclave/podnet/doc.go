@@ -57,7 +57,9 @@
 // UDPIdle, 60 s, is closed), Queue packets queued towards the enclave
 // (1024; more are dropped and TCP retransmits), per connection the stack's
 // send and receive buffers (at most 1 MiB each) and two 32 KiB copy
-// buffers, at most MaxListenPorts published ports, and NSWorkers connects
-// in flight. The launcher's cgroup (the Pod's launcherMemory) caps the
-// total.
+// buffers, and at most MaxListenPorts published ports; a connect in flight
+// holds its connection's slot. Worst case the stack's buffers are
+// MaxTCP × 2 MiB, so the launcher's cgroup (the Pod's launcherMemory) is
+// what caps the total; measured: 20 MiB RSS with 100 open connections
+// (BENCHMARKS.md).
 package podnet

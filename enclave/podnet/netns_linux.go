@@ -15,9 +15,9 @@ import (
 
 // NS makes sockets in a network namespace. A namespace belongs to a
 // thread, not to a Go process, so NS keeps a few goroutines locked to OS
-// threads that joined it; a socket made there stays in the namespace
-// wherever it is used afterwards. A dial occupies its thread until the
-// connect finished, so Workers bound the connects in flight.
+// threads that joined it for listeners; a socket made there stays in the
+// namespace wherever it is used afterwards. Dials visit the namespace on
+// the caller's own thread (DialContext).
 type NS struct {
 	reqs chan func()
 	done chan struct{}
@@ -28,8 +28,8 @@ type NS struct {
 	pod, home int
 }
 
-// NSWorkers is the number of threads in the namespace (connects in flight).
-const NSWorkers = 64
+// NSWorkers is the number of threads kept in the namespace.
+const NSWorkers = 4
 
 // OpenNS joins the network namespace at path ("" is the caller's own: NS
 // then makes its sockets directly).
