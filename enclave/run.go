@@ -57,6 +57,9 @@ type RunIO struct {
 	Progress func(stage string)
 	// Ready, when set, is called once the app has started.
 	Ready func()
+	// Stats, when set, receives the enclave's CPU and memory use each time
+	// init reports it (every few seconds while the app runs).
+	Stats func(agent.Stats)
 }
 
 // Stages passed to RunIO.Progress.
@@ -144,6 +147,9 @@ func Start(ctx context.Context, b Backend, req Request, rio RunIO) (_ *Session, 
 		return nil, s.explain(fmt.Errorf("connecting to enclave init: %w", err))
 	}
 	s.cl = cl
+	if rio.Stats != nil {
+		cl.OnStats(rio.Stats)
+	}
 	if ns, ok := enc.(NSMServer); ok {
 		if h := ns.NSMHandler(); h != nil {
 			go func() { _ = cl.ServeNSM(h) }()
