@@ -92,3 +92,49 @@ spec:
 	}
 	e.deleteEnclavePod("netapp")
 }
+
+// TestEnclaveNameResolution: the app resolves a name the way the container
+// would have: /etc/hosts and /etc/resolv.conf inside the enclave are the
+// ones kubelet made for the Pod (delivered at start: issue 14), here a
+// hostAliases entry for a runc Pod, which the app then fetches over the
+// enclave network.
+func TestEnclaveNameResolution(t *testing.T) {
+	e := startNitroCluster(t)
+	e.mustKubectl(`apiVersion: v1
+kind: Pod
+metadata:
+  name: named-web
+spec:
+  containers:
+  - name: nginx
+    image: nginx:latest
+    ports: [{containerPort: 80}]
+`, "apply", "-f", "-")
+	web := e.waitPod("named-web", 3*time.Minute, "Ready", ready)
+	manifest := fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata:
+  name: resolver
+  labels:
+    nitro.k8s.anjuna.io/managed: "yes"
+spec:
+  hostAliases:
+  - ip: %q
+    hostnames: ["web.nitropod.test"]
+  containers:
+  - name: app
+    image: busybox:latest
+    command: ["sh", "-c", "cat /etc/hosts; wget -q -O /tmp/p http://web.nitropod.test/ && grep -q 'Welcome to nginx' /tmp/p && echo NAME-OK; sleep 3600"]
+    resources:
+      limits: {cpu: "2", memory: 256Mi}
+    volumeMounts:
+    - {name: anjuna-license, mountPath: /opt/anjuna, readOnly: true}
+  volumes:
+  - name: anjuna-license
+    secret: {secretName: anjuna-license}
+`, web.Status.PodIP)
+	e.applyTimed(manifest, "resolver", "busybox resolving a hostAliases name")
+	e.waitLogs("resolver", "NAME-OK", 5*time.Minute)
+	e.mustKubectl("", "delete", "pod", "named-web", "--wait=false")
+	e.deleteEnclavePod("resolver")
+}
