@@ -84,6 +84,26 @@ func WritePacket(w io.Writer, buf []byte, pkt ...[]byte) error {
 	return err
 }
 
+// batchBytes bounds the frames one channel write carries.
+const batchBytes = 256 << 10
+
+// appendPacket appends one framed packet (its parts joined) to b; a packet
+// over MaxPacket is dropped.
+func appendPacket(b []byte, parts [][]byte) []byte {
+	n := 0
+	for _, p := range parts {
+		n += len(p)
+	}
+	if n == 0 || n > MaxPacket {
+		return b
+	}
+	b = binary.BigEndian.AppendUint16(b, uint16(n))
+	for _, p := range parts {
+		b = append(b, p...)
+	}
+	return b
+}
+
 // ReadPacket reads one packet into buf (at least MaxPacket bytes) and
 // returns it.
 func ReadPacket(r io.Reader, buf []byte) ([]byte, error) {

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -56,21 +57,49 @@ func ServePackets(s net.Conn, cfg GuestConfig) {
 	done := make(chan struct{}, 2)
 	go func() { // device → host
 		defer func() { done <- struct{}{} }()
-		buf := make([]byte, 2+MaxPacket)
+		rc, err := tun.SyscallConn()
+		if err != nil {
+			return
+		}
 		pkt := make([]byte, MaxPacket)
+		var batch []byte
 		for {
-			n, err := tun.Read(pkt)
-			if err != nil {
-				return
-			}
-			if cfg.Filter != nil && !cfg.Filter(pkt[:n]) {
-				if rst := resetFor(pkt[:n]); rst != nil {
-					_, _ = tun.Write(rst)
+			// Every packet the device has ready goes out in one write
+			// (fewer channel frames and syscalls), up to batchBytes.
+			batch = batch[:0]
+			var rerr error
+			err := rc.Read(func(fd uintptr) bool {
+				for len(batch) < batchBytes {
+					n, err := unix.Read(int(fd), pkt)
+					switch {
+					case err == unix.EINTR:
+						continue
+					case err == unix.EAGAIN:
+						return len(batch) > 0 // nothing yet: wait for the device
+					case err != nil:
+						rerr = err
+						return true
+					case n == 0:
+						rerr = io.EOF
+						return true
+					}
+					if cfg.Filter != nil && !cfg.Filter(pkt[:n]) {
+						if rst := resetFor(pkt[:n]); rst != nil {
+							_, _ = unix.Write(int(fd), rst)
+						}
+						continue
+					}
+					batch = appendPacket(batch, [][]byte{pkt[:n]})
 				}
-				continue
-			}
-			if err := WritePacket(s, buf, pkt[:n]); err != nil {
+				return true
+			})
+			if err != nil || rerr != nil {
 				return
+			}
+			if len(batch) > 0 {
+				if _, err := s.Write(batch); err != nil {
+					return
+				}
 			}
 		}
 	}()
@@ -145,29 +174,29 @@ func setupTUN(c Config) (*os.File, error) {
 	if c.MTU < 576 || c.MTU > MaxPacket {
 		return nil, fmt.Errorf("MTU %d outside 576..%d", c.MTU, MaxPacket)
 	}
-	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	// Non-blocking: Go's poller waits for it, and a read loop can take
+	// every packet ready at once.
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("opening /dev/net/tun: %w (the enclave kernel needs CONFIG_TUN, or tun.ko in the blob set)", err)
 	}
-	tun := os.NewFile(uintptr(fd), "/dev/net/tun")
-	ok := false
-	defer func() {
-		if !ok {
-			tun.Close()
-		}
-	}()
 	ifr, err := unix.NewIfreq(IfName)
 	if err != nil {
+		unix.Close(fd)
 		return nil, err
 	}
 	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
 		return nil, fmt.Errorf("creating %s: %w", IfName, err)
 	}
+	// Only now to Go's poller: before TUNSETIFF the device polls as an
+	// error without a wait queue, and the poller would never hear of it.
+	tun := os.NewFile(uintptr(fd), "/dev/net/tun")
 	if err := configureLink(addr, c.MTU); err != nil {
+		tun.Close()
 		return nil, err
 	}
-	ok = true
 	return tun, nil
 }
 

@@ -301,15 +301,24 @@ func (h *Host) Carry(conn io.ReadWriteCloser) {
 	go func() { // stack → enclave
 		defer h.wg.Done()
 		defer conn.Close()
-		buf := make([]byte, 2+MaxPacket)
+		// Packets already queued go out in one write (fewer channel
+		// frames and syscalls), up to batchBytes.
+		var batch []byte
 		for {
 			pkb := h.ep.ReadContext(h.ctx)
 			if pkb == nil {
 				return
 			}
-			err := WritePacket(conn, buf, pkb.AsSlices()...)
-			pkb.DecRef()
-			if err != nil {
+			batch = batch[:0]
+			for pkb != nil {
+				batch = appendPacket(batch, pkb.AsSlices())
+				pkb.DecRef()
+				if len(batch) >= batchBytes {
+					break
+				}
+				pkb = h.ep.Read()
+			}
+			if _, err := conn.Write(batch); err != nil {
 				return
 			}
 		}
