@@ -9,6 +9,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/nitropod/nitropod"
 )
 
 // TestEnclaveNetworkPods: an enclave app on its Pod's network, with real
@@ -19,6 +21,7 @@ import (
 // the app logs the client's own Pod IP.
 func TestEnclaveNetworkPods(t *testing.T) {
 	e := startNitroCluster(t)
+	e.licence(t, "Network Corp")
 	for _, name := range []string{"web", "web2"} {
 		e.mustKubectl(fmt.Sprintf(`apiVersion: v1
 kind: Pod
@@ -100,6 +103,7 @@ spec:
 // enclave network.
 func TestEnclaveNameResolution(t *testing.T) {
 	e := startNitroCluster(t)
+	e.licence(t, "Resolver Corp")
 	e.mustKubectl(`apiVersion: v1
 kind: Pod
 metadata:
@@ -137,4 +141,10 @@ spec:
 	e.waitLogs("resolver", "NAME-OK", 5*time.Minute)
 	e.mustKubectl("", "delete", "pod", "named-web", "--wait=false")
 	e.deleteEnclavePod("resolver")
+}
+
+// licence issues a day's licence to who and stores it as the Pods' Secret.
+func (e *env) licence(t *testing.T, who string) {
+	lic := e.issue(t, who, time.Time{}, time.Now().Add(24*time.Hour))
+	e.mustKubectl("", "create", "secret", "generic", nitropod.LicenseSecretName, "--from-file="+nitropod.LicenseSecretKey+"="+lic)
 }
