@@ -84,10 +84,14 @@ func newNamespaces(t testing.TB) *fixture {
 	run(t, "ip", "-n", "np-pod-"+id, "addr", "add", podIP+"/32", "dev", "lo")
 	run(t, "ip", "-n", "np-pod-"+id, "addr", "add", clientIP+"/32", "dev", "lo")
 
-	// The enclave side's /proc/net is the enc namespace's: a thread in it.
-	var tid int
-	_ = f.enc.do(context.Background(), func() { tid = unix.Gettid() })
-	f.gcfg = GuestConfig{ProcNet: fmt.Sprintf("/proc/%d/task/%d/net", os.Getpid(), tid), PollInterval: 50 * time.Millisecond}
+	// The enclave side's sockets are the enc namespace's: ask from a
+	// thread in it.
+	f.gcfg = GuestConfig{PollInterval: 50 * time.Millisecond, Listening: func() (ports []uint16, err error) {
+		if e := f.enc.Do(func() { ports, err = ListeningTCP() }); e != nil {
+			return nil, e
+		}
+		return ports, err
+	}}
 	return f
 }
 

@@ -29,8 +29,9 @@ type GuestConfig struct {
 	// leaves the enclave (the egress allowlist); a refused packet is
 	// dropped and, for a TCP connect, answered with a reset.
 	Filter func(pkt []byte) bool
-	// ProcNet is the directory with tcp and tcp6 ("" is /proc/net).
-	ProcNet string
+	// Listening returns the app's listening TCP ports (not bound to
+	// loopback); nil is ListeningTCP, falling back to /proc/net/tcp{,6}.
+	Listening func() ([]uint16, error)
 	// PollInterval of the listening ports; 0 is 250 ms.
 	PollInterval time.Duration
 }
@@ -122,9 +123,9 @@ func ServePackets(s net.Conn, cfg GuestConfig) {
 // app's listening TCP ports (not bound to loopback) whenever they change.
 func ServePorts(s net.Conn, cfg GuestConfig) {
 	defer s.Close()
-	dir := cfg.ProcNet
-	if dir == "" {
-		dir = "/proc/net"
+	listening := cfg.Listening
+	if listening == nil {
+		listening = defaultListening
 	}
 	every := cfg.PollInterval
 	if every == 0 {
@@ -142,14 +143,10 @@ func ServePorts(s net.Conn, cfg GuestConfig) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
-		var ports []uint16
-		for _, f := range []string{"tcp", "tcp6"} {
-			if b, err := os.ReadFile(dir + "/" + f); err == nil {
-				ports = append(ports, ListeningPorts(bytes.NewReader(b))...)
-			}
+		ports, err := listening()
+		if err != nil {
+			ports = last // keep what was published; try again next time
 		}
-		slices.Sort(ports)
-		ports = slices.Compact(ports)
 		if first || !slices.Equal(ports, last) {
 			if err := agent.WriteFrame(s, Ports{TCP: ports}); err != nil {
 				return
@@ -162,6 +159,22 @@ func ServePorts(s net.Conn, cfg GuestConfig) {
 		case <-t.C:
 		}
 	}
+}
+
+// defaultListening asks sock_diag, or reads /proc/net when the kernel has
+// no sock_diag for TCP.
+func defaultListening() ([]uint16, error) {
+	if ports, err := ListeningTCP(); err == nil {
+		return ports, nil
+	}
+	var ports []uint16
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		if b, err := os.ReadFile(f); err == nil {
+			ports = append(ports, ListeningPorts(bytes.NewReader(b))...)
+		}
+	}
+	slices.Sort(ports)
+	return slices.Compact(ports), nil
 }
 
 // setupTUN creates IfName, gives it c.Addr/32 and c.MTU, sets it up and
