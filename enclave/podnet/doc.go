@@ -9,8 +9,9 @@
 //     and a default route through it and answers Ready; after that each
 //     frame is one IPv4 packet (2-byte length, then the bytes), both ways.
 //   - KindPorts ("netports"): init reports, whenever the set changes, every
-//     TCP port the app listens on at an address other than loopback (read
-//     from /proc/net/tcp and tcp6).
+//     TCP port the app listens on at an address other than loopback (asked
+//     of the kernel's sock_diag, or read from /proc/net/tcp and tcp6 when
+//     the kernel lacks it), polled every 250 ms.
 //
 // On the host, Host terminates those packets in a userspace TCP/IP stack,
 // gVisor's netstack, running in the launcher:
