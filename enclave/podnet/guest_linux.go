@@ -25,10 +25,11 @@ const IfName = "eth0"
 
 // GuestConfig configures init's side.
 type GuestConfig struct {
-	// Filter, when set, is asked about every packet the app sends before it
-	// leaves the enclave (the egress allowlist); a refused packet is
-	// dropped and, for a TCP connect, answered with a reset.
-	Filter func(pkt []byte) bool
+	// Filter, when set, sees every packet: Outbound is asked about each
+	// packet the app sends before it leaves the enclave (the egress
+	// allowlist; a refused packet is dropped and, for a TCP connect,
+	// answered with a reset), Inbound is shown each packet for the app.
+	Filter Filter
 	// Listening returns the app's listening TCP ports (not bound to
 	// loopback); nil is ListeningTCP, falling back to /proc/net/tcp{,6}.
 	Listening func() ([]uint16, error)
@@ -84,7 +85,7 @@ func ServePackets(s net.Conn, cfg GuestConfig) {
 						rerr = io.EOF
 						return true
 					}
-					if cfg.Filter != nil && !cfg.Filter(pkt[:n]) {
+					if cfg.Filter != nil && !cfg.Filter.Outbound(pkt[:n]) {
 						if rst := resetFor(pkt[:n]); rst != nil {
 							_, _ = unix.Write(int(fd), rst)
 						}
@@ -112,6 +113,9 @@ func ServePackets(s net.Conn, cfg GuestConfig) {
 			p, err := ReadPacket(br, buf)
 			if err != nil {
 				return
+			}
+			if cfg.Filter != nil {
+				cfg.Filter.Inbound(p)
 			}
 			_, _ = tun.Write(p) // a refused packet is dropped, as on a wire
 		}

@@ -402,6 +402,33 @@ func TestEgressAllowlist(t *testing.T) {
 	if f.host.Stats().TCPRefused.Load() != 0 {
 		t.Error("the refused connection reached the host side's stack")
 	}
+
+	// Serving is not egress: a client not on the allowlist that connects
+	// to the app gets its answers.
+	srv, err := f.enc.Listen("tcp", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	go echo(srv)
+	port := uint16(srv.Addr().(*net.TCPAddr).Port)
+	f.waitListening(t, port, true)
+	var cc net.Conn
+	_ = f.pod.Do(func() {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(clientIP)}, Timeout: 10 * time.Second}
+		cc, err = d.Dial("tcp", net.JoinHostPort(podIP, fmt.Sprint(port)))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.WriteString(cc, "in")
+	_ = cc.(*net.TCPConn).CloseWrite()
+	_ = cc.SetDeadline(time.Now().Add(10 * time.Second))
+	b, err := io.ReadAll(cc)
+	cc.Close()
+	if err != nil || !bytes.HasPrefix(b, []byte("in\nfrom "+clientIP+":")) {
+		t.Errorf("a client of the app under an allowlist got %q, %v", b, err)
+	}
 }
 
 // TestIngressUDP: a declared UDP port, published by the caller, reaches

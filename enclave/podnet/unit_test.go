@@ -106,12 +106,65 @@ func TestEgressFilter(t *testing.T) {
 		{packet(header.TCPProtocolNumber, LoopbackPeer.String(), 9000, true), true},
 		{[]byte{0x45, 0}, false},
 	} {
-		if got := f(tc.pkt); got != tc.want {
+		if got := f.Outbound(tc.pkt); got != tc.want {
 			t.Errorf("packet to %v: allowed %v, want %v", header.IPv4(tc.pkt).DestinationAddress(), got, tc.want)
 		}
 	}
-	if !EgressFilter(nil)(packet(header.TCPProtocolNumber, "203.0.113.1", 1, true)) {
+	if !EgressFilter(nil).Outbound(packet(header.TCPProtocolNumber, "203.0.113.1", 1, true)) {
 		t.Error("no allowlist must let everything out")
+	}
+}
+
+// reply builds the app's answer (from 10.0.2.15:sport to dst:dport).
+func reply(proto tcpip.TransportProtocolNumber, dst string, dport, sport uint16) []byte {
+	b := packet(proto, dst, dport, false)
+	if proto == header.TCPProtocolNumber {
+		header.TCP(header.IPv4(b).Payload()).SetSourcePort(sport)
+	} else {
+		header.UDP(header.IPv4(b).Payload()).SetSourcePort(sport)
+	}
+	return b
+}
+
+// inbound builds a client's packet (from src:40000 to the app's port).
+func inbound(proto tcpip.TransportProtocolNumber, src string, port uint16, syn bool) []byte {
+	b := packet(proto, "10.0.2.15", port, syn)
+	header.IPv4(b).SetSourceAddress(tcpip.AddrFrom4(netip.MustParseAddr(src).As4()))
+	return b
+}
+
+// With an allowlist, the app still answers clients that connected to it,
+// exactly them, and nobody else through that path.
+func TestEgressAnswersInbound(t *testing.T) {
+	rules, _ := contract.ParseEgressAllow("10.96.0.10:53")
+	f := EgressFilter(rules)
+	client := "192.0.2.9"
+	if f.Outbound(reply(header.TCPProtocolNumber, client, 40000, 8080)) {
+		t.Fatal("an answer before any connect from the client was let out")
+	}
+	f.Inbound(inbound(header.TCPProtocolNumber, client, 8080, true)) // SYN to :8080
+	if !f.Outbound(reply(header.TCPProtocolNumber, client, 40000, 8080)) {
+		t.Error("the app's answer to a client that connected was refused")
+	}
+	for _, p := range [][]byte{
+		reply(header.TCPProtocolNumber, client, 40001, 8080), // another client port
+		reply(header.TCPProtocolNumber, client, 40000, 9090), // from another app port
+		reply(header.TCPProtocolNumber, "192.0.2.10", 40000, 8080),
+		packet(header.TCPProtocolNumber, client, 443, true), // a connect of its own
+	} {
+		if f.Outbound(p) {
+			t.Errorf("packet to %v:%d let out through an inbound flow", header.IPv4(p).DestinationAddress(), header.TCP(header.IPv4(p).Payload()).DestinationPort())
+		}
+	}
+	// A non-SYN from an unknown client opens nothing.
+	f.Inbound(inbound(header.TCPProtocolNumber, "192.0.2.11", 8080, false))
+	if f.Outbound(reply(header.TCPProtocolNumber, "192.0.2.11", 40000, 8080)) {
+		t.Error("a stray ACK opened an answer path")
+	}
+	// UDP: a datagram to the app's port lets its answers out.
+	f.Inbound(inbound(header.UDPProtocolNumber, client, 5353, false))
+	if !f.Outbound(reply(header.UDPProtocolNumber, client, 40000, 5353)) {
+		t.Error("the app's UDP answer was refused")
 	}
 }
 
