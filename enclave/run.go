@@ -192,6 +192,11 @@ func Start(ctx context.Context, b Backend, req Request, rio RunIO) (_ *Session, 
 	default:
 		return nil, fmt.Errorf("unexpected %q message from enclave init", m.Type)
 	}
+	if s.net == nil {
+		for i, l := range s.listeners {
+			go func() { _ = cl.ServeForward(l, rio.Publish[i].EnclavePort) }()
+		}
+	}
 	if s.net != nil {
 		for i, l := range s.listeners {
 			s.net.Publish(l, rio.Publish[i].EnclavePort)
@@ -225,7 +230,13 @@ func (s *Session) startNet(ctx context.Context, rio RunIO, progress func(string)
 	}
 	if err := h.Attach(ctx, s.cl); err != nil {
 		h.Close()
-		if rio.Net == nil && len(rio.Publish) == 0 && len(rio.PublishUDP) == 0 {
+		switch {
+		case errors.Is(err, podnet.ErrUnsupported):
+			// An older init: its published TCP ports still work over
+			// forward streams, which it serves.
+			progress(StageNoNetwork + ": " + err.Error() + "; published TCP ports are forwarded to its loopback")
+			return nil
+		case rio.Net == nil && len(rio.Publish) == 0 && len(rio.PublishUDP) == 0:
 			progress(StageNoNetwork + ": " + err.Error())
 			return nil
 		}

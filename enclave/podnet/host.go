@@ -227,6 +227,10 @@ func (h *Host) Config() Config {
 // Stats returns the host side's counters.
 func (h *Host) Stats() *Stats { return &h.stats }
 
+// ErrUnsupported is Attach's error when the enclave's init does not serve
+// the network streams (an EIF built by an older nitropod).
+var ErrUnsupported = errors.New("the enclave's init predates the enclave network (rebuild the EIF with this nitropod)")
+
 // Opener opens agent streams (agent.Client.OpenStream).
 type Opener interface {
 	OpenStream(kind string) (net.Conn, error)
@@ -252,6 +256,11 @@ func (h *Host) Attach(ctx context.Context, o Opener) error {
 	case <-ctx.Done():
 		pkts.Close()
 		return ctx.Err()
+	}
+	if errors.Is(err, io.EOF) {
+		// Init closed the stream unread: it predates the network.
+		pkts.Close()
+		return ErrUnsupported
 	}
 	if err != nil {
 		pkts.Close()
