@@ -15,8 +15,7 @@ export NITROPOD_OUTPUT=$OUT
 export PATH=$OUT/bin:$OUT/tools/bin:$PATH
 
 hack/build-tools.sh "$OUT/tools/bin" >/dev/null
-# Up to date: a no-op; a stale set (another module list or kernel) is remade.
-hack/emu-kernel.sh "$OUT/blobs/emu" >/dev/null
+[[ -f $OUT/blobs/emu/bzImage ]] || hack/emu-kernel.sh "$OUT/blobs/emu"
 # Always build (as make build does): go's cache makes it quick when nothing
 # changed, and the cluster must never run binaries older than the sources.
 mkdir -p "$OUT/bin"
