@@ -1,6 +1,10 @@
 package ramdisk
 
-import specs "github.com/opencontainers/runtime-spec/specs-go"
+import (
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/nitropod/nitropod/contract"
+)
 
 // The layout that nitropod's builder writes and nitropod-init reads. It follows
 // AWS's (docs/EIF-FORMAT.md "Ramdisks"): the bootstrap ramdisk (ramdisk 0, measured
@@ -59,7 +63,7 @@ type Process struct {
 
 // DefaultAttestationPort is where init serves the attestation HTTP API on
 // the enclave's 127.0.0.1 unless Process.AttestationPort says otherwise.
-const DefaultAttestationPort = 9910
+const DefaultAttestationPort = contract.DefaultAttestationPort
 
 // Security is the container's security context as the OCI spec gives it,
 // applied by init inside the enclave just before it executes the app.
