@@ -145,6 +145,7 @@ func (s *service) createEnclave(ctx context.Context, r *taskAPI.CreateTaskReques
 		Stderr:        r.Stderr,
 		NetNS:         netns,
 		Ports:         plan.Ports,
+		UDPPorts:      plan.UDPPorts,
 		EnclaveCgroup: enclaveCgroup,
 	}
 	if err := launcher.WriteSpec(lspec); err != nil {
