@@ -67,6 +67,9 @@ const (
 	// ({"cpu":2,"memoryMiB":2048,"ports":[80],"debug":true}); containers not
 	// in it run outside an enclave. The webhook package documents the format.
 	EnclavesAnnotation = "nitropod.io/enclaves"
+	// EgressAllowAnnotation is the Pod's optional egress allowlist, measured
+	// into every enclave of the Pod (syntax in contract.ParseEgressAllow).
+	EgressAllowAnnotation = "nitropod.io/egress-allow"
 
 	// LicenseDir is where the licence Secret is mounted in a managed container's spec.
 	LicenseDir = "/run/nitropod/license"

@@ -40,12 +40,17 @@ type Enclave struct {
 	MemoryMiB int64 `json:"memoryMiB"`
 	// Ports are the container's TCP containerPorts.
 	Ports []int32 `json:"ports,omitempty"`
+	// UDPPorts are the container's UDP containerPorts.
+	UDPPorts []int32 `json:"udpPorts,omitempty"`
 	// Debug is true for a debug enclave (ANJ_ENCLAVE_DEBUG_MODE=yes).
 	Debug bool `json:"debug,omitempty"`
 	// Exec are the commands a production enclave may execute (see
 	// ExecPolicy): the container's exec probes and hooks and the ones
 	// listed in ExecCommandsAnnotation. They are measured into the EIF.
 	Exec [][]string `json:"exec,omitempty"`
+	// AttestationPort is the attestation API's port from the Pod's
+	// AttestationPortAnnotation: 0 the default, AttestationPortOff none.
+	AttestationPort int `json:"attestationPort,omitempty"`
 }
 
 // Validate reports what is wrong with e, naming the container.
@@ -59,13 +64,19 @@ func (e Enclave) Validate(container string) error {
 	if len(e.Ports) > MaxPortsPerEnclave {
 		return fmt.Errorf("enclave of container %q: %d ports, more than the %d allowed", container, len(e.Ports), MaxPortsPerEnclave)
 	}
-	for _, p := range e.Ports {
+	if len(e.UDPPorts) > MaxPortsPerEnclave {
+		return fmt.Errorf("enclave of container %q: %d UDP ports, more than the %d allowed", container, len(e.UDPPorts), MaxPortsPerEnclave)
+	}
+	for _, p := range append(append([]int32(nil), e.Ports...), e.UDPPorts...) {
 		if p < 1 || p > 65535 {
 			return fmt.Errorf("enclave of container %q: port %d is not between 1 and 65535", container, p)
 		}
 	}
 	if err := CheckExecCommands(container, e.Exec); err != nil {
 		return fmt.Errorf("enclave of %w", err)
+	}
+	if err := CheckAttestationPort(e.AttestationPort); err != nil {
+		return fmt.Errorf("enclave of container %q: %w", container, err)
 	}
 	return nil
 }

@@ -41,6 +41,8 @@ type Plan struct {
 	// Ports are the TCP ports the launcher listens on in the Pod's network
 	// namespace and forwards into the enclave.
 	Ports []uint16
+	// UDPPorts are the declared UDP ports the launcher publishes.
+	UDPPorts []uint16
 	// PortsFromImage is set when the webhook recorded no ports for the
 	// container: the image's EXPOSEd TCP ports are forwarded instead.
 	PortsFromImage bool
@@ -105,6 +107,10 @@ func PlanContainer(spec *specs.Spec, cfg Config) (Plan, error) {
 		for _, port := range entry.Ports {
 			p.Ports = append(p.Ports, uint16(port)) // 1..65535, checked by ParseEnclaves
 		}
+		for _, port := range entry.UDPPorts {
+			p.UDPPorts = append(p.UDPPorts, uint16(port))
+		}
+		p.UDPPorts = uniquePorts(p.UDPPorts)
 		p.Debug = entry.Debug
 	}
 	env := map[string]string{}
@@ -114,6 +120,14 @@ func PlanContainer(spec *specs.Spec, cfg Config) (Plan, error) {
 		UID:      spec.Process.User.UID,
 		GID:      spec.Process.User.GID,
 		Hostname: spec.Hostname,
+	}
+	if raw, ok := ann[nitropod.EgressAllowAnnotation]; ok {
+		rules, err := contract.ParseEgressAllow(raw)
+		if err != nil {
+			return Plan{}, fmt.Errorf("annotation %s: %w", nitropod.EgressAllowAnnotation, err)
+		}
+		allow := rules.Strings()
+		proc.EgressAllow = &allow
 	}
 	for _, g := range spec.Process.User.AdditionalGids {
 		if g != proc.GID {
@@ -141,6 +155,11 @@ func PlanContainer(spec *specs.Spec, cfg Config) (Plan, error) {
 	if env[nitropod.DebugModeEnv] == nitropod.DebugModeValue {
 		p.Debug = true
 	}
+	port, err := attestationPort(ann, entry)
+	if err != nil {
+		return Plan{}, err
+	}
+	proc.AttestationPort = port
 	p.PortsFromImage = entry == nil || entry.Ports == nil
 	p.Ports = uniquePorts(p.Ports)
 	proc.Ports = p.Ports
@@ -286,4 +305,22 @@ func uniquePorts(ps []uint16) []uint16 {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
 	return out
+}
+
+// attestationPort is the measured port of the enclave's attestation API: a
+// CRI container's comes from the webhook's entry (the Pod's
+// nitropod.io/attestation-port, checked at admission); a container created
+// directly (ctr run --annotation) may carry the annotation itself.
+func attestationPort(ann map[string]string, entry *contract.Enclave) (int, error) {
+	if entry != nil {
+		return entry.AttestationPort, nil
+	}
+	if ann[nitropod.CRIContainerType] != "" {
+		return 0, nil
+	}
+	p, err := contract.ParseAttestationPort(ann[contract.AttestationPortAnnotation])
+	if err != nil {
+		return 0, fmt.Errorf("container annotation: %w", err)
+	}
+	return p, nil
 }

@@ -294,3 +294,65 @@ func TestPlanExecPolicy(t *testing.T) {
 		t.Errorf("production container without a list: policy %+v, %v: want none", p.Process.Exec, err)
 	}
 }
+
+// The Pod's egress allowlist is measured into the process (normalised);
+// an empty one is kept (it allows nothing), a bad one refuses the container.
+func TestPlanEgressAllow(t *testing.T) {
+	cfg := DefaultConfig()
+	p, err := PlanContainer(testSpec(map[string]string{nitropod.EgressAllowAnnotation: "10.96.0.10:53, 10.1.0.0/16"}), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Process.EgressAllow == nil || !cmp.Equal(*p.Process.EgressAllow, []string{"10.96.0.10/32:53", "10.1.0.0/16"}) {
+		t.Errorf("EgressAllow = %v", p.Process.EgressAllow)
+	}
+	p, err = PlanContainer(testSpec(map[string]string{nitropod.EgressAllowAnnotation: ""}), cfg)
+	if err != nil || p.Process.EgressAllow == nil || len(*p.Process.EgressAllow) != 0 {
+		t.Errorf("empty allowlist: %v, %v; want an empty, present list", p.Process.EgressAllow, err)
+	}
+	p, err = PlanContainer(testSpec(nil), cfg)
+	if err != nil || p.Process.EgressAllow != nil {
+		t.Errorf("no annotation: %v, %v; want no list", p.Process.EgressAllow, err)
+	}
+	_, err = PlanContainer(testSpec(map[string]string{nitropod.EgressAllowAnnotation: "example.com:443"}), cfg)
+	if err == nil || !strings.Contains(err.Error(), nitropod.EgressAllowAnnotation) {
+		t.Errorf("bad allowlist: %v, want an error naming the annotation", err)
+	}
+}
+
+// The attestation API's port is measured into the process: from the
+// webhook's entry for a CRI container (the Pod's own annotation is not
+// read), from the container's annotation for direct use.
+func TestPlanAttestationPort(t *testing.T) {
+	cfg := DefaultConfig()
+	criAnn := map[string]string{nitropod.CRIContainerType: nitropod.CRIContainerTypeApp, nitropod.CRIContainerName: "app",
+		nitropod.CRISandboxNamespace: "ns", nitropod.CRISandboxName: "pod",
+		nitropod.EnclavesAnnotation:        `{"app":{"cpu":2,"memoryMiB":512,"attestationPort":8443}}`,
+		contract.AttestationPortAnnotation: "7000"}
+	for _, tc := range []struct {
+		name string
+		ann  map[string]string
+		want int
+	}{
+		{"CRI: the webhook's entry", criAnn, 8443},
+		{"direct: the annotation", map[string]string{contract.AttestationPortAnnotation: "off"}, contract.AttestationPortOff},
+		{"direct: unset", nil, 0},
+	} {
+		p, err := PlanContainer(testSpec(tc.ann), cfg)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if p.Process.AttestationPort != tc.want {
+			t.Errorf("%s: attestation port %d, want %d", tc.name, p.Process.AttestationPort, tc.want)
+		}
+	}
+	_, err := PlanContainer(testSpec(map[string]string{contract.AttestationPortAnnotation: "99999"}), cfg)
+	if err == nil || !strings.Contains(err.Error(), contract.AttestationPortAnnotation) {
+		t.Errorf("a bad port annotation: %v, want an error naming it", err)
+	}
+	bad := map[string]string{nitropod.CRIContainerType: nitropod.CRIContainerTypeApp, nitropod.CRIContainerName: "app",
+		nitropod.EnclavesAnnotation: `{"app":{"cpu":2,"memoryMiB":512,"attestationPort":70000}}`}
+	if _, err := PlanContainer(testSpec(bad), cfg); err == nil || !strings.Contains(err.Error(), "70000") {
+		t.Errorf("an entry with port 70000: %v, want an error naming it", err)
+	}
+}

@@ -162,6 +162,7 @@ func (c *converter) convert() {
 	c.reservedAnnotations()
 	c.reservedEnv()
 	c.imageLocation()
+	c.egressAllow()
 	c.launcherResources()
 	c.hostNamespaces()
 	license := c.licenseVolume()
@@ -179,6 +180,7 @@ func (c *converter) convert() {
 	for _, ic := range spec.InitContainers {
 		c.warn("init container %s runs outside the enclave (with runc, in the Pod sandbox)", ic.Name)
 	}
+	c.attestationPort(enclaves)
 	if len(c.violations) > 0 {
 		return
 	}
@@ -207,17 +209,24 @@ func (c *converter) hostNamespaces() {
 // that brings one is refused rather than believed (nitropod.io/enclaves is
 // written by Convert itself, over whatever the Pod had).
 var userAnnotations = map[string]bool{
-	nitropod.ExpectedPCR0Annotation: true,
-	nitropod.ExpectedPCR8Annotation: true,
-	nitropod.EnclavesAnnotation:     true,
-	contract.ExecCommandsAnnotation: true,
+	nitropod.ExpectedPCR0Annotation:    true,
+	nitropod.ExpectedPCR8Annotation:    true,
+	nitropod.EnclavesAnnotation:        true,
+	contract.AttestationPortAnnotation: true,
+	nitropod.EgressAllowAnnotation:     true,
+	contract.ExecCommandsAnnotation:    true,
 }
 
 func (c *converter) reservedAnnotations() {
 	for _, k := range slices.Sorted(maps.Keys(c.pod.Annotations)) {
 		if strings.HasPrefix(k, nitropod.AnnotationPrefix) && !userAnnotations[k] {
-			c.deny("annotation %s is reserved for nitropod; remove it (a Pod may set only %s, %s and %s)",
-				k, nitropod.ExpectedPCR0Annotation, nitropod.ExpectedPCR8Annotation, contract.ExecCommandsAnnotation)
+			var may []string
+			for _, a := range slices.Sorted(maps.Keys(userAnnotations)) {
+				if a != nitropod.EnclavesAnnotation {
+					may = append(may, a)
+				}
+			}
+			c.deny("annotation %s is reserved for nitropod; remove it (a Pod may set only %s)", k, strings.Join(may, ", "))
 		}
 	}
 }
@@ -267,6 +276,15 @@ func (c *converter) imageLocation() {
 	}
 	c.warn("the enclave boots %s (annotation %s); the image %q of container %s is ignored",
 		loc, nitropod.ImageLocationAnnotation, ctrs[0].Image, ctrs[0].Name)
+}
+
+// egressAllow refuses a Pod whose egress allowlist the shim would refuse.
+func (c *converter) egressAllow() {
+	if raw, ok := c.pod.Annotations[nitropod.EgressAllowAnnotation]; ok {
+		if _, err := contract.ParseEgressAllow(raw); err != nil {
+			c.deny("annotation %s: %v", nitropod.EgressAllowAnnotation, err)
+		}
+	}
 }
 
 func (c *converter) launcherResources() {
@@ -327,13 +345,17 @@ func (c *converter) container(ctr *corev1.Container, license string) (contract.E
 		c.mountLicense(ctr, license)
 	}
 	e.Debug = c.debugMode(ctr)
-	seen := map[int32]bool{}
+	seen, seenUDP := map[int32]bool{}, map[int32]bool{}
 	for _, p := range ctr.Ports {
 		// Out-of-range ports are the apiserver's validation to refuse.
 		valid := p.ContainerPort >= 1 && p.ContainerPort <= 65535
 		if valid && (p.Protocol == "" || p.Protocol == corev1.ProtocolTCP) && !seen[p.ContainerPort] {
 			seen[p.ContainerPort] = true
 			e.Ports = append(e.Ports, p.ContainerPort)
+		}
+		if valid && p.Protocol == corev1.ProtocolUDP && !seenUDP[p.ContainerPort] {
+			seenUDP[p.ContainerPort] = true
+			e.UDPPorts = append(e.UDPPorts, p.ContainerPort)
 		}
 	}
 	return e, len(c.violations) == before

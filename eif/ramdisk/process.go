@@ -58,11 +58,17 @@ type Process struct {
 	// only the listed argv vectors, matched exactly. nil refuses every
 	// exec; being measured, the list is part of the enclave's PCRs.
 	Exec *contract.ExecPolicy `json:"exec,omitempty"`
+	// EgressAllow, when not nil, is the enclave's egress allowlist
+	// (contract.ParseEgressAllow syntax, one rule per entry), enforced by
+	// init: a packet to anywhere else never leaves the enclave (a pointer, so
+	// that an empty list, which allows nothing, is kept apart from none). Measured,
+	// so the host cannot widen it. nil allows everything.
+	EgressAllow *[]string `json:"egressAllow,omitempty"`
 }
 
 // DefaultAttestationPort is where init serves the attestation HTTP API on
 // the enclave's 127.0.0.1 unless Process.AttestationPort says otherwise.
-const DefaultAttestationPort = 9910
+const DefaultAttestationPort = contract.DefaultAttestationPort
 
 // Security is the container's security context as the OCI spec gives it,
 // applied by init inside the enclave just before it executes the app.

@@ -17,8 +17,10 @@ import (
 // hello, forwards TCP streams to 127.0.0.1 inside the enclave, and hands the
 // app's start, stdio and signals to init.
 type Guest struct {
-	sess *yamux.Session
-	dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	sess    *yamux.Session
+	dial    func(ctx context.Context, network, addr string) (net.Conn, error)
+	fwd     bool
+	streams map[string]func(net.Conn)
 
 	mu      sync.Mutex
 	ctrl    *yamux.Stream
@@ -31,6 +33,10 @@ type Guest struct {
 	closed  chan struct{}
 	once    map[string]*sync.Once
 	wmu     sync.Mutex
+
+	features []string   // named in the host's hello (clock.go)
+	clockCh  chan int64 // the host's answers to clock requests
+	clockMu  sync.Mutex // one clock request at a time
 
 	nsm       *yamux.Stream // the host's NSM stream (nsm.go)
 	nsmCh     chan struct{} // closed when nsm is set
@@ -45,6 +51,14 @@ type Guest struct {
 type GuestConfig struct {
 	// Dial connects forward streams; nil dials with net.Dialer.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// AllowForward serves KindForward streams. Off in init: a forward
+	// stream would let the host reach any port of the enclave's loopback
+	// (docs/SECURITY.md); the enclave's network (enclave/podnet) carries
+	// connections instead.
+	AllowForward bool
+	// Streams serve further stream kinds (the enclave's network); each
+	// handler owns the stream and runs on its own goroutine.
+	Streams map[string]func(net.Conn)
 }
 
 // NewGuest starts init's end of the channel over conn (after the heartbeat).
@@ -56,6 +70,8 @@ func NewGuest(conn io.ReadWriteCloser, cfg GuestConfig) (*Guest, error) {
 	g := &Guest{
 		sess:    sess,
 		dial:    cfg.Dial,
+		fwd:     cfg.AllowForward,
+		streams: cfg.Streams,
 		ctrlCh:  make(chan struct{}),
 		stdioCh: make(chan struct{}),
 		startCh: make(chan struct{}),
@@ -64,6 +80,7 @@ func NewGuest(conn io.ReadWriteCloser, cfg GuestConfig) (*Guest, error) {
 		closed:  make(chan struct{}),
 		once:    map[string]*sync.Once{},
 		nsmCh:   make(chan struct{}),
+		clockCh: make(chan int64, 1),
 	}
 	for _, k := range []string{"ctrl", "stdio", "start", "bye"} {
 		g.once[k] = new(sync.Once)
@@ -113,6 +130,10 @@ func (g *Guest) handle(s *yamux.Stream) {
 			g.once["stdio"].Do(func() { close(g.stdioCh) })
 		}
 	case KindForward:
+		if !g.fwd {
+			s.Close()
+			return
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		c, err := g.dial(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(h.Port))))
 		cancel()
@@ -126,6 +147,10 @@ func (g *Guest) handle(s *yamux.Stream) {
 	case KindExec:
 		g.execStream(s)
 	default:
+		if fn := g.streams[h.Kind]; fn != nil {
+			fn(s)
+			return
+		}
 		s.Close()
 	}
 }
@@ -151,8 +176,16 @@ func (g *Guest) control(s *yamux.Stream) {
 					Error: fmt.Sprintf("enclave init speaks agent protocol %d, the host %d: rebuild the EIF with this nitropod", Version, m.Version)})
 				continue
 			}
+			g.mu.Lock()
+			g.features = append([]string(nil), m.Features...)
+			g.mu.Unlock()
 			_ = g.send(Message{Type: MsgHello, Version: Version})
 			g.once["ctrl"].Do(func() { close(g.ctrlCh) })
+		case MsgClock:
+			select {
+			case g.clockCh <- m.Time:
+			default: // nobody asked: drop
+			}
 		case MsgStart:
 			g.once["start"].Do(func() { close(g.startCh) })
 		case MsgSignal:

@@ -126,7 +126,7 @@ func (i *initState) boot() error {
 	if err != nil {
 		return stage("opening the agent channel", err)
 	}
-	g, err := agent.NewGuest(conn, agent.GuestConfig{})
+	g, err := agent.NewGuest(conn, agent.GuestConfig{Streams: i.netStreams()}) // net_linux.go
 	if err != nil {
 		return stage("opening the agent channel", err)
 	}
@@ -187,6 +187,9 @@ func (i *initState) setup() (*ramdisk.Process, error) {
 	proc, err := ReadProcess("/" + ramdisk.ProcessPath)
 	if err != nil {
 		return nil, stage("reading the process description", err)
+	}
+	if err := setEgress(proc); err != nil { // net_linux.go
+		return nil, stage("reading the egress allowlist", err)
 	}
 	if err := switchRoot("/" + ramdisk.RootfsDir); err != nil {
 		return nil, stage("switching root to /"+ramdisk.RootfsDir, err)
@@ -298,6 +301,13 @@ func (i *initState) runApp(proc *ramdisk.Process) error {
 	if err != nil {
 		return stage("waiting for the host", err)
 	}
+	// The host answers clock requests once it started the app (clock_linux.go).
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	if err := i.syncClock(ctx); err != nil && !errors.Is(err, agent.ErrNoFeature) {
+		i.logf("setting the clock from the host's: %v", err)
+	}
+	cancel()
+	go i.keepTime()
 	env := Env(proc)
 	cwd := proc.Cwd
 	if cwd == "" {
@@ -375,7 +385,7 @@ func (i *initState) runApp(proc *ramdisk.Process) error {
 	st.Stdout.Close()
 	st.Stderr.Close()
 	code, sig := Status(ws)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel = context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := i.reportExit(ctx, code, sig); err != nil {
 		i.logf("reporting the app's exit status %d: %v", code, err)
