@@ -167,11 +167,13 @@ func (c *converter) convert() {
 	license := c.licenseVolume()
 
 	enclaves := make(map[string]contract.Enclave, len(spec.Containers))
+	delivery := make(map[string]contract.ContainerDelivery, len(spec.Containers))
 	for i := range spec.Containers {
 		ctr := &spec.Containers[i]
 		e, ok := c.container(ctr, license)
 		if ok {
 			enclaves[ctr.Name] = e
+			delivery[ctr.Name] = c.delivery(ctr, license)
 		}
 	}
 	for _, ic := range spec.InitContainers {
@@ -184,6 +186,7 @@ func (c *converter) convert() {
 		c.pod.Annotations = map[string]string{}
 	}
 	c.pod.Annotations[nitropod.EnclavesAnnotation] = contract.MarshalEnclaves(enclaves)
+	c.pod.Annotations[nitropod.DeliveryAnnotation] = contract.MarshalDelivery(delivery)
 }
 
 // hostNamespaces refuses host namespaces: an app in an enclave runs on the
@@ -208,6 +211,7 @@ var userAnnotations = map[string]bool{
 	nitropod.ExpectedPCR0Annotation: true,
 	nitropod.ExpectedPCR8Annotation: true,
 	nitropod.EnclavesAnnotation:     true,
+	nitropod.DeliveryAnnotation:     true,
 }
 
 func (c *converter) reservedAnnotations() {
