@@ -8,6 +8,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -37,6 +38,11 @@ type Guest struct {
 	nsmOnce   sync.Once
 	nsmMu     sync.Mutex // serialises NSM round trips
 	nsmBroken bool
+
+	deliverMu   sync.Mutex      // guards deliverH (deliver.go)
+	deliverH    DeliveryHandler // set by HandleDeliveries
+	deliverCh   chan struct{}   // closed when deliverH is set
+	deliverOnce atomic.Bool     // one deliver stream per enclave
 }
 
 // GuestConfig configures NewGuest.
@@ -62,6 +68,8 @@ func NewGuest(conn io.ReadWriteCloser, cfg GuestConfig) (*Guest, error) {
 		closed:  make(chan struct{}),
 		once:    map[string]*sync.Once{},
 		nsmCh:   make(chan struct{}),
+
+		deliverCh: make(chan struct{}),
 	}
 	for _, k := range []string{"ctrl", "stdio", "start", "bye"} {
 		g.once[k] = new(sync.Once)
@@ -121,6 +129,8 @@ func (g *Guest) handle(s *yamux.Stream) {
 		Splice(s, c)
 	case KindNSM:
 		g.nsmStream(s)
+	case KindDeliver:
+		g.deliverStream(s)
 	default:
 		s.Close()
 	}
