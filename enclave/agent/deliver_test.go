@@ -113,4 +113,3 @@ func TestDeliverRejectsBadNames(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
-

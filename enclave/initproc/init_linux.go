@@ -38,6 +38,7 @@ func Main() int {
 type initState struct {
 	console io.Writer
 	guest   *agent.Guest
+	deliver *deliveryHandler // deliver_linux.go
 }
 
 func (i *initState) logf(format string, args ...any) {
@@ -73,6 +74,8 @@ func (i *initState) run() {
 		i.fail(err)
 		return
 	}
+	i.deliver = newDeliveryHandler(proc)
+	i.guest.HandleDeliveries(i.deliver)
 	i.startAttestationAPI(proc) // nsm_linux.go
 	if err := i.runApp(proc); err != nil {
 		i.fail(err)
@@ -296,7 +299,11 @@ func (i *initState) runApp(proc *ramdisk.Process) error {
 	if err != nil {
 		return stage("waiting for the host", err)
 	}
-	env := Env(proc)
+	delivered, err := i.deliver.startEnv()
+	if err != nil {
+		return stage("checking the delivered configuration", err)
+	}
+	env := append(Env(proc), delivered...)
 	cwd := proc.Cwd
 	if cwd == "" {
 		cwd = "/"
