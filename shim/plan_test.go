@@ -75,9 +75,9 @@ func TestPlanContainer(t *testing.T) {
 				"A=1", nitropod.EnvCPUIDs+"=2-3,6,7", nitropod.EnvMemoryMiB+"=1024", nitropod.EnvEnclaveSlot+"=1", nitropod.DebugModeEnv+"=yes"),
 			want: Plan{Enclave: true, CPUs: 2, MemoryMiB: 512, Pod: PodRef{"ns", "pod", "app"}, Debug: true, Ports: []uint16{80, 8080},
 				Deliver: deliver.Plan{Env: []string{nitropod.EnvCPUIDs, nitropod.EnvEnclaveSlot, nitropod.EnvMemoryMiB}}, Process: ramdisk.Process{
-				Args: []string{"sh", "-c", "echo hi"}, Env: []string{"A=1", nitropod.DebugModeEnv + "=yes"}, Cwd: "/work", UID: 1000, GID: 1000,
-				AdditionalGIDs: []uint32{10}, Ports: []uint16{80, 8080},
-			}},
+					Args: []string{"sh", "-c", "echo hi"}, Env: []string{"A=1", nitropod.DebugModeEnv + "=yes"}, Cwd: "/work", UID: 1000, GID: 1000,
+					AdditionalGIDs: []uint32{10}, Ports: []uint16{80, 8080},
+				}},
 		},
 		{
 			name: "debug only with the exact value",

@@ -147,6 +147,10 @@ func (s *service) createEnclave(ctx context.Context, r *taskAPI.CreateTaskReques
 		Ports:         plan.Ports,
 		EnclaveCgroup: enclaveCgroup,
 	}
+	if !plan.Deliver.Empty() {
+		d := plan.Deliver
+		lspec.Deliver = &d
+	}
 	if err := launcher.WriteSpec(lspec); err != nil {
 		return nil, err
 	}
