@@ -25,7 +25,7 @@ import (
 
 // builderVersion is part of every cache key; bump it when the EIF builder
 // changes what it writes for the same inputs.
-const builderVersion = build.Tool + "-eif-build-v1"
+const builderVersion = build.Tool + "-eif-build-v2" // v2: fixed rootfs root metadata, delivery policy
 
 // checkLicense is the licence hook: it runs before anything is built or
 // booted, against the licence the Pod mounts (package license).
