@@ -129,11 +129,11 @@ func TestCRIDeliveredConfiguration(t *testing.T) {
 	if _, err := c.cc.run(ctx, "start", one); err != nil {
 		t.Fatal(err)
 	}
-	waitLog(t, ctx, c, one, "host=replica-one pw=alpha-secret mode=prod svc=10.96.0.1", time.Minute)
-	waitLog(t, ctx, c, one, "conf=version-one", 10*time.Second)
 	if b, err := os.ReadFile(filepath.Join(c.Ctrd.State, "io.containerd.runtime.v2.task", criNS, one, "config.json")); err == nil {
 		t.Logf("config.json of replica one: %s", b)
 	}
+	waitLog(t, ctx, c, one, "host=replica-one pw=alpha-secret mode=prod svc=10.96.0.1", time.Minute)
+	waitLog(t, ctx, c, one, "conf=version-one", 10*time.Second)
 
 	two, _ := deliveryPod(t, ctx, c, "replica-two", d, map[string]string{"MODE": "prod", "DB_PASSWORD": "beta-secret", "REDIS_SERVICE_HOST": "10.96.0.9", "REDIS_PORT": "tcp://10.96.0.9:6379"}, app)
 	if _, err := c.cc.run(ctx, "start", two); err != nil {

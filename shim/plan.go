@@ -130,6 +130,8 @@ func PlanContainer(spec *specs.Spec, cfg Config) (Plan, error) {
 		GID:  spec.Process.User.GID,
 	}
 	// The hostname names the Pod (a replica): delivered, not measured.
+	// containerd's CRI sets it only in the sandbox's spec (containers share
+	// its UTS namespace) and gives it to containers as HOSTNAME.
 	p.Deliver.Hostname = spec.Hostname
 	p.Deliver.MaxBytes = cfg.MaxDeliveredBytes
 	for _, g := range spec.Process.User.AdditionalGids {
@@ -156,6 +158,9 @@ func PlanContainer(spec *specs.Spec, cfg Config) (Plan, error) {
 			p.allocationEnv[k] = env[k]
 		}
 		sorted = append(sorted, k+"="+env[k])
+	}
+	if p.Deliver.Hostname == "" && p.Pod.IsSet() {
+		p.Deliver.Hostname = env["HOSTNAME"]
 	}
 	measured, delivered := contract.SplitEnv(sorted, sources)
 	proc.Env = measured
