@@ -96,7 +96,16 @@ func (s *service) createEnclave(ctx context.Context, r *taskAPI.CreateTaskReques
 			entry.Release()
 		}
 	}()
-	fields := log.Fields{"eif": entry.Path, "cache_hit": entry.Hit, "duration": time.Since(t0).String()}
+	m, err := eifMeasurements(entry.Path)
+	if err != nil {
+		return nil, err
+	}
+	if plan.ImageLocation == "" { // imageLocation EIFs were checked when fetched
+		if err := checkExpectedBuilt(spec, m); err != nil {
+			return nil, err
+		}
+	}
+	fields := log.Fields{"eif": entry.Path, "cache_hit": entry.Hit, "duration": time.Since(t0).String(), "pcr0": m.PCR0, "pcr1": m.PCR1, "pcr2": m.PCR2}
 	if entry.Replaced != "" {
 		fields["replaced_corrupt"] = entry.Replaced
 	}
@@ -147,6 +156,7 @@ func (s *service) createEnclave(ctx context.Context, r *taskAPI.CreateTaskReques
 		Ports:         plan.Ports,
 		EnclaveCgroup: enclaveCgroup,
 	}
+	lspec.Measurements = &m
 	if !plan.Deliver.Empty() {
 		d := plan.Deliver
 		lspec.Deliver = &d

@@ -127,6 +127,10 @@ func Run(ctx context.Context, spec Spec, start io.Reader, ready io.WriteCloser, 
 		logger.Printf("delivering %d env, %d mounts, %d bytes", len(dv.d.Env), len(dv.d.Mounts), dv.d.Size())
 	}
 
+	if m := spec.Measurements; m != nil && rio.Stderr != nil {
+		fmt.Fprintln(rio.Stderr, MeasurementsLine(*m))
+	}
+
 	req := enclave.Request{
 		Name:      spec.ID,
 		EIFPath:   spec.EIFPath,

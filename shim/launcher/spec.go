@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/nitropod/nitropod/eif"
 	"github.com/nitropod/nitropod/shim/deliver"
 )
 
@@ -73,6 +74,9 @@ type Spec struct {
 	// Deliver is the configuration delivered into the enclave at start
 	// (names and paths; the values are read when the enclave starts).
 	Deliver *deliver.Plan `json:"deliver,omitempty"`
+	// Measurements are the EIF's, printed at the top of the container's
+	// log when the app has started.
+	Measurements *eif.Measurements `json:"measurements,omitempty"`
 }
 
 // BackendConfig is the shim config's backend part.
