@@ -161,7 +161,7 @@ func TestCRIDeliveredConfiguration(t *testing.T) {
 	if err == nil {
 		t.Fatalf("start with a delivered LD_PRELOAD succeeded: %s", out)
 	}
-	if !strings.Contains(out, `env "LD_PRELOAD"`) || !strings.Contains(out, "refused the delivered configuration") {
+	if !strings.Contains(out, "LD_PRELOAD") || !strings.Contains(out, "refused the delivered configuration") {
 		t.Errorf("start error %q does not give the reason", out)
 	}
 	if reason := c.inspect(ctx, three, "{{.status.message}}"); !strings.Contains(reason, "LD_PRELOAD") {
