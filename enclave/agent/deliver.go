@@ -386,7 +386,7 @@ func CheckFileName(name string) error {
 	}
 	for _, e := range strings.Split(name, "/") {
 		if strings.HasPrefix(e, "..") {
-			return fmt.Errorf("delivered file name %s has an element starting with ..", contract.Clip(name))
+			return fmt.Errorf("delivered file name %s has an element starting with \"..\"", contract.Clip(name))
 		}
 	}
 	return nil

@@ -1,6 +1,7 @@
 package deliver
 
 import (
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -74,7 +75,7 @@ func Version(dir string) (string, error) {
 		if os.IsNotExist(err) {
 			return "", nil
 		}
-		if pe, ok := err.(*fs.PathError); ok && pe.Err == syscall.EINVAL {
+		if errors.Is(err, syscall.EINVAL) {
 			return "", nil // not a symlink
 		}
 		return "", fmt.Errorf("reading %s/..data: %w", dir, err)

@@ -31,7 +31,7 @@ func Watch(ctx context.Context, p Plan, d agent.Delivery, versions []string, u U
 		limit = contract.DefaultMaxDeliveredBytes
 	}
 	sizes := make([]int64, len(d.Mounts))
-	var fixed int64 = d.Size()
+	fixed := d.Size()
 	watched := false
 	for i, m := range d.Mounts {
 		sizes[i] = agent.FilesSize(m.Files)
