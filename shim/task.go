@@ -27,6 +27,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	nitropod "github.com/nitropod/nitropod"
 	"github.com/nitropod/nitropod/eifcache"
 	"github.com/nitropod/nitropod/shim/launcher"
 )
@@ -156,7 +157,12 @@ func (s *service) createEnclave(ctx context.Context, r *taskAPI.CreateTaskReques
 		Ports:         plan.Ports,
 		EnclaveCgroup: enclaveCgroup,
 	}
-	lspec.Measurements = &m
+	if _, ok := spec.Annotations[nitropod.EnclavesAnnotation]; ok {
+		// A Pod the nitropod webhook admitted: its users see the PCRs at
+		// the top of the container's log (other CRI clients, such as
+		// conformance suites, compare logs line by line).
+		lspec.Measurements = &m
+	}
 	if !plan.Deliver.Empty() {
 		d := plan.Deliver
 		lspec.Deliver = &d
