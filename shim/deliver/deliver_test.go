@@ -199,3 +199,56 @@ func TestWatchSendsKubeletUpdates(t *testing.T) {
 	case <-time.After(200 * time.Millisecond):
 	}
 }
+
+// TestSubPathMounts: a subPath of a file is delivered as that file, a
+// subPath of a directory as its files without kubelet's ..data swap (kubelet
+// does not update subPath mounts either), and only from kubelet's
+// volume-subpaths directory of the Pod's volume.
+func TestSubPathMounts(t *testing.T) {
+	pod := newPod(t)
+	sub := filepath.Join(pod.root, "pods", pod.uid, "volume-subpaths", "cfg", "app", "0")
+	if err := os.MkdirAll(filepath.Dir(sub), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(sub, []byte("one file"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	d := contract.ContainerDelivery{Mounts: []contract.Mount{{Path: "/etc/app.conf", Kind: contract.VolumeConfigMap, Volume: "cfg", SubPath: true, ReadOnly: true}}}
+	spec := &specs.Spec{Mounts: []specs.Mount{{Destination: "/etc/app.conf", Type: "bind", Source: sub}}}
+	ms, err := PlanMounts(spec, d, pod.uid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := Collect(Plan{Mounts: ms}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := got.Mounts[0]; m.Kind != agent.MountFile || string(m.Files[0].Data) != "one file" || m.Files[0].Mode != 0o640 {
+		t.Errorf("subPath file = %+v", m)
+	}
+	// A subPath directory.
+	dir := filepath.Join(pod.root, "pods", pod.uid, "volume-subpaths", "cfg", "app", "1")
+	if err := os.MkdirAll(filepath.Join(dir, "nested"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "nested", "x"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	spec.Mounts[0].Source = dir
+	ms, err = PlanMounts(spec, d, pod.uid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _, err = Collect(Plan{Mounts: ms}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := got.Mounts[0]; m.Kind != agent.MountDir || m.Atomic || len(m.Files) != 1 || m.Files[0].Name != "nested/x" {
+		t.Errorf("subPath directory = %+v", m)
+	}
+	// Another volume's subpath is refused.
+	spec.Mounts[0].Source = filepath.Join(pod.root, "pods", pod.uid, "volume-subpaths", "other", "app", "0")
+	if _, err := PlanMounts(spec, d, pod.uid); err == nil {
+		t.Error("another volume's subpath accepted")
+	}
+}
