@@ -2,6 +2,7 @@ package podpcr
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -25,6 +26,10 @@ type Options struct {
 	// TempDir holds the unpacked image and the EIF being measured ("" is
 	// the system's).
 	TempDir string
+	// Explain, when set, receives each container's measured process
+	// description (what the EIF holds as nitropod/process.json), to compare
+	// with a node's.
+	Explain io.Writer
 }
 
 // Measure returns the measurements of every enclave container of t's Pod
@@ -83,6 +88,10 @@ func Measure(ctx context.Context, t Template, img v1.Image, opts Options) (map[s
 		if plan.PortsFromImage {
 			ports := fetch.ExposedTCPPorts(cf.Config.ExposedPorts)
 			plan.Ports, plan.Process.Ports = ports, ports
+		}
+		if opts.Explain != nil {
+			b, _ := json.Marshal(plan.Process)
+			fmt.Fprintf(opts.Explain, "container %s: measured process %s\n", ctr.Name, b)
 		}
 		m, err := measure(rootfs, plan, cfg, ctr.Image, opts.TempDir)
 		if err != nil {

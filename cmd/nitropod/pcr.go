@@ -20,6 +20,7 @@ func init() { topCommands = append(topCommands, newPCRCommand()) }
 
 func newPCRCommand() *cobra.Command {
 	var manifest, ociLayout, tarballPath, blobs, initPath, workload string
+	var explain bool
 	cmd := &cobra.Command{
 		Use:   "pcr -f MANIFEST (IMAGE-REF | --oci-layout DIR | --tarball F) [--blobs DIR] [--init F]",
 		Short: "Print the PCRs the enclave containers of a Pod template get on a node",
@@ -82,7 +83,11 @@ image's file owners are measured).`,
 			if err != nil {
 				return err
 			}
-			out, warnings, err := podpcr.Measure(cmd.Context(), tpl, img, podpcr.Options{Blobs: blobs, Init: initPath})
+			opts := podpcr.Options{Blobs: blobs, Init: initPath}
+			if explain {
+				opts.Explain = cmd.ErrOrStderr()
+			}
+			out, warnings, err := podpcr.Measure(cmd.Context(), tpl, img, opts)
 			for _, w := range warnings {
 				fmt.Fprintln(cmd.ErrOrStderr(), "warning:", w)
 			}
@@ -102,6 +107,7 @@ image's file owners are measured).`,
 	f.StringVar(&tarballPath, "tarball", "", "OCI archive or docker save tarball")
 	f.StringVar(&blobs, "blobs", defaultBlobs(), "the node's blob set (blobs_dir in its shim config) [$NITROPOD_BLOBS]")
 	f.StringVar(&initPath, "init", "", "the node's nitropod-init (init_path in its shim config)")
+	f.BoolVar(&explain, "explain", false, "print each container's measured process description to stderr")
 	return cmd
 }
 

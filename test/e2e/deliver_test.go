@@ -5,6 +5,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +20,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	nitropod "github.com/nitropod/nitropod"
+	"github.com/nitropod/nitropod/eif"
+	"github.com/nitropod/nitropod/eif/cpio"
+	"github.com/nitropod/nitropod/eif/ramdisk"
 	"github.com/nitropod/nitropod/internal/testenv"
 )
 
@@ -154,17 +158,20 @@ func TestDeliveredConfiguration(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(testenv.Binary(t, "nitropod"), "pcr", "-f", manifest, "--oci-layout", filepath.Join(work, "oci"),
-		"--blobs", testenv.EmuBlobs(t), "--init", testenv.Binary(t, "nitropod-init"))
+		"--blobs", testenv.EmuBlobs(t), "--init", testenv.Binary(t, "nitropod-init"), "--explain")
+	var explained strings.Builder
+	cmd.Stderr = &explained
 	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("nitropod pcr: %v: %s", err, out)
+		t.Fatalf("nitropod pcr: %v: %s%s", err, out, explained.String())
 	}
 	var got map[string]map[string]string
 	if err := json.Unmarshal(out, &got); err != nil {
 		t.Fatalf("nitropod pcr output %s: %v", out, err)
 	}
 	if got["app"]["PCR0"] != pcr0[pods[0]] || got["app"]["HashAlgorithm"] != "Sha384 { ... }" {
-		t.Errorf("nitropod pcr -f says %v; the node measured PCR0 %s", got, pcr0[pods[0]])
+		t.Errorf("nitropod pcr -f says %v; the node measured PCR0 %s\nnitropod pcr: %s\nthe node's: %s",
+			got, pcr0[pods[0]], explained.String(), nodeProcesses(t, filepath.Join(e.dir, "eif-cache")))
 	} else {
 		t.Logf("nitropod pcr -f agrees with the node: PCR0 %s", pcr0[pods[0]])
 	}
@@ -213,4 +220,41 @@ spec:
 			t.Errorf("the Secret value is left in %s: %s", dir, s)
 		}
 	}
+}
+
+// nodeProcesses returns the measured process descriptions of the EIFs in
+// the node's cache (nitropod/process.json of each customer ramdisk).
+func nodeProcesses(t *testing.T, cache string) string {
+	var out strings.Builder
+	files, _ := filepath.Glob(filepath.Join(cache, "*"))
+	for _, p := range files {
+		f, err := os.Open(p)
+		if err != nil {
+			continue
+		}
+		st, _ := f.Stat()
+		ef, err := eif.Open(f, st.Size())
+		if err != nil {
+			f.Close()
+			continue
+		}
+		for _, s := range ef.Sections {
+			if s.Type != eif.SectionRamdisk {
+				continue
+			}
+			r := cpio.NewReader(ef.Data(s))
+			for {
+				h, err := r.Next()
+				if err != nil {
+					break
+				}
+				if h.Name == ramdisk.ProcessPath {
+					b, _ := io.ReadAll(r)
+					fmt.Fprintf(&out, "%s: %s\n", filepath.Base(p), b)
+				}
+			}
+		}
+		f.Close()
+	}
+	return out.String()
 }
