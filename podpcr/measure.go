@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
+	"slices"
 
 	"github.com/containerd/containerd/archive"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	imagespec "github.com/opencontainers/image-spec/specs-go/v1"
+	corev1 "k8s.io/api/core/v1"
 
 	nitropod "github.com/nitropod/nitropod"
 	"github.com/nitropod/nitropod/contract"
@@ -44,6 +47,7 @@ func Measure(ctx context.Context, t Template, img v1.Image, opts Options) (map[s
 	if pod.Name == "" {
 		pod.Name = "pcr"
 	}
+	addServiceAccountToken(pod)
 	// The licence is checked on the node and never enters the EIF.
 	conv, warnings, err := webhook.Convert(pod, webhook.Config{LicenseOptional: true})
 	if err != nil {
@@ -142,5 +146,33 @@ func imageConfig(c v1.Config) imagespec.ImageConfig {
 	return imagespec.ImageConfig{
 		User: c.User, Env: c.Env, Entrypoint: c.Entrypoint, Cmd: c.Cmd, WorkingDir: c.WorkingDir,
 		ExposedPorts: c.ExposedPorts, Labels: c.Labels, StopSignal: c.StopSignal,
+	}
+}
+
+// serviceAccountTokenPath is where the apiserver's ServiceAccount admission
+// mounts the service-account token volume.
+const serviceAccountTokenPath = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+// addServiceAccountToken does what the apiserver's ServiceAccount admission
+// does before the webhook sees a Pod: unless the Pod sets
+// automountServiceAccountToken: false (or already mounts something there),
+// every container gets the projected token volume (kube-api-access-…) at
+// serviceAccountTokenPath, read-only. Its path is in the measured delivery
+// policy. A ServiceAccount that itself sets automountServiceAccountToken:
+// false cannot be seen from the manifest: set it on the Pod template too.
+func addServiceAccountToken(pod *corev1.Pod) {
+	if a := pod.Spec.AutomountServiceAccountToken; a != nil && !*a {
+		return
+	}
+	const vol = "kube-api-access-pcr"
+	pod.Spec.Volumes = append(pod.Spec.Volumes, corev1.Volume{Name: vol, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{}}})
+	for _, list := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+		for i := range list {
+			c := &list[i]
+			if slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return path.Clean(m.MountPath) == serviceAccountTokenPath }) {
+				continue
+			}
+			c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: vol, MountPath: serviceAccountTokenPath, ReadOnly: true})
+		}
 	}
 }

@@ -125,6 +125,12 @@ func TestMeasureTemplate(t *testing.T) {
 	if got, err := measure(strings.Replace(deployment, "value: prod", "value: staging", 1)); err != nil || got == base {
 		t.Errorf("another literal env value: PCR0 %s, %v; want a different one", got, err)
 	}
+	// The apiserver mounts the service-account token unless the template
+	// opts out; its path is in the measured delivery policy.
+	noToken := strings.Replace(deployment, "      containers:\n", "      automountServiceAccountToken: false\n      containers:\n", 1)
+	if got, err := measure(noToken); err != nil || got == base {
+		t.Errorf("automountServiceAccountToken: false: PCR0 %s, %v; want a different one", got, err)
+	}
 	if _, err := measure(strings.Replace(deployment, `nitro.k8s.anjuna.io/managed: "yes"`, `other: "x"`, 1)); err == nil || !strings.Contains(err.Error(), "lacks the label") {
 		t.Errorf("unmanaged template: %v", err)
 	}
