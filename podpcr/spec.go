@@ -24,10 +24,11 @@ import (
 )
 
 // kubeletMaskedPaths and kubeletReadonlyPaths are what kubelet sends for
-// a container with procMount Default (its securitycontext defaults).
+// a container with procMount Default (its securitycontext defaults, as
+// kubelet 1.37 sends them; the e2e test compares with a real kubelet).
 var (
 	kubeletMaskedPaths = []string{
-		"/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+		"/proc/asound", "/proc/acpi", "/proc/interrupts", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
 		"/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
 	}
 	kubeletReadonlyPaths = []string{"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"}
