@@ -48,6 +48,9 @@ type RunIO struct {
 	// starts, to deliver configuration (agent.Client.Deliver); an error
 	// fails the start.
 	Deliver func(ctx context.Context, c *agent.Client) error
+	// Stats, when set, receives the enclave's CPU and memory use each time
+	// init reports it (every few seconds while the app runs).
+	Stats func(agent.Stats)
 }
 
 // Stages passed to RunIO.Progress.
@@ -127,6 +130,9 @@ func Start(ctx context.Context, b Backend, req Request, rio RunIO) (_ *Session, 
 		return nil, s.explain(fmt.Errorf("connecting to enclave init: %w", err))
 	}
 	s.cl = cl
+	if rio.Stats != nil {
+		cl.OnStats(rio.Stats)
+	}
 	if ns, ok := enc.(NSMServer); ok {
 		if h := ns.NSMHandler(); h != nil {
 			go func() { _ = cl.ServeNSM(h) }()

@@ -20,7 +20,7 @@ set -euo pipefail
 PKG=${NITROPOD_EMU_KERNEL_PKG:-linux-image-6.1.0-56-amd64}
 VERSION=${NITROPOD_EMU_KERNEL_VERSION:-6.1.192-2}
 SHA256=${NITROPOD_EMU_KERNEL_SHA256:-a86e2049672f52354c4536a089203b6c82639420424d31c91cf31a181fd4d8f1}
-CMDLINE="console=ttyS0 panic=-1 reboot=t tsc_early_khz=2600000 quiet"
+CMDLINE="console=ttyS0 panic=-1 reboot=t tsc_early_khz=2600000 tsc=reliable quiet"
 # The modules to ship; their load order comes from their depends= fields.
 MODULES=(virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_mmio virtio_console fuse cuse)
 

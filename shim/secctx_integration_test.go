@@ -8,7 +8,7 @@ import (
 )
 
 // probeScript reports, one key=value per line, what the app may do inside
-// its enclave (one line: the measured argv cannot hold newlines).
+// its enclave.
 var probeScript = strings.Join([]string{
 	`grep -E '^(CapEff|CapBnd|NoNewPrivs|Groups|Seccomp):' /proc/self/status`,
 	`touch /probe 2>/dev/null && echo rootfs=rw || echo rootfs=ro`,

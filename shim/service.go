@@ -3,7 +3,9 @@ package shim
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -31,6 +33,7 @@ import (
 
 	nitropod "github.com/nitropod/nitropod"
 	"github.com/nitropod/nitropod/eifcache"
+	"github.com/nitropod/nitropod/shim/launcher"
 )
 
 func init() {
@@ -395,6 +398,11 @@ func (s *service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.
 	st, err := cgroupStats(t.cgroupsPath)
 	if err != nil {
 		return nil, errdefs.ToGRPCf(errdefs.ErrNotFound, "cgroup %s of enclave container %s: %v", t.cgroupsPath, r.ID, err)
+	}
+	if rec, err := launcher.ReadStats(t.bundle); err == nil {
+		st = withEnclaveStats(st, rec, time.Now())
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		log.G(ctx).WithError(err).Warn("reading the enclave's stats")
 	}
 	data, err := typeurl.MarshalAny(st)
 	if err != nil {

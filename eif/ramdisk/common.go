@@ -24,20 +24,28 @@ func requiredDirMode(name string) uint32 {
 	return cpio.TypeDir | 0o755
 }
 
-// writeProcess writes /cmd, /env and /nitropod/process.json.
+// writeProcess writes /nitropod/process.json and, when the process fits
+// their one-per-line format, AWS's /cmd and /env. A Pod's multi-line script
+// (`sh -c` with a YAML block) or an env value holding a PEM certificate has
+// newlines; nitropod-init reads only process.json, so such a process runs,
+// and the parity files, which AWS's init could not have used anyway, are
+// left out.
 func writeProcess(cw *cpio.Writer, proc Process) error {
 	if len(proc.Args) == 0 {
 		return fmt.Errorf("writing process: no command (set an entrypoint or command)")
 	}
+	oneLine := true
 	for _, a := range proc.Args {
-		if strings.ContainsAny(a, "\n\x00") {
-			return fmt.Errorf("writing process: argument %q contains a newline or NUL, which /cmd cannot hold", a)
+		if strings.Contains(a, "\x00") {
+			return fmt.Errorf("writing process: argument %q contains a NUL byte, which no program can receive: remove it from the command or args", a)
 		}
+		oneLine = oneLine && !strings.Contains(a, "\n")
 	}
 	for _, e := range proc.Env {
-		if strings.ContainsAny(e, "\n\x00") || !strings.Contains(e, "=") {
-			return fmt.Errorf("writing process: environment entry %q is not K=V on one line", e)
+		if strings.Contains(e, "\x00") || !strings.Contains(e, "=") || strings.HasPrefix(e, "=") {
+			return fmt.Errorf("writing process: environment entry %q is not NAME=value without NUL bytes", e)
 		}
+		oneLine = oneLine && !strings.Contains(e, "\n")
 	}
 	js, err := json.Marshal(proc)
 	if err != nil {
@@ -51,12 +59,11 @@ func writeProcess(cw *cpio.Writer, proc Process) error {
 		}
 		return b.String()
 	}
-	files := []struct {
-		name, data string
-	}{{CmdPath, lines(proc.Args)}, {EnvPath, lines(proc.Env)}}
-	for _, f := range files {
-		if err := writeFile(cw, f.name, 0o600, f.data); err != nil {
-			return err
+	if oneLine {
+		for _, f := range []struct{ name, data string }{{CmdPath, lines(proc.Args)}, {EnvPath, lines(proc.Env)}} {
+			if err := writeFile(cw, f.name, 0o600, f.data); err != nil {
+				return err
+			}
 		}
 	}
 	if err := cw.WriteHeader(&cpio.Header{Name: path.Dir(ProcessPath), Mode: cpio.TypeDir | 0o755}); err != nil {

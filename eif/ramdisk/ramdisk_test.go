@@ -600,3 +600,39 @@ func TestGNUCpioContained(t *testing.T) {
 		t.Errorf("up: %q, %v", l, err)
 	}
 }
+
+// TestMultiLineProcess: a multi-line script or an env value with newlines
+// (a PEM certificate) is kept whole in process.json, which init reads; the
+// one-per-line parity files are left out. NUL bytes are refused by name.
+func TestMultiLineProcess(t *testing.T) {
+	root := t.TempDir()
+	proc := Process{Args: []string{"sh", "-c", "echo one\necho two\n"}, Env: []string{"CERT=-----BEGIN-----\nabc\n-----END-----"}}
+	var b bytes.Buffer
+	if err := WriteDir(&b, root, proc); err != nil {
+		t.Fatal(err)
+	}
+	_, other := readTree(t, b.Bytes())
+	if _, ok := other[CmdPath]; ok {
+		t.Errorf("/cmd written for a multi-line argv: %q", other[CmdPath])
+	}
+	if _, ok := other[EnvPath]; ok {
+		t.Errorf("/env written for a multi-line env value: %q", other[EnvPath])
+	}
+	var got Process
+	if err := json.Unmarshal([]byte(other[ProcessPath]), &got); err != nil {
+		t.Fatalf("process.json %q: %v", other[ProcessPath], err)
+	}
+	if d := cmp.Diff(proc, got); d != "" {
+		t.Errorf("process.json (-want +got):\n%s", d)
+	}
+	for _, bad := range []Process{
+		{Args: []string{"sh", "a\x00b"}},
+		{Args: []string{"sh"}, Env: []string{"A=b\x00c"}},
+		{Args: []string{"sh"}, Env: []string{"=value"}},
+	} {
+		err := WriteDir(io.Discard, root, bad)
+		if err == nil || !strings.Contains(err.Error(), "NUL") {
+			t.Errorf("WriteDir(%q, %q): %v, want an error about NUL bytes / NAME=value", bad.Args, bad.Env, err)
+		}
+	}
+}

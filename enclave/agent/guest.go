@@ -33,6 +33,10 @@ type Guest struct {
 	once    map[string]*sync.Once
 	wmu     sync.Mutex
 
+	features []string   // named in the host's hello (clock.go)
+	clockCh  chan int64 // the host's answers to clock requests
+	clockMu  sync.Mutex // one clock request at a time
+
 	nsm       *yamux.Stream // the host's NSM stream (nsm.go)
 	nsmCh     chan struct{} // closed when nsm is set
 	nsmOnce   sync.Once
@@ -68,6 +72,7 @@ func NewGuest(conn io.ReadWriteCloser, cfg GuestConfig) (*Guest, error) {
 		closed:  make(chan struct{}),
 		once:    map[string]*sync.Once{},
 		nsmCh:   make(chan struct{}),
+		clockCh: make(chan int64, 1),
 
 		deliverCh: make(chan struct{}),
 	}
@@ -157,8 +162,16 @@ func (g *Guest) control(s *yamux.Stream) {
 					Error: fmt.Sprintf("enclave init speaks agent protocol %d, the host %d: rebuild the EIF with this nitropod", Version, m.Version)})
 				continue
 			}
+			g.mu.Lock()
+			g.features = append([]string(nil), m.Features...)
+			g.mu.Unlock()
 			_ = g.send(Message{Type: MsgHello, Version: Version})
 			g.once["ctrl"].Do(func() { close(g.ctrlCh) })
+		case MsgClock:
+			select {
+			case g.clockCh <- m.Time:
+			default: // nobody asked: drop
+			}
 		case MsgStart:
 			g.once["start"].Do(func() { close(g.startCh) })
 		case MsgSignal:

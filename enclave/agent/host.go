@@ -18,6 +18,9 @@ type Client struct {
 	ctrl *yamux.Stream
 
 	wmu sync.Mutex // serialises control writes
+
+	hmu     sync.Mutex // guards onStats
+	onStats func(Stats)
 }
 
 // Connect starts the host end over conn and exchanges hellos with init. It
@@ -43,7 +46,7 @@ func Connect(ctx context.Context, conn io.ReadWriteCloser) (*Client, error) {
 		return nil, c.ctxErr(ctx, fmt.Errorf("opening control stream: %w", err))
 	}
 	c.ctrl = ctrl
-	if err := c.Send(Message{Type: MsgHello, Version: Version}); err != nil {
+	if err := c.Send(Message{Type: MsgHello, Version: Version, Features: hostFeatures}); err != nil {
 		return nil, c.ctxErr(ctx, err)
 	}
 	m, err := c.Recv()
@@ -100,11 +103,23 @@ func (c *Client) Send(m Message) error {
 	return WriteFrame(c.ctrl, m)
 }
 
-// Recv reads the next control message from init. Only one goroutine may call it.
+// Recv reads the next control message from init, answering on the way the
+// clock requests and stats reports the Client serves itself (clock.go).
+// Only one goroutine may call it.
 func (c *Client) Recv() (Message, error) {
-	var m Message
-	err := ReadFrame(c.ctrl, &m)
-	return m, err
+	for {
+		var m Message
+		if err := ReadFrame(c.ctrl, &m); err != nil {
+			return m, err
+		}
+		served, err := c.handle(m)
+		if err != nil {
+			return Message{}, fmt.Errorf("answering init's %s message: %w", m.Type, err)
+		}
+		if !served {
+			return m, nil
+		}
+	}
 }
 
 // Stdio are the host ends of the app's standard streams.

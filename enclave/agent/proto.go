@@ -61,6 +61,8 @@ const (
 	MsgExit    = "exit"    // init → host: the app ended with Code / Signal
 	MsgError   = "error"   // init → host: Stage failed with Error
 	MsgBye     = "bye"     // host → init: output received, power off
+	MsgClock   = "clock"   // init → host: what time is it; host → init: Time (clock.go)
+	MsgStats   = "stats"   // init → host: the enclave's CPU and memory use (clock.go)
 )
 
 // Message is one control message.
@@ -77,6 +79,14 @@ type Message struct {
 	// killed the app. Older peers leave it out and ignore it.
 	OOMKilled bool   `json:"oomKilled,omitempty"`
 	Error     string `json:"error,omitempty"`
+	// Features (in the host's hello) are the optional messages the host
+	// answers; init uses a feature only when the host named it, so new
+	// init and an older host (or the reverse) still work together.
+	Features []string `json:"features,omitempty"`
+	// Time (host → init, for clock) is the host's wall clock in Unix ns.
+	Time int64 `json:"time,omitempty"`
+	// Stats (for stats) is what init measured.
+	Stats *Stats `json:"stats,omitempty"`
 }
 
 // WriteFrame writes v as one length-prefixed JSON frame.

@@ -303,6 +303,13 @@ func (i *initState) runApp(proc *ramdisk.Process) error {
 	if err != nil {
 		return stage("checking the delivered configuration", err)
 	}
+	// The host answers clock requests once it started the app (clock_linux.go).
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	if err := i.syncClock(ctx); err != nil && !errors.Is(err, agent.ErrNoFeature) {
+		i.logf("setting the clock from the host's: %v", err)
+	}
+	cancel()
+	go i.keepTime()
 	env := append(Env(proc), delivered...)
 	cwd := proc.Cwd
 	if cwd == "" {
@@ -380,7 +387,7 @@ func (i *initState) runApp(proc *ramdisk.Process) error {
 	st.Stdout.Close()
 	st.Stderr.Close()
 	code, sig := Status(ws)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel = context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := i.reportExit(ctx, code, sig); err != nil {
 		i.logf("reporting the app's exit status %d: %v", code, err)

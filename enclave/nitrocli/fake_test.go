@@ -414,10 +414,13 @@ func TestFakePollingBounded(t *testing.T) {
 	if limit := int(window/interval) + 1; len(in) > limit || len(in) < 3 {
 		t.Errorf("%d describe-enclaves calls in %v by %d launchers polling every %v; want at most %d (and some)", len(in), window, launchers, interval, limit)
 	}
-	for i := 1; i < len(in); i++ {
-		// (Times are the fake's start times: allow some exec jitter.)
-		if gap := in[i].at.Sub(in[i-1].at); gap < interval-20*time.Millisecond {
-			t.Errorf("describe-enclaves calls %v apart, want at least %v", gap, interval)
+	// The mean gap, not each one: the times are the fake's start times,
+	// and on a loaded machine one exec can start late and the next on time,
+	// so two calls of consecutive intervals may land a few ms apart.
+	// Unshared polling would average interval/launchers.
+	if len(in) >= 2 {
+		if mean := in[len(in)-1].at.Sub(in[0].at) / time.Duration(len(in)-1); mean < interval*8/10 {
+			t.Errorf("describe-enclaves calls %v apart on average, want about %v", mean, interval)
 		}
 	}
 	logb, _ := os.ReadFile(filepath.Join(n.state, "nitro_enclaves.log"))

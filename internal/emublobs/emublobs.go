@@ -44,11 +44,18 @@ const SystemDir = "/usr/local/share/nitropod/blobs/emu"
 // The pinned kernel package and what is taken from it: the same values as
 // hack/emu-kernel.sh (a test keeps them equal), so both make byte-identical
 // blob sets and accept each other's as up to date.
+//
+// tsc=reliable in Cmdline: under TCG with more than one vCPU the kernel
+// finds the TSCs unsynchronized and falls back to the jiffies clocksource,
+// which loses time whenever QEMU's vCPU thread is starved on a busy host
+// (seconds within a minute on two shared cores). TCG's TSC follows the
+// host's own, so declaring it reliable keeps the guest's clock in step and
+// lets init's clock sync (enclave/initproc) hold it to the host's.
 const (
 	Package = "linux-image-6.1.0-56-amd64"
 	Version = "6.1.192-2"
 	SHA256  = "a86e2049672f52354c4536a089203b6c82639420424d31c91cf31a181fd4d8f1"
-	Cmdline = "console=ttyS0 panic=-1 reboot=t tsc_early_khz=2600000 quiet"
+	Cmdline = "console=ttyS0 panic=-1 reboot=t tsc_early_khz=2600000 tsc=reliable quiet"
 )
 
 // Modules are the modules shipped; their load order (modules.order) follows

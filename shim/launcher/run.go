@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nitropod/nitropod/enclave"
+	"github.com/nitropod/nitropod/enclave/agent"
 )
 
 // Main is the launcher's entry point: nitropod-launcher SPECFILE, with the
@@ -146,6 +147,13 @@ func Run(ctx context.Context, spec Spec, start io.Reader, ready io.WriteCloser, 
 		rio.Publish = append(rio.Publish, enclave.PortMapping{HostAddr: ":" + strconv.Itoa(int(p)), EnclavePort: p})
 	}
 	rio.Progress = func(stage string) { logger.Print(stage) }
+	statsFailed := false
+	rio.Stats = func(st agent.Stats) {
+		if err := writeStats(spec.Bundle, StatsRecord{At: time.Now(), Stats: st}); err != nil && !statsFailed {
+			statsFailed = true // once: init reports every few seconds
+			logger.Print(err)
+		}
+	}
 
 	if spec.Backend.Name == "nitro-cli" {
 		if err := writeRecord(spec.Bundle, Record{Backend: spec.Backend.Name, EnclaveName: spec.ID, NitroCLI: spec.Backend.NitroCLI}); err != nil {
