@@ -52,6 +52,17 @@ func deliveryPod(t *testing.T, ctx context.Context, c *criEnv, name string, d co
 		t.Fatal(err)
 	}
 	kubeletVolume(t, volume, 1, map[string]string{"app.conf": "version-one"})
+	scratch := filepath.Join(c.dir, "kubelet", "pods", uid, "volumes", "kubernetes.io~empty-dir", "scratch")
+	subFile := filepath.Join(c.dir, "kubelet", "pods", uid, "volume-subpaths", "cfg", "app", "1")
+	if err := os.MkdirAll(scratch, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(subFile), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(subFile, []byte("sub-path-file"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	podCfg := writeJSON(t, filepath.Join(c.dir, name+"-pod.json"), map[string]any{
 		"metadata":      map[string]any{"name": name, "namespace": "default", "uid": uid, "attempt": 0},
 		"hostname":      name,
@@ -81,7 +92,11 @@ func deliveryPod(t *testing.T, ctx context.Context, c *criEnv, name string, d co
 		"image":    map[string]any{"image": busyboxRef},
 		"command":  []string{"sh", "-c", command},
 		"envs":     envs,
-		"mounts":   []map[string]any{{"container_path": "/etc/app", "host_path": volume, "readonly": true}},
+		"mounts": []map[string]any{
+			{"container_path": "/etc/app", "host_path": volume, "readonly": true},
+			{"container_path": "/scratch", "host_path": scratch},
+			{"container_path": "/etc/one.conf", "host_path": subFile, "readonly": true},
+		},
 		"log_path": "app.log",
 		"linux":    map[string]any{},
 	})
@@ -119,10 +134,16 @@ func TestCRIDeliveredConfiguration(t *testing.T) {
 	c := newCRIEnv(t, ctx)
 	d := contract.ContainerDelivery{
 		Literal: []string{"MODE"}, Env: []string{"DB_PASSWORD"},
-		Mounts: []contract.Mount{{Path: "/etc/app", Kind: contract.VolumeConfigMap, Volume: "cfg", ReadOnly: true}},
+		Mounts: []contract.Mount{
+			{Path: "/etc/app", Kind: contract.VolumeConfigMap, Volume: "cfg", ReadOnly: true},
+			{Path: "/scratch", Kind: contract.VolumeEmptyDir, Volume: "scratch", SizeLimit: 1 << 20},
+			{Path: "/etc/one.conf", Kind: contract.VolumeConfigMap, Volume: "cfg", SubPath: true, ReadOnly: true},
+		},
 	}
 	const app = `echo "host=$(hostname) pw=$DB_PASSWORD mode=$MODE svc=$KUBERNETES_SERVICE_HOST"; echo "hosts: $(grep -c . /etc/hosts) lines"; ` +
 		`if touch /etc/app/x 2>/dev/null; then echo volume-writable; fi; ` +
+		`echo "subpath=$(cat /etc/one.conf)"; echo x > /scratch/f && echo scratch-ok; ` +
+		`dd if=/dev/zero of=/scratch/big bs=1024 count=2048 2>/dev/null || echo scratch-full; ` +
 		`while true; do echo "conf=$(cat /etc/app/app.conf)"; sleep 0.3; done`
 
 	one, vol := deliveryPod(t, ctx, c, "replica-one", d, map[string]string{"MODE": "prod", "DB_PASSWORD": "alpha-secret", "KUBERNETES_SERVICE_HOST": "10.96.0.1"}, app)
@@ -134,6 +155,10 @@ func TestCRIDeliveredConfiguration(t *testing.T) {
 	}
 	waitLog(t, ctx, c, one, "host=replica-one pw=alpha-secret mode=prod svc=10.96.0.1", time.Minute)
 	waitLog(t, ctx, c, one, "conf=version-one", 10*time.Second)
+	// A subPath file, and an emptyDir as a tmpfs of its sizeLimit.
+	for _, want := range []string{"subpath=sub-path-file", "scratch-ok", "scratch-full"} {
+		waitLog(t, ctx, c, one, want, 5*time.Second)
+	}
 
 	two, _ := deliveryPod(t, ctx, c, "replica-two", d, map[string]string{"MODE": "prod", "DB_PASSWORD": "beta-secret", "REDIS_SERVICE_HOST": "10.96.0.9", "REDIS_PORT": "tcp://10.96.0.9:6379"}, app)
 	if _, err := c.cc.run(ctx, "start", two); err != nil {
