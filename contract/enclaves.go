@@ -41,6 +41,9 @@ type Enclave struct {
 	Ports []int32 `json:"ports,omitempty"`
 	// Debug is true for a debug enclave (ANJ_ENCLAVE_DEBUG_MODE=yes).
 	Debug bool `json:"debug,omitempty"`
+	// AttestationPort is the attestation API's port from the Pod's
+	// AttestationPortAnnotation: 0 the default, AttestationPortOff none.
+	AttestationPort int `json:"attestationPort,omitempty"`
 }
 
 // Validate reports what is wrong with e, naming the container.
@@ -58,6 +61,9 @@ func (e Enclave) Validate(container string) error {
 		if p < 1 || p > 65535 {
 			return fmt.Errorf("enclave of container %q: port %d is not between 1 and 65535", container, p)
 		}
+	}
+	if err := CheckAttestationPort(e.AttestationPort); err != nil {
+		return fmt.Errorf("enclave of container %q: %w", container, err)
 	}
 	return nil
 }

@@ -566,7 +566,7 @@ func TestInstallScript(t *testing.T) {
 		}
 	}
 	chart := filepath.Join(repoDeploy(t), "helm", "nitropod", "files")
-	for f, src := range map[string]string{"install.sh": "install.sh", "containerd-nitro.toml": "containerd-nitro.toml", "deny-vsock.json": "seccomp/deny-vsock.json"} {
+	for f, src := range map[string]string{"install.sh": "install.sh", "containerd-nitro.toml": "containerd-nitro.toml", "containerd-nitro-v3.toml": "containerd-nitro-v3.toml", "deny-vsock.json": "seccomp/deny-vsock.json"} {
 		b, err := os.ReadFile(filepath.Join(chart, src))
 		if err != nil {
 			t.Fatal(err)

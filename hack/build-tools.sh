@@ -2,7 +2,7 @@
 # Builds the pinned test tools into OUTDIR from the Go module proxy, using the
 # separate module test/tools (its go.mod pins every version): etcd,
 # kube-apiserver, kube-scheduler, kube-controller-manager, kubelet, kubectl, registry, versitygw,
-# crictl, critest, helm. A binary whose stamp (package, module version, Go version)
+# crictl, critest, helm, containerd 1.7 and 2.2. A binary whose stamp (package, module version, Go version)
 # matches is not rebuilt, so a second run takes seconds.
 #
 # Usage: hack/build-tools.sh OUTDIR [TOOL...]   (default: every tool, in the
@@ -31,6 +31,12 @@ tools=(
   "crictl sigs.k8s.io/cri-tools/cmd/crictl@v1.34.0 sigs.k8s.io/cri-tools"
   "critest sigs.k8s.io/cri-tools/cmd/critest@v1.34.0 sigs.k8s.io/cri-tools"
   "helm helm.sh/helm/v3/cmd/helm@v3.19.0 helm.sh/helm/v3"
+  # containerd 1.7 and 2.x next to Debian's 1.6 (the versions of EKS's node
+  # images): the installer's config editing is tested against each one's
+  # own default config. Built inside their module (their go.mod has exclude
+  # directives, which go install refuses), CGO off: no btrfs snapshotter.
+  "containerd-1.7 github.com/containerd/containerd/cmd/containerd@v1.7.35 github.com/containerd/containerd"
+  "containerd-2.2 github.com/containerd/containerd/v2/cmd/containerd@v2.2.9 github.com/containerd/containerd/v2"
 )
 
 want=("$@")
@@ -73,15 +79,25 @@ for t in "${tools[@]}"; do
     sigs.k8s.io/cri-tools)
       ldflags+=" -X sigs.k8s.io/cri-tools/pkg/version.Version=$version"
       ;;
+    github.com/containerd/containerd*)
+      ldflags+=" -X $module/version.Version=$version"
+      ;;
   esac
   echo "build-tools: building $name $version"
   start=$SECONDS
   rm -f "$out/.stamps/$name"
-  if [[ $name == critest ]]; then
-    # critest is a test binary (cmd/critest holds only _test.go files):
-    # compile it with go test -c inside its own module at the pinned version.
+  if [[ $name == critest || $name == containerd-* ]]; then
+    # critest is a test binary (cmd/critest holds only _test.go files),
+    # containerd's go.mod has exclude directives: build either inside its
+    # own module at the pinned version.
     moddir=$(cd / && GOFLAGS= go mod download -json "$module@$version" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
-    (cd "$moddir" && GOFLAGS=-mod=mod go test -c -trimpath -ldflags "$ldflags" -o "$out/$name.tmp" ./cmd/critest)
+    rel=./${pkg%@*}
+    rel=${rel/.\/$module/.}
+    if [[ $name == critest ]]; then
+      (cd "$moddir" && GOFLAGS=-mod=mod go test -c -trimpath -ldflags "$ldflags" -o "$out/$name.tmp" "$rel")
+    else
+      (cd "$moddir" && GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldflags" -o "$out/$name.tmp" "$rel")
+    fi
     mv "$out/$name.tmp" "$out/$name"
   elif [[ $pkg == *@* ]]; then
     gobin=$(mktemp -d)

@@ -176,6 +176,11 @@ func PlanContainer(spec *specs.Spec, cfg Config) (Plan, error) {
 	if env[nitropod.DebugModeEnv] == nitropod.DebugModeValue {
 		p.Debug = true
 	}
+	port, err := attestationPort(ann, entry)
+	if err != nil {
+		return Plan{}, err
+	}
+	proc.AttestationPort = port
 	p.PortsFromImage = entry == nil || entry.Ports == nil
 	p.Ports = uniquePorts(p.Ports)
 	proc.Ports = p.Ports
@@ -300,4 +305,22 @@ func uniquePorts(ps []uint16) []uint16 {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
 	return out
+}
+
+// attestationPort is the measured port of the enclave's attestation API: a
+// CRI container's comes from the webhook's entry (the Pod's
+// nitropod.io/attestation-port, checked at admission); a container created
+// directly (ctr run --annotation) may carry the annotation itself.
+func attestationPort(ann map[string]string, entry *contract.Enclave) (int, error) {
+	if entry != nil {
+		return entry.AttestationPort, nil
+	}
+	if ann[nitropod.CRIContainerType] != "" {
+		return 0, nil
+	}
+	p, err := contract.ParseAttestationPort(ann[contract.AttestationPortAnnotation])
+	if err != nil {
+		return 0, fmt.Errorf("container annotation: %w", err)
+	}
+	return p, nil
 }

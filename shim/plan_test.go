@@ -255,3 +255,40 @@ func TestApplyAllocation(t *testing.T) {
 		}
 	}
 }
+
+// The attestation API's port is measured into the process: from the
+// webhook's entry for a CRI container (the Pod's own annotation is not
+// read), from the container's annotation for direct use.
+func TestPlanAttestationPort(t *testing.T) {
+	cfg := DefaultConfig()
+	criAnn := map[string]string{nitropod.CRIContainerType: nitropod.CRIContainerTypeApp, nitropod.CRIContainerName: "app",
+		nitropod.CRISandboxNamespace: "ns", nitropod.CRISandboxName: "pod",
+		nitropod.EnclavesAnnotation:        `{"app":{"cpu":2,"memoryMiB":512,"attestationPort":8443}}`,
+		contract.AttestationPortAnnotation: "7000"}
+	for _, tc := range []struct {
+		name string
+		ann  map[string]string
+		want int
+	}{
+		{"CRI: the webhook's entry", criAnn, 8443},
+		{"direct: the annotation", map[string]string{contract.AttestationPortAnnotation: "off"}, contract.AttestationPortOff},
+		{"direct: unset", nil, 0},
+	} {
+		p, err := PlanContainer(testSpec(tc.ann), cfg)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if p.Process.AttestationPort != tc.want {
+			t.Errorf("%s: attestation port %d, want %d", tc.name, p.Process.AttestationPort, tc.want)
+		}
+	}
+	_, err := PlanContainer(testSpec(map[string]string{contract.AttestationPortAnnotation: "99999"}), cfg)
+	if err == nil || !strings.Contains(err.Error(), contract.AttestationPortAnnotation) {
+		t.Errorf("a bad port annotation: %v, want an error naming it", err)
+	}
+	bad := map[string]string{nitropod.CRIContainerType: nitropod.CRIContainerTypeApp, nitropod.CRIContainerName: "app",
+		nitropod.EnclavesAnnotation: `{"app":{"cpu":2,"memoryMiB":512,"attestationPort":70000}}`}
+	if _, err := PlanContainer(testSpec(bad), cfg); err == nil || !strings.Contains(err.Error(), "70000") {
+		t.Errorf("an entry with port 70000: %v, want an error naming it", err)
+	}
+}

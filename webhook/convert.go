@@ -179,6 +179,7 @@ func (c *converter) convert() {
 	for _, ic := range spec.InitContainers {
 		c.warn("init container %s runs outside the enclave (with runc, in the Pod sandbox)", ic.Name)
 	}
+	c.attestationPort(enclaves)
 	if len(c.violations) > 0 {
 		return
 	}
@@ -208,17 +209,23 @@ func (c *converter) hostNamespaces() {
 // that brings one is refused rather than believed (nitropod.io/enclaves is
 // written by Convert itself, over whatever the Pod had).
 var userAnnotations = map[string]bool{
-	nitropod.ExpectedPCR0Annotation: true,
-	nitropod.ExpectedPCR8Annotation: true,
-	nitropod.EnclavesAnnotation:     true,
-	nitropod.DeliveryAnnotation:     true,
+	nitropod.ExpectedPCR0Annotation:    true,
+	nitropod.ExpectedPCR8Annotation:    true,
+	nitropod.EnclavesAnnotation:        true,
+	nitropod.DeliveryAnnotation:        true,
+	contract.AttestationPortAnnotation: true,
 }
 
 func (c *converter) reservedAnnotations() {
 	for _, k := range slices.Sorted(maps.Keys(c.pod.Annotations)) {
 		if strings.HasPrefix(k, nitropod.AnnotationPrefix) && !userAnnotations[k] {
-			c.deny("annotation %s is reserved for nitropod; remove it (a Pod may set only %s and %s)",
-				k, nitropod.ExpectedPCR0Annotation, nitropod.ExpectedPCR8Annotation)
+			var may []string
+			for _, a := range slices.Sorted(maps.Keys(userAnnotations)) {
+				if a != nitropod.EnclavesAnnotation && a != nitropod.DeliveryAnnotation { // written by Convert
+					may = append(may, a)
+				}
+			}
+			c.deny("annotation %s is reserved for nitropod; remove it (a Pod may set only %s)", k, strings.Join(may, ", "))
 		}
 	}
 }

@@ -294,7 +294,12 @@ func TestConvertDenied(t *testing.T) {
 			p.Spec.Containers[0].EnvFrom = append(p.Spec.Containers[0].EnvFrom, corev1.EnvFromSource{Prefix: "NITROPOD_", ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "x"}}})
 		}, Config{}, `container nginx-pod: envFrom prefix "NITROPOD_" is reserved for nitropod (NITROPOD_* variables carry the enclave allocation); choose another prefix`},
 		{"nitropod annotation the Pod may not write", annotate("nitropod.io/allocation", `{"cpus":"0-7"}`), Config{},
-			`annotation nitropod.io/allocation is reserved for nitropod; remove it (a Pod may set only nitropod.io/expected-pcr0 and nitropod.io/expected-pcr8)`},
+			`annotation nitropod.io/allocation is reserved for nitropod; remove it (a Pod may set only nitropod.io/attestation-port, nitropod.io/expected-pcr0, nitropod.io/expected-pcr8)`},
+		{"attestation port not a port", annotate(contract.AttestationPortAnnotation, "http"), Config{},
+			`annotation nitropod.io/attestation-port is "http": give a TCP port (1-65535) for the enclave's attestation API, or "off" for none (unset: 9910)`},
+		{"containerPort on the attestation API's default port", func(p *corev1.Pod) {
+			p.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 9910}}
+		}, Config{}, `container nginx-pod: containerPort 9910 is the enclave's attestation API port; set the annotation nitropod.io/attestation-port to another port (or "off"), or use another containerPort`},
 		{"image location not s3", annotate(nitropod.ImageLocationAnnotation, "https://example.com/x.eif"), Config{},
 			`annotation nitro.k8s.anjuna.io/imageLocation: image location "https://example.com/x.eif" is not an S3 URL: write it as s3://BUCKET/KEY`},
 		{"image location bad bucket", annotate(nitropod.ImageLocationAnnotation, "s3://My_Bucket/x.eif"), Config{},

@@ -62,7 +62,7 @@ type Process struct {
 
 // DefaultAttestationPort is where init serves the attestation HTTP API on
 // the enclave's 127.0.0.1 unless Process.AttestationPort says otherwise.
-const DefaultAttestationPort = 9910
+const DefaultAttestationPort = contract.DefaultAttestationPort
 
 // Security is the container's security context as the OCI spec gives it,
 // applied by init inside the enclave just before it executes the app.

@@ -51,15 +51,24 @@ if [ -d /opt/nitropod/blobs ] && [ "${INSTALL_BLOBS:-false}" = true ]; then
   done
 fi
 # The runtime goes into containerd's main config between markers (see
-# containerd-nitro.toml for why not an imported drop-in).
+# containerd-nitro.toml for why not an imported drop-in), in the layout of
+# the file's config version: 2 (containerd 1.6, 1.7, and 2.x, which migrates
+# it) or 3 (containerd 2.x). A file without a version line is version 1,
+# which none of them writes any more: refused, as is anything else.
 main=$HOST/etc/containerd/config.toml
 mkdir -p "$(dirname "$main")"
 [ -f "$main" ] || printf 'version = 2\n' >"$main"
-if ! grep -q '^version = 2' "$main"; then
-  echo "$main is not a containerd config version 2 file; add the lines of containerd-nitro.toml by hand" >&2
-  exit 1
-fi
-want=$( { echo "# BEGIN nitropod"; cat "$CFG/containerd-nitro.toml"; echo "# END nitropod"; } )
+version=$(sed -n 's/^version[[:space:]]*=[[:space:]]*\([0-9][0-9]*\)[[:space:]]*$/\1/p' "$main" | head -n 1)
+case $version in
+  2) snippet=$CFG/containerd-nitro.toml ;;
+  3) snippet=$CFG/containerd-nitro-v3.toml ;;
+  *)
+    echo "/etc/containerd/config.toml is containerd config version ${version:-1 (no version line)}, which the installer does not edit:" >&2
+    echo "migrate it (containerd config migrate) or add the nitro runtime by hand (the lines of containerd-nitro.toml for version 2, containerd-nitro-v3.toml for version 3)" >&2
+    exit 1
+    ;;
+esac
+want=$( { echo "# BEGIN nitropod"; cat "$snippet"; echo "# END nitropod"; } )
 have=$(sed -n '/^# BEGIN nitropod$/,/^# END nitropod$/p' "$main")
 if [ "$want" != "$have" ]; then
   cp "$main" "$main.nitropod-backup"
