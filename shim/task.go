@@ -283,7 +283,8 @@ func (t *enclaveTask) start(s *service) error {
 		return fmt.Errorf("container %s: %w", t.id, errdefs.ErrAlreadyExists)
 	case t.status == statusStopped:
 		t.mu.Unlock()
-		return fmt.Errorf("container %s exited before it was started: %w", t.id, errdefs.ErrFailedPrecondition)
+		return fmt.Errorf("container %s exited before it was started (its launcher ended with status %d; see %s): %w",
+			t.id, t.exitStatus, filepath.Join(t.bundle, launcher.LogFile), errdefs.ErrFailedPrecondition)
 	}
 	t.starting = true
 	t.startDone = make(chan struct{})

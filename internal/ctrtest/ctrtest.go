@@ -9,6 +9,7 @@ package ctrtest
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"net"
@@ -82,7 +83,9 @@ type Containerd struct {
 func Start(t testing.TB, opts Options) *Containerd {
 	t.Helper()
 	testenv.RequireRoot(t)
-	bin := testenv.Binary(t, "containerd")
+	// NITROPOD_CONTAINERD names another containerd binary (containerd-1.7,
+	// containerd-2.2 from hack/build-tools.sh) for the version matrix.
+	bin := testenv.Binary(t, cmp.Or(os.Getenv("NITROPOD_CONTAINERD"), "containerd"))
 	testenv.Binary(t, "ctr")
 	testenv.Binary(t, "runc")
 	// Unix socket paths are limited to 108 bytes: keep the dir short.
