@@ -84,12 +84,14 @@ lint: ## golangci-lint (pinned in hack/tools/go.mod) and go vet.
 	$(GO) vet ./...
 	$(GO) tool -modfile=hack/tools/go.mod golangci-lint run ./...
 
-.PHONY: bench bench-eif bench-agent bench-shim bench-deviceplugin bench-webhook bench-s3 bench-attestation
-bench: bench-eif bench-agent bench-deviceplugin bench-webhook bench-shim bench-s3 bench-deliver ## Every benchmark (results go to BENCHMARKS.md by hand).
+.PHONY: bench bench-net bench-eif bench-agent bench-shim bench-deviceplugin bench-webhook bench-s3 bench-attestation bench-deliver
+bench: bench-eif bench-agent bench-net bench-deviceplugin bench-webhook bench-shim bench-s3 bench-deliver ## Every benchmark (results go to BENCHMARKS.md by hand).
 bench-eif: ## EIF build from a synthetic 256 MiB / 1 GiB rootfs vs sha384sum of a tar.
 	hack/bench-eif.sh
 bench-agent: build ## Agent channel throughput and time to first output line under TCG.
 	hack/bench-agent.sh
+bench-net: ## Enclave network, host side alone: throughput vs a direct socket copy, connect p99, RSS with 100 connections.
+	hack/bench-net.sh
 bench-shim: build ## Shim + launcher RSS vs runc shim; Create→Start on a cache hit.
 	hack/bench-shim.sh
 bench-deviceplugin: ## ListAndWatch size for a 768 GiB / 192-CPU node; Allocate latency.

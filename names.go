@@ -73,9 +73,9 @@ const (
 	// (delivered at start), and which volumes are delivered. The format and
 	// parser are in contract (ContainerDelivery).
 	DeliveryAnnotation = "nitropod.io/delivery"
-	// PCRsAnnotation is written on a running Pod by the node: per enclave
-	// container, the measurements of the EIF it booted (nitro-cli's keys).
-	PCRsAnnotation = "nitropod.io/pcrs"
+	// EgressAllowAnnotation is the Pod's optional egress allowlist, measured
+	// into every enclave of the Pod (syntax in contract.ParseEgressAllow).
+	EgressAllowAnnotation = "nitropod.io/egress-allow"
 
 	// LicenseDir is where the licence Secret is mounted in a managed container's spec.
 	LicenseDir = "/run/nitropod/license"

@@ -39,6 +39,8 @@ type Enclave struct {
 	MemoryMiB int64 `json:"memoryMiB"`
 	// Ports are the container's TCP containerPorts.
 	Ports []int32 `json:"ports,omitempty"`
+	// UDPPorts are the container's UDP containerPorts.
+	UDPPorts []int32 `json:"udpPorts,omitempty"`
 	// Debug is true for a debug enclave (ANJ_ENCLAVE_DEBUG_MODE=yes).
 	Debug bool `json:"debug,omitempty"`
 	// AttestationPort is the attestation API's port from the Pod's
@@ -57,7 +59,10 @@ func (e Enclave) Validate(container string) error {
 	if len(e.Ports) > MaxPortsPerEnclave {
 		return fmt.Errorf("enclave of container %q: %d ports, more than the %d allowed", container, len(e.Ports), MaxPortsPerEnclave)
 	}
-	for _, p := range e.Ports {
+	if len(e.UDPPorts) > MaxPortsPerEnclave {
+		return fmt.Errorf("enclave of container %q: %d UDP ports, more than the %d allowed", container, len(e.UDPPorts), MaxPortsPerEnclave)
+	}
+	for _, p := range append(append([]int32(nil), e.Ports...), e.UDPPorts...) {
 		if p < 1 || p > 65535 {
 			return fmt.Errorf("enclave of container %q: port %d is not between 1 and 65535", container, p)
 		}

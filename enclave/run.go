@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nitropod/nitropod/enclave/agent"
+	"github.com/nitropod/nitropod/enclave/podnet"
 )
 
 // PortMapping publishes an enclave TCP port on a host address.
@@ -31,8 +32,20 @@ type RunIO struct {
 	// Stdout and Stderr receive the app's output; nil discards it.
 	Stdout, Stderr io.Writer
 	// Publish lists the ports to forward; each listener is bound before the
-	// enclave boots, so a taken port fails early.
+	// enclave boots, so a taken port fails early. Connections reach the app
+	// through the enclave's network (enclave/podnet) with the client's
+	// address as their source.
 	Publish []PortMapping
+	// PublishUDP lists UDP ports to publish the same way (the app sees each
+	// client's address).
+	PublishUDP []PortMapping
+	// Net configures the enclave's network (enclave/podnet): where egress
+	// leaves from, the enclave's address, whether every listening port is
+	// published. nil takes the defaults (the caller's namespace, no
+	// automatic listeners); then a network that cannot come up (a blob set
+	// without tun) is only reported through Progress, unless ports are
+	// published.
+	Net *podnet.HostConfig
 	// Signals are forwarded to the app by Run. SIGKILL, a second SIGTERM or
 	// SIGINT, or GracePeriod passing after the first one, terminate the enclave.
 	Signals <-chan os.Signal
@@ -79,9 +92,10 @@ type Session struct {
 	enc       Enclave
 	cl        *agent.Client
 	listeners []net.Listener
+	udp       []net.PacketConn
+	net       *podnet.Host
 
-	ioWG  sync.WaitGroup // stdout and stderr copies
-	fwdWG sync.WaitGroup
+	ioWG sync.WaitGroup // stdout and stderr copies
 
 	done   chan struct{}
 	status ExitStatus
@@ -113,6 +127,13 @@ func Start(ctx context.Context, b Backend, req Request, rio RunIO) (_ *Session, 
 			return nil, fmt.Errorf("publishing enclave port %d on %s: %w (choose another host port)", p.EnclavePort, p.HostAddr, err)
 		}
 		s.listeners = append(s.listeners, l)
+	}
+	for _, p := range rio.PublishUDP {
+		pc, err := net.ListenPacket("udp", p.HostAddr)
+		if err != nil {
+			return nil, fmt.Errorf("publishing enclave UDP port %d on %s: %w (choose another host port)", p.EnclavePort, p.HostAddr, err)
+		}
+		s.udp = append(s.udp, pc)
 	}
 
 	progress(StageBooting)
@@ -146,6 +167,9 @@ func Start(ctx context.Context, b Backend, req Request, rio RunIO) (_ *Session, 
 		}
 	}
 
+	if err := s.startNet(ctx, rio, progress); err != nil {
+		return nil, s.explain(err)
+	}
 	st, err := cl.OpenStdio()
 	if err != nil {
 		return nil, s.explain(err)
@@ -178,12 +202,18 @@ func Start(ctx context.Context, b Backend, req Request, rio RunIO) (_ *Session, 
 	default:
 		return nil, fmt.Errorf("unexpected %q message from enclave init", m.Type)
 	}
-	for i, l := range s.listeners {
-		s.fwdWG.Add(1)
-		go func() {
-			defer s.fwdWG.Done()
-			_ = cl.ServeForward(l, rio.Publish[i].EnclavePort)
-		}()
+	if s.net == nil {
+		for i, l := range s.listeners {
+			go func() { _ = cl.ServeForward(l, rio.Publish[i].EnclavePort) }()
+		}
+	}
+	if s.net != nil {
+		for i, l := range s.listeners {
+			s.net.Publish(l, rio.Publish[i].EnclavePort)
+		}
+		for i, pc := range s.udp {
+			s.net.PublishUDP(pc, rio.PublishUDP[i].EnclavePort)
+		}
 	}
 	progress(StageStarted)
 	if rio.Ready != nil {
@@ -192,6 +222,43 @@ func Start(ctx context.Context, b Backend, req Request, rio RunIO) (_ *Session, 
 	go s.watch()
 	return s, nil
 }
+
+// StageNoNetwork is passed to RunIO.Progress when the enclave's network
+// could not come up and the run goes on without it.
+const StageNoNetwork = "enclave network unavailable"
+
+// startNet brings up the enclave's network before the app starts, so the
+// app can use it from its first instruction.
+func (s *Session) startNet(ctx context.Context, rio RunIO, progress func(string)) error {
+	var cfg podnet.HostConfig
+	if rio.Net != nil {
+		cfg = *rio.Net
+	}
+	h, err := podnet.NewHost(cfg)
+	if err != nil {
+		return fmt.Errorf("enclave network: %w", err)
+	}
+	if err := h.Attach(ctx, s.cl); err != nil {
+		h.Close()
+		switch {
+		case errors.Is(err, podnet.ErrUnsupported):
+			// An older init: its published TCP ports still work over
+			// forward streams, which it serves.
+			progress(StageNoNetwork + ": " + err.Error() + "; published TCP ports are forwarded to its loopback")
+			return nil
+		case rio.Net == nil && len(rio.Publish) == 0 && len(rio.PublishUDP) == 0:
+			progress(StageNoNetwork + ": " + err.Error())
+			return nil
+		}
+		return fmt.Errorf("enclave network: %w", err)
+	}
+	s.net = h
+	return nil
+}
+
+// Network is the host side of the enclave's network (nil when it did not
+// come up).
+func (s *Session) Network() *podnet.Host { return s.net }
 
 // recv reads one control message, giving up when ctx ends or the enclave stops.
 func (s *Session) recv(ctx context.Context) (agent.Message, error) {
@@ -315,8 +382,14 @@ func (s *Session) shutdown(ctx context.Context) error {
 		for _, l := range s.listeners {
 			l.Close()
 		}
+		for _, pc := range s.udp {
+			pc.Close()
+		}
 		if s.cl != nil {
 			s.cl.Close()
+		}
+		if s.net != nil {
+			s.net.Close()
 		}
 		if s.enc != nil {
 			s.termErr = s.enc.Terminate(ctx)

@@ -5,7 +5,8 @@
 #   bzImage        the kernel (Debian's vmlinuz is a bzImage)
 #   cmdline        the kernel command line, one line
 #   NAME.ko        the modules nitropod-init loads (plain, decompressed): virtio,
-#                  and fuse + cuse, which serve the emulated /dev/nsm
+#                  fuse + cuse, which serve the emulated /dev/nsm, and tun, the
+#                  enclave's network interface (enclave/podnet)
 #   modules.order  the .ko file names in load order (dependencies first)
 #
 # The package is pinned (version + sha256 below), downloaded once into
@@ -22,7 +23,7 @@ VERSION=${NITROPOD_EMU_KERNEL_VERSION:-6.1.192-2}
 SHA256=${NITROPOD_EMU_KERNEL_SHA256:-a86e2049672f52354c4536a089203b6c82639420424d31c91cf31a181fd4d8f1}
 CMDLINE="console=ttyS0 panic=-1 reboot=t tsc_early_khz=2600000 tsc=reliable quiet"
 # The modules to ship; their load order comes from their depends= fields.
-MODULES=(virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_mmio virtio_console fuse cuse)
+MODULES=(virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_mmio virtio_console fuse cuse tun)
 
 OUTDIR=${1:?usage: hack/emu-kernel.sh OUTDIR}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

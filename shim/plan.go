@@ -42,6 +42,8 @@ type Plan struct {
 	// Ports are the TCP ports the launcher listens on in the Pod's network
 	// namespace and forwards into the enclave.
 	Ports []uint16
+	// UDPPorts are the declared UDP ports the launcher publishes.
+	UDPPorts []uint16
 	// PortsFromImage is set when the webhook recorded no ports for the
 	// container: the image's EXPOSEd TCP ports are forwarded instead.
 	PortsFromImage bool
@@ -120,6 +122,10 @@ func PlanContainer(spec *specs.Spec, cfg Config) (Plan, error) {
 		for _, port := range entry.Ports {
 			p.Ports = append(p.Ports, uint16(port)) // 1..65535, checked by ParseEnclaves
 		}
+		for _, port := range entry.UDPPorts {
+			p.UDPPorts = append(p.UDPPorts, uint16(port))
+		}
+		p.UDPPorts = uniquePorts(p.UDPPorts)
 		p.Debug = entry.Debug
 	}
 	env := map[string]string{}
@@ -134,6 +140,14 @@ func PlanContainer(spec *specs.Spec, cfg Config) (Plan, error) {
 	// its UTS namespace) and gives it to containers as HOSTNAME.
 	p.Deliver.Hostname = spec.Hostname
 	p.Deliver.MaxBytes = cfg.MaxDeliveredBytes
+	if raw, ok := ann[nitropod.EgressAllowAnnotation]; ok {
+		rules, err := contract.ParseEgressAllow(raw)
+		if err != nil {
+			return Plan{}, fmt.Errorf("annotation %s: %w", nitropod.EgressAllowAnnotation, err)
+		}
+		allow := rules.Strings()
+		proc.EgressAllow = &allow
+	}
 	for _, g := range spec.Process.User.AdditionalGids {
 		if g != proc.GID {
 			proc.AdditionalGIDs = append(proc.AdditionalGIDs, g)

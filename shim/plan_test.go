@@ -256,6 +256,31 @@ func TestApplyAllocation(t *testing.T) {
 	}
 }
 
+// The Pod's egress allowlist is measured into the process (normalised);
+// an empty one is kept (it allows nothing), a bad one refuses the container.
+func TestPlanEgressAllow(t *testing.T) {
+	cfg := DefaultConfig()
+	p, err := PlanContainer(testSpec(map[string]string{nitropod.EgressAllowAnnotation: "10.96.0.10:53, 10.1.0.0/16"}), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Process.EgressAllow == nil || !cmp.Equal(*p.Process.EgressAllow, []string{"10.96.0.10/32:53", "10.1.0.0/16"}) {
+		t.Errorf("EgressAllow = %v", p.Process.EgressAllow)
+	}
+	p, err = PlanContainer(testSpec(map[string]string{nitropod.EgressAllowAnnotation: ""}), cfg)
+	if err != nil || p.Process.EgressAllow == nil || len(*p.Process.EgressAllow) != 0 {
+		t.Errorf("empty allowlist: %v, %v; want an empty, present list", p.Process.EgressAllow, err)
+	}
+	p, err = PlanContainer(testSpec(nil), cfg)
+	if err != nil || p.Process.EgressAllow != nil {
+		t.Errorf("no annotation: %v, %v; want no list", p.Process.EgressAllow, err)
+	}
+	_, err = PlanContainer(testSpec(map[string]string{nitropod.EgressAllowAnnotation: "example.com:443"}), cfg)
+	if err == nil || !strings.Contains(err.Error(), nitropod.EgressAllowAnnotation) {
+		t.Errorf("bad allowlist: %v, want an error naming the annotation", err)
+	}
+}
+
 // The attestation API's port is measured into the process: from the
 // webhook's entry for a CRI container (the Pod's own annotation is not
 // read), from the container's annotation for direct use.

@@ -155,6 +155,7 @@ func (s *service) createEnclave(ctx context.Context, r *taskAPI.CreateTaskReques
 		Stderr:        r.Stderr,
 		NetNS:         netns,
 		Ports:         plan.Ports,
+		UDPPorts:      plan.UDPPorts,
 		EnclaveCgroup: enclaveCgroup,
 	}
 	if _, ok := spec.Annotations[nitropod.EnclavesAnnotation]; ok {

@@ -162,6 +162,7 @@ func (c *converter) convert() {
 	c.reservedAnnotations()
 	c.reservedEnv()
 	c.imageLocation()
+	c.egressAllow()
 	c.launcherResources()
 	c.hostNamespaces()
 	license := c.licenseVolume()
@@ -214,6 +215,7 @@ var userAnnotations = map[string]bool{
 	nitropod.EnclavesAnnotation:        true,
 	nitropod.DeliveryAnnotation:        true,
 	contract.AttestationPortAnnotation: true,
+	nitropod.EgressAllowAnnotation:     true,
 }
 
 func (c *converter) reservedAnnotations() {
@@ -277,6 +279,15 @@ func (c *converter) imageLocation() {
 		loc, nitropod.ImageLocationAnnotation, ctrs[0].Image, ctrs[0].Name)
 }
 
+// egressAllow refuses a Pod whose egress allowlist the shim would refuse.
+func (c *converter) egressAllow() {
+	if raw, ok := c.pod.Annotations[nitropod.EgressAllowAnnotation]; ok {
+		if _, err := contract.ParseEgressAllow(raw); err != nil {
+			c.deny("annotation %s: %v", nitropod.EgressAllowAnnotation, err)
+		}
+	}
+}
+
 func (c *converter) launcherResources() {
 	c.launcher = corev1.ResourceList{}
 	for _, a := range []struct {
@@ -335,13 +346,17 @@ func (c *converter) container(ctr *corev1.Container, license string) (contract.E
 		c.mountLicense(ctr, license)
 	}
 	e.Debug = c.debugMode(ctr)
-	seen := map[int32]bool{}
+	seen, seenUDP := map[int32]bool{}, map[int32]bool{}
 	for _, p := range ctr.Ports {
 		// Out-of-range ports are the apiserver's validation to refuse.
 		valid := p.ContainerPort >= 1 && p.ContainerPort <= 65535
 		if valid && (p.Protocol == "" || p.Protocol == corev1.ProtocolTCP) && !seen[p.ContainerPort] {
 			seen[p.ContainerPort] = true
 			e.Ports = append(e.Ports, p.ContainerPort)
+		}
+		if valid && p.Protocol == corev1.ProtocolUDP && !seenUDP[p.ContainerPort] {
+			seenUDP[p.ContainerPort] = true
+			e.UDPPorts = append(e.UDPPorts, p.ContainerPort)
 		}
 	}
 	return e, len(c.violations) == before

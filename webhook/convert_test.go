@@ -294,7 +294,7 @@ func TestConvertDenied(t *testing.T) {
 			p.Spec.Containers[0].EnvFrom = append(p.Spec.Containers[0].EnvFrom, corev1.EnvFromSource{Prefix: "NITROPOD_", ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "x"}}})
 		}, Config{}, `container nginx-pod: envFrom prefix "NITROPOD_" is reserved for nitropod (NITROPOD_* variables carry the enclave allocation); choose another prefix`},
 		{"nitropod annotation the Pod may not write", annotate("nitropod.io/allocation", `{"cpus":"0-7"}`), Config{},
-			`annotation nitropod.io/allocation is reserved for nitropod; remove it (a Pod may set only nitropod.io/attestation-port, nitropod.io/expected-pcr0, nitropod.io/expected-pcr8)`},
+			`annotation nitropod.io/allocation is reserved for nitropod; remove it (a Pod may set only nitropod.io/attestation-port, nitropod.io/egress-allow, nitropod.io/expected-pcr0, nitropod.io/expected-pcr8)`},
 		{"attestation port not a port", annotate(contract.AttestationPortAnnotation, "http"), Config{},
 			`annotation nitropod.io/attestation-port is "http": give a TCP port (1-65535) for the enclave's attestation API, or "off" for none (unset: 9910)`},
 		{"containerPort on the attestation API's default port", func(p *corev1.Pod) {
@@ -306,6 +306,8 @@ func TestConvertDenied(t *testing.T) {
 			`annotation nitro.k8s.anjuna.io/imageLocation: image location "s3://My_Bucket/x.eif": bucket "My_Bucket" is not a valid S3 bucket name (3-63 lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit)`},
 		{"image location ip bucket", annotate(nitropod.ImageLocationAnnotation, "s3://192.168.1.1/x.eif"), Config{},
 			`annotation nitro.k8s.anjuna.io/imageLocation: image location "s3://192.168.1.1/x.eif": bucket "192.168.1.1" is not a valid S3 bucket name (formatted as an IP address)`},
+		{"egress allowlist with a host name", annotate(nitropod.EgressAllowAnnotation, "example.com:443"), Config{},
+			`annotation nitropod.io/egress-allow: egress allowlist entry "example.com:443": not an IP address (host names are not accepted) (write an IPv4 address or CIDR, optionally with :port, e.g. 10.96.0.10:53 or 10.0.0.0/8)`},
 		{"image location no key", annotate(nitropod.ImageLocationAnnotation, "s3://your-eif-bucket/"), Config{},
 			`annotation nitro.k8s.anjuna.io/imageLocation: image location "s3://your-eif-bucket/" has no object key: write it as s3://your-eif-bucket/path/to/image.eif`},
 		{"image location two containers", func(p *corev1.Pod) {
@@ -418,7 +420,7 @@ func TestConvertPortsAndDebug(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := `{"nginx-pod":{"cpu":2,"memoryMiB":2048,"ports":[443,8080]}}`; got.Annotations[nitropod.EnclavesAnnotation] != want {
+	if want := `{"nginx-pod":{"cpu":2,"memoryMiB":2048,"ports":[443,8080],"udpPorts":[53]}}`; got.Annotations[nitropod.EnclavesAnnotation] != want {
 		t.Errorf("enclaves = %s, want %s", got.Annotations[nitropod.EnclavesAnnotation], want)
 	}
 	want := []string{"container nginx-pod: ANJ_ENCLAVE_DEBUG_MODE comes from valueFrom, which admission cannot see; the enclave is recorded as production mode"}

@@ -55,7 +55,8 @@
 //
 // cpu is the vCPU count, memoryMiB the enclave memory after rounding up to
 // whole blocks, ports the container's TCP containerPorts in spec order (no
-// duplicates; omitted when none), debug true for a debug enclave (omitted
+// duplicates; omitted when none), udpPorts its UDP containerPorts (the same
+// way; the launcher publishes them on the Pod IP), debug true for a debug enclave (omitted
 // otherwise). A container that is not a key runs outside an enclave. The shim
 // reads it from the OCI spec's annotations with [contract.ParseEnclaves].
 //

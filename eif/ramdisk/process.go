@@ -58,6 +58,12 @@ type Process struct {
 	// attestation HTTP API (docs/ATTESTATION.md): 0 is the default,
 	// DefaultAttestationPort; -1 turns the API off.
 	AttestationPort int `json:"attestationPort,omitempty"`
+	// EgressAllow, when not nil, is the enclave's egress allowlist
+	// (contract.ParseEgressAllow syntax, one rule per entry), enforced by
+	// init: a packet to anywhere else never leaves the enclave (a pointer, so
+	// that an empty list, which allows nothing, is kept apart from none). Measured,
+	// so the host cannot widen it. nil allows everything.
+	EgressAllow *[]string `json:"egressAllow,omitempty"`
 }
 
 // DefaultAttestationPort is where init serves the attestation HTTP API on

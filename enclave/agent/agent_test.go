@@ -21,7 +21,7 @@ import (
 func pair(t *testing.T) (*Client, *Guest) {
 	t.Helper()
 	h, e := net.Pipe()
-	g, err := NewGuest(e, GuestConfig{})
+	g, err := NewGuest(e, GuestConfig{AllowForward: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -299,6 +299,42 @@ func TestForwardRefused(t *testing.T) {
 	_ = s.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if b, err := io.ReadAll(s); err != nil || len(b) != 0 {
 		t.Errorf("stream to a closed port: %q, %v; want EOF", b, err)
+	}
+}
+
+// TestForwardOffByDefault: a guest that was not told to serve forward
+// streams (init never is) closes them without dialing, so the host cannot
+// reach a port on the enclave's loopback.
+func TestForwardOffByDefault(t *testing.T) {
+	h, e := net.Pipe()
+	dialed := make(chan string, 1)
+	g, err := NewGuest(e, GuestConfig{Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dialed <- addr
+		return nil, errors.New("no")
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := Connect(ctx, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := c.Forward(9910)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = s.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if b, err := io.ReadAll(s); err != nil || len(b) != 0 {
+		t.Errorf("forward stream: %q, %v; want EOF", b, err)
+	}
+	select {
+	case a := <-dialed:
+		t.Errorf("the guest dialed %s for a forward stream", a)
+	default:
 	}
 }
 

@@ -58,7 +58,7 @@ func BenchmarkRawSocketpair(b *testing.B) {
 // through the agent channel (yamux over the socketpair), as init does.
 func BenchmarkChannelSocketpair(b *testing.B) {
 	h, e := socketpair(b)
-	g, err := NewGuest(e, GuestConfig{})
+	g, err := NewGuest(e, GuestConfig{AllowForward: true})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -18,8 +18,10 @@ import (
 // hello, forwards TCP streams to 127.0.0.1 inside the enclave, and hands the
 // app's start, stdio and signals to init.
 type Guest struct {
-	sess *yamux.Session
-	dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	sess    *yamux.Session
+	dial    func(ctx context.Context, network, addr string) (net.Conn, error)
+	fwd     bool
+	streams map[string]func(net.Conn)
 
 	mu      sync.Mutex
 	ctrl    *yamux.Stream
@@ -53,6 +55,14 @@ type Guest struct {
 type GuestConfig struct {
 	// Dial connects forward streams; nil dials with net.Dialer.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// AllowForward serves KindForward streams. Off in init: a forward
+	// stream would let the host reach any port of the enclave's loopback
+	// (docs/SECURITY.md); the enclave's network (enclave/podnet) carries
+	// connections instead.
+	AllowForward bool
+	// Streams serve further stream kinds (the enclave's network); each
+	// handler owns the stream and runs on its own goroutine.
+	Streams map[string]func(net.Conn)
 }
 
 // NewGuest starts init's end of the channel over conn (after the heartbeat).
@@ -64,6 +74,8 @@ func NewGuest(conn io.ReadWriteCloser, cfg GuestConfig) (*Guest, error) {
 	g := &Guest{
 		sess:    sess,
 		dial:    cfg.Dial,
+		fwd:     cfg.AllowForward,
+		streams: cfg.Streams,
 		ctrlCh:  make(chan struct{}),
 		stdioCh: make(chan struct{}),
 		startCh: make(chan struct{}),
@@ -124,6 +136,10 @@ func (g *Guest) handle(s *yamux.Stream) {
 			g.once["stdio"].Do(func() { close(g.stdioCh) })
 		}
 	case KindForward:
+		if !g.fwd {
+			s.Close()
+			return
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		c, err := g.dial(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(h.Port))))
 		cancel()
@@ -137,6 +153,10 @@ func (g *Guest) handle(s *yamux.Stream) {
 	case KindDeliver:
 		g.deliverStream(s)
 	default:
+		if fn := g.streams[h.Kind]; fn != nil {
+			fn(s)
+			return
+		}
 		s.Close()
 	}
 }

@@ -166,6 +166,16 @@ func (c *Client) Forward(port uint16) (net.Conn, error) {
 	return s, nil
 }
 
+// OpenStream opens a stream of another kind (served by a handler in
+// GuestConfig.Streams).
+func (c *Client) OpenStream(kind string) (net.Conn, error) {
+	s, err := c.open(Header{Kind: kind})
+	if err != nil {
+		return nil, fmt.Errorf("opening %s stream: %w", kind, err)
+	}
+	return s, nil
+}
+
 // ServeForward accepts connections on l until it is closed and forwards
 // each to port inside the enclave. It returns nil when l or the channel is
 // closed.

@@ -127,7 +127,7 @@ func (i *initState) boot() error {
 	if err != nil {
 		return stage("opening the agent channel", err)
 	}
-	g, err := agent.NewGuest(conn, agent.GuestConfig{})
+	g, err := agent.NewGuest(conn, agent.GuestConfig{Streams: i.netStreams()}) // net_linux.go
 	if err != nil {
 		return stage("opening the agent channel", err)
 	}
@@ -188,6 +188,9 @@ func (i *initState) setup() (*ramdisk.Process, error) {
 	proc, err := ReadProcess("/" + ramdisk.ProcessPath)
 	if err != nil {
 		return nil, stage("reading the process description", err)
+	}
+	if err := setEgress(proc); err != nil { // net_linux.go
+		return nil, stage("reading the egress allowlist", err)
 	}
 	if err := switchRoot("/" + ramdisk.RootfsDir); err != nil {
 		return nil, stage("switching root to /"+ramdisk.RootfsDir, err)

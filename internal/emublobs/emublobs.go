@@ -60,7 +60,7 @@ const (
 
 // Modules are the modules shipped; their load order (modules.order) follows
 // their depends= fields.
-var Modules = []string{"virtio", "virtio_ring", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci", "virtio_mmio", "virtio_console", "fuse", "cuse"}
+var Modules = []string{"virtio", "virtio_ring", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci", "virtio_mmio", "virtio_console", "fuse", "cuse", "tun"}
 
 // UserDir is the per-user blob set: $XDG_DATA_HOME/nitropod/blobs/emu, or
 // ~/.local/share/nitropod/blobs/emu.

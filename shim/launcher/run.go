@@ -21,6 +21,7 @@ import (
 
 	"github.com/nitropod/nitropod/enclave"
 	"github.com/nitropod/nitropod/enclave/agent"
+	"github.com/nitropod/nitropod/enclave/podnet"
 )
 
 // Main is the launcher's entry point: nitropod-launcher SPECFILE, with the
@@ -146,7 +147,24 @@ func Run(ctx context.Context, spec Spec, start io.Reader, ready io.WriteCloser, 
 	for _, p := range spec.Ports {
 		rio.Publish = append(rio.Publish, enclave.PortMapping{HostAddr: ":" + strconv.Itoa(int(p)), EnclavePort: p})
 	}
+	for _, p := range spec.UDPPorts {
+		rio.PublishUDP = append(rio.PublishUDP, enclave.PortMapping{HostAddr: ":" + strconv.Itoa(int(p)), EnclavePort: p})
+	}
 	rio.Progress = func(stage string) { logger.Print(stage) }
+	// The enclave's network (enclave/podnet): egress leaves from the Pod's
+	// namespace with the Pod IP, every port the app listens on is
+	// published there.
+	ns, err := podnet.OpenNS(spec.NetNS)
+	if err != nil {
+		fmt.Fprintf(ready, "error: %v\n", err)
+		return ExitSetupFailed
+	}
+	defer ns.Close()
+	netCfg := &podnet.HostConfig{Net: ns, AutoListen: true, Logf: logger.Printf}
+	if spec.NetNS != "" {
+		netCfg.Addr = ns.PodAddr()
+	}
+	rio.Net = netCfg
 	statsFailed := false
 	rio.Stats = func(st agent.Stats) {
 		if err := writeStats(spec.Bundle, StatsRecord{At: time.Now(), Stats: st}); err != nil && !statsFailed {

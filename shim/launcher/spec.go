@@ -64,6 +64,8 @@ type Spec struct {
 	NetNS string `json:"netns,omitempty"`
 	// Ports are forwarded from every address of NetNS into the enclave.
 	Ports []uint16 `json:"ports,omitempty"`
+	// UDPPorts are published from every address of NetNS into the enclave.
+	UDPPorts []uint16 `json:"udpPorts,omitempty"`
 	// EnclaveCgroup (a path below the cgroup root, created by the shim)
 	// receives what the backend starts (QEMU in emulation): on cgroup v1 the
 	// forking thread joins it, on v2 QEMU is born in it (clone3

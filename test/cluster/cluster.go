@@ -12,6 +12,7 @@ package cluster
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -623,7 +624,9 @@ const PauseImage = "registry.k8s.io/pause:3.10"
 // with a private root, state and socket, CRI pulling through the registry
 // mirror, a CNI bridge, and the nitro runtime lines of deploy/.
 func (c *Cluster) startContainerd(ctx context.Context) error {
-	bin, err := c.bin("containerd")
+	// NITROPOD_CONTAINERD picks another containerd of the version matrix
+	// (containerd-1.7, containerd-2.2 from hack/build-tools.sh).
+	bin, err := c.bin(cmp.Or(os.Getenv("NITROPOD_CONTAINERD"), "containerd"))
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,57 @@
+package initproc
+
+import (
+	"net"
+	"sync/atomic"
+
+	"github.com/nitropod/nitropod/contract"
+	"github.com/nitropod/nitropod/eif/ramdisk"
+	"github.com/nitropod/nitropod/enclave/podnet"
+)
+
+// egress is the enclave's egress filter, set by setEgress once the
+// measured process description is read; until then nothing leaves (the app
+// has not started).
+var egress atomic.Pointer[podnet.Egress]
+
+// lateFilter applies egress once it is set.
+type lateFilter struct{}
+
+func (lateFilter) Outbound(pkt []byte) bool {
+	f := egress.Load()
+	return f != nil && f.Outbound(pkt)
+}
+
+func (lateFilter) Inbound(pkt []byte) {
+	if f := egress.Load(); f != nil {
+		f.Inbound(pkt)
+	}
+}
+
+// netStreams serves the enclave's network (enclave/podnet): the host's
+// packet stream becomes the interface eth0, and the listening-ports
+// stream tells the host which ports to publish on the Pod IP.
+func (i *initState) netStreams() map[string]func(net.Conn) {
+	cfg := podnet.GuestConfig{Filter: lateFilter{}}
+	return map[string]func(net.Conn){
+		podnet.KindPackets: func(s net.Conn) { podnet.ServePackets(s, cfg) },
+		podnet.KindPorts:   func(s net.Conn) { podnet.ServePorts(s, cfg) },
+	}
+}
+
+// setEgress installs the measured egress allowlist (none: allow all).
+func setEgress(proc *ramdisk.Process) error {
+	var rules contract.EgressRules
+	if proc.EgressAllow != nil {
+		all := ""
+		for _, r := range *proc.EgressAllow {
+			all += r + ","
+		}
+		var err error
+		if rules, err = contract.ParseEgressAllow(all); err != nil {
+			return err
+		}
+	}
+	egress.Store(podnet.EgressFilter(rules))
+	return nil
+}
