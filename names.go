@@ -67,6 +67,12 @@ const (
 	// ({"cpu":2,"memoryMiB":2048,"ports":[80],"debug":true}); containers not
 	// in it run outside an enclave. The webhook package documents the format.
 	EnclavesAnnotation = "nitropod.io/enclaves"
+	// DeliveryAnnotation is written by the webhook on every managed Pod: per
+	// enclave container, which env names the Pod spec writes literally
+	// (measured), which come from Secrets, ConfigMaps and the downward API
+	// (delivered at start), and which volumes are delivered. The format and
+	// parser are in contract (ContainerDelivery).
+	DeliveryAnnotation = "nitropod.io/delivery"
 	// EgressAllowAnnotation is the Pod's optional egress allowlist, measured
 	// into every enclave of the Pod (syntax in contract.ParseEgressAllow).
 	EgressAllowAnnotation = "nitropod.io/egress-allow"

@@ -4,7 +4,9 @@
 // writes and the shim reads, the device IDs the device plugin advertises and
 // the shim reads back from kubelet's pod-resources API, the s3:// image
 // location the webhook admits and the shim downloads, the enclave memory
-// rule, and the backend names.
+// rule, the backend names, and the nitropod.io/delivery annotation with the
+// measured/delivered split and the delivery policy that the webhook, the
+// shim and the enclave's init all apply.
 //
 // Each rule is written once, here, and both sides import it, so a value one
 // side accepts is never refused by the other. The package imports only the

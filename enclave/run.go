@@ -57,6 +57,10 @@ type RunIO struct {
 	Progress func(stage string)
 	// Ready, when set, is called once the app has started.
 	Ready func()
+	// Deliver, when set, is called once init answered and before the app
+	// starts, to deliver configuration (agent.Client.Deliver); an error
+	// fails the start.
+	Deliver func(ctx context.Context, c *agent.Client) error
 	// Stats, when set, receives the enclave's CPU and memory use each time
 	// init reports it (every few seconds while the app runs).
 	Stats func(agent.Stats)
@@ -156,6 +160,12 @@ func Start(ctx context.Context, b Backend, req Request, rio RunIO) (_ *Session, 
 		}
 	}
 	progress(StageBooted)
+	if rio.Deliver != nil {
+		if err := rio.Deliver(ctx, cl); err != nil {
+			_ = cl.Bye()
+			return nil, s.explain(err)
+		}
+	}
 
 	if err := s.startNet(ctx, rio, progress); err != nil {
 		return nil, s.explain(err)

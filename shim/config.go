@@ -76,6 +76,9 @@ type Config struct {
 	License LicenseConfig `toml:"license"`
 	// S3 configures downloads of prebuilt EIFs (imageLocation).
 	S3 S3Config `toml:"s3"`
+	// MaxDeliveredBytes caps what is delivered into one enclave container
+	// at start (env values, hostname, hosts files and volume contents).
+	MaxDeliveredBytes int64 `toml:"max_delivered_bytes"`
 }
 
 // AllocationConfig says where an enclave's size comes from.
@@ -155,6 +158,8 @@ func DefaultConfig() Config {
 		DefaultCPUs:      2,
 		DefaultMemoryMiB: 512,
 		RunDir:           "/run/nitropod",
+
+		MaxDeliveredBytes: contract.DefaultMaxDeliveredBytes,
 	}
 }
 
@@ -197,6 +202,9 @@ func ParseConfig(b []byte, base Config) (Config, error) {
 
 // Validate reports the first bad setting with the value seen and the fix.
 func (c Config) Validate() error {
+	if c.MaxDeliveredBytes < 0 || c.MaxDeliveredBytes > contract.HardMaxDeliveredBytes {
+		return fmt.Errorf("max_delivered_bytes = %d: give a size between 0 (the default, %d) and %d bytes", c.MaxDeliveredBytes, contract.DefaultMaxDeliveredBytes, contract.HardMaxDeliveredBytes)
+	}
 	switch c.Backend {
 	case BackendQEMU, BackendNitroCLI:
 	default:

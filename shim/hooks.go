@@ -17,6 +17,7 @@ import (
 
 	nitropod "github.com/nitropod/nitropod"
 	"github.com/nitropod/nitropod/contract"
+	"github.com/nitropod/nitropod/eif"
 	"github.com/nitropod/nitropod/eif/build"
 	"github.com/nitropod/nitropod/eif/s3"
 	"github.com/nitropod/nitropod/eifcache"
@@ -25,7 +26,7 @@ import (
 
 // builderVersion is part of every cache key; bump it when the EIF builder
 // changes what it writes for the same inputs.
-const builderVersion = build.Tool + "-eif-build-v1"
+const builderVersion = build.Tool + "-eif-build-v2" // v2: fixed rootfs root metadata, delivery policy
 
 // checkLicense is the licence hook: it runs before anything is built or
 // booted, against the licence the Pod mounts (package license).
@@ -156,17 +157,25 @@ func runFetch(ctx context.Context, cfg Config, out any, args ...string) error {
 }
 
 // buildEIF streams the EIF built from rootfs and plan.Process into w.
-func buildEIF(ctx context.Context, w io.Writer, rootfs string, plan Plan, cfg Config, name string) error {
+func buildEIF(_ context.Context, w io.Writer, rootfs string, plan Plan, cfg Config, name string) error {
 	ws, ok := w.(io.WriteSeeker)
 	if !ok {
 		return errors.New("building eif: the cache did not hand out a seekable file")
 	}
-	_, err := build.FromRootfs(ws, rootfs, plan.Process, build.Options{
+	_, err := BuildEIF(ws, rootfs, plan, cfg, name)
+	return err
+}
+
+// BuildEIF is the node's EIF recipe: the container's rootfs and planned
+// process with the configured blob set and init, a debug kernel command
+// line for debug enclaves. `nitropod pcr` calls it too, so that its
+// measurements are the node's.
+func BuildEIF(w io.WriteSeeker, rootfs string, plan Plan, cfg Config, name string) (eif.Measurements, error) {
+	return build.FromRootfs(w, rootfs, plan.Process, build.Options{
 		Blobs:        cfg.BlobsDir,
 		Init:         cfg.InitPath,
 		DebugCmdline: plan.Debug,
 		Name:         name,
 		BuildTime:    time.Now().UTC(),
 	})
-	return err
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/nitropod/nitropod/contract"
 	"github.com/nitropod/nitropod/eif/ramdisk"
 	"github.com/nitropod/nitropod/enclave/initproc/secctx"
+	"github.com/nitropod/nitropod/shim/deliver"
 )
 
 // Plan is what the shim decided about one container from its OCI spec and
@@ -50,6 +51,10 @@ type Plan struct {
 	ImageLocation string
 	// Process is what runs inside the enclave (measured into the EIF).
 	Process ramdisk.Process
+	// Deliver is what the launcher delivers at start, not measured: the
+	// hostname, the env names SplitEnv puts on the delivered side, and the
+	// sandbox files and volumes (shim/deliver).
+	Deliver deliver.Plan
 	// allocationEnv holds the NITROPOD_* values of the container env, which
 	// the device plugin sets and a Pod author could override; they are only
 	// compared with the authoritative allocation.
@@ -85,16 +90,26 @@ func PlanContainer(spec *specs.Spec, cfg Config) (Plan, error) {
 		return Plan{}, nil
 	}
 	var entry *contract.Enclave
-	if raw, ok := ann[nitropod.EnclavesAnnotation]; ok && ann[nitropod.CRIContainerType] == nitropod.CRIContainerTypeApp {
-		all, err := contract.ParseEnclaves(raw)
-		if err != nil {
-			return Plan{}, fmt.Errorf("annotation %s: %w (it is written by the nitropod webhook; re-create the Pod)", nitropod.EnclavesAnnotation, err)
+	var sources contract.ContainerDelivery
+	if ann[nitropod.CRIContainerType] == nitropod.CRIContainerTypeApp {
+		if raw, ok := ann[nitropod.EnclavesAnnotation]; ok {
+			all, err := contract.ParseEnclaves(raw)
+			if err != nil {
+				return Plan{}, fmt.Errorf("annotation %s: %w (it is written by the nitropod webhook; re-create the Pod)", nitropod.EnclavesAnnotation, err)
+			}
+			e, ok := all[ann[nitropod.CRIContainerName]]
+			if !ok {
+				return Plan{}, nil // the webhook left this container out of the enclave
+			}
+			entry = &e
 		}
-		e, ok := all[ann[nitropod.CRIContainerName]]
-		if !ok {
-			return Plan{}, nil // the webhook left this container out of the enclave
+		if raw, ok := ann[nitropod.DeliveryAnnotation]; ok {
+			all, err := contract.ParseDelivery(raw)
+			if err != nil {
+				return Plan{}, fmt.Errorf("annotation %s: %w (it is written by the nitropod webhook; re-create the Pod)", nitropod.DeliveryAnnotation, err)
+			}
+			sources = all[ann[nitropod.CRIContainerName]]
 		}
-		entry = &e
 	}
 	if spec.Process == nil || len(spec.Process.Args) == 0 {
 		return Plan{}, fmt.Errorf("container spec has no process args: an enclave container needs a command")
@@ -115,12 +130,16 @@ func PlanContainer(spec *specs.Spec, cfg Config) (Plan, error) {
 	}
 	env := map[string]string{}
 	proc := ramdisk.Process{
-		Args:     append([]string(nil), spec.Process.Args...),
-		Cwd:      spec.Process.Cwd,
-		UID:      spec.Process.User.UID,
-		GID:      spec.Process.User.GID,
-		Hostname: spec.Hostname,
+		Args: append([]string(nil), spec.Process.Args...),
+		Cwd:  spec.Process.Cwd,
+		UID:  spec.Process.User.UID,
+		GID:  spec.Process.User.GID,
 	}
+	// The hostname names the Pod (a replica): delivered, not measured.
+	// containerd's CRI sets it only in the sandbox's spec (containers share
+	// its UTS namespace) and gives it to containers as HOSTNAME.
+	p.Deliver.Hostname = spec.Hostname
+	p.Deliver.MaxBytes = cfg.MaxDeliveredBytes
 	if raw, ok := ann[nitropod.EgressAllowAnnotation]; ok {
 		rules, err := contract.ParseEgressAllow(raw)
 		if err != nil {
@@ -138,20 +157,36 @@ func PlanContainer(spec *specs.Spec, cfg Config) (Plan, error) {
 		k, v, _ := strings.Cut(kv, "=")
 		env[k] = v
 	}
-	// The env is measured into the EIF, so it must not depend on the order
-	// kubelet happens to emit it in (service and device-plugin variables come
-	// from maps): one entry per name, the last value winning as in
-	// containerd's WithEnv, sorted by name.
+	// The measured env must not depend on the order kubelet happens to
+	// emit it in (service and device-plugin variables come from maps): one
+	// entry per name, the last value winning as in containerd's WithEnv,
+	// sorted by name. SplitEnv (the rule the webhook's annotation feeds)
+	// keeps what the Pod spec writes literally and the image's env on the
+	// measured side and puts the rest on the delivered side.
+	var sorted []string
 	for _, k := range slices.Sorted(maps.Keys(env)) {
 		if runtimeEnv[k] {
 			if p.allocationEnv == nil {
 				p.allocationEnv = map[string]string{}
 			}
 			p.allocationEnv[k] = env[k]
-			continue
 		}
-		proc.Env = append(proc.Env, k+"="+env[k])
+		sorted = append(sorted, k+"="+env[k])
 	}
+	if p.Deliver.Hostname == "" && p.Pod.IsSet() {
+		p.Deliver.Hostname = env["HOSTNAME"]
+	}
+	measured, delivered := contract.SplitEnv(sorted, sources)
+	proc.Env = measured
+	for _, kv := range delivered {
+		k, _, _ := strings.Cut(kv, "=")
+		p.Deliver.Env = append(p.Deliver.Env, k)
+	}
+	mounts, err := deliver.PlanMounts(spec, sources, ann[nitropod.CRISandboxUID])
+	if err != nil {
+		return Plan{}, err
+	}
+	p.Deliver.Mounts = mounts
 	if env[nitropod.DebugModeEnv] == nitropod.DebugModeValue {
 		p.Debug = true
 	}
@@ -163,6 +198,11 @@ func PlanContainer(spec *specs.Spec, cfg Config) (Plan, error) {
 	p.PortsFromImage = entry == nil || entry.Ports == nil
 	p.Ports = uniquePorts(p.Ports)
 	proc.Ports = p.Ports
+	policy := contract.PolicyFor(sources)
+	if p.Debug {
+		policy = contract.DeliveryPolicy{Any: true}
+	}
+	proc.Delivery = &policy
 	proc.Security = securityOf(spec)
 	if err := secctx.Check(proc.Security); err != nil {
 		return Plan{}, fmt.Errorf("the container's security context cannot be applied inside the enclave: %w", err)

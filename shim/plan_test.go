@@ -11,6 +11,7 @@ import (
 	nitropod "github.com/nitropod/nitropod"
 	"github.com/nitropod/nitropod/contract"
 	"github.com/nitropod/nitropod/eif/ramdisk"
+	"github.com/nitropod/nitropod/shim/deliver"
 )
 
 func testSpec(ann map[string]string, env ...string) *specs.Spec {
@@ -57,7 +58,7 @@ func TestPlanContainer(t *testing.T) {
 			spec: testSpec(nil, "PATH=/bin"),
 			want: Plan{Enclave: true, CPUs: 2, MemoryMiB: 512, PortsFromImage: true, Process: ramdisk.Process{
 				Args: []string{"sh", "-c", "echo hi"}, Env: []string{"PATH=/bin"}, Cwd: "/work", UID: 1000, GID: 1000,
-				AdditionalGIDs: []uint32{10}, Hostname: "pod-a",
+				AdditionalGIDs: []uint32{10},
 			}},
 		},
 		{
@@ -65,24 +66,25 @@ func TestPlanContainer(t *testing.T) {
 			spec: testSpec(cri(nitropod.CRIContainerTypeApp, "app", map[string]string{nitropod.EnclavesAnnotation: enclaves}), "A=1"),
 			want: Plan{Enclave: true, CPUs: 2, MemoryMiB: 512, Pod: PodRef{"ns", "pod", "app"}, Ports: []uint16{80, 8080}, Process: ramdisk.Process{
 				Args: []string{"sh", "-c", "echo hi"}, Env: []string{"A=1"}, Cwd: "/work", UID: 1000, GID: 1000,
-				AdditionalGIDs: []uint32{10}, Hostname: "pod-a", Ports: []uint16{80, 8080},
+				AdditionalGIDs: []uint32{10}, Ports: []uint16{80, 8080},
 			}},
 		},
 		{
 			name: "device plugin env neither sizes the enclave nor enters the measured env; debug mode",
 			spec: testSpec(cri(nitropod.CRIContainerTypeApp, "app", map[string]string{nitropod.EnclavesAnnotation: enclaves}),
 				"A=1", nitropod.EnvCPUIDs+"=2-3,6,7", nitropod.EnvMemoryMiB+"=1024", nitropod.EnvEnclaveSlot+"=1", nitropod.DebugModeEnv+"=yes"),
-			want: Plan{Enclave: true, CPUs: 2, MemoryMiB: 512, Pod: PodRef{"ns", "pod", "app"}, Debug: true, Ports: []uint16{80, 8080}, Process: ramdisk.Process{
-				Args: []string{"sh", "-c", "echo hi"}, Env: []string{"A=1", nitropod.DebugModeEnv + "=yes"}, Cwd: "/work", UID: 1000, GID: 1000,
-				AdditionalGIDs: []uint32{10}, Hostname: "pod-a", Ports: []uint16{80, 8080}, Exec: &contract.ExecPolicy{Any: true},
-			}},
+			want: Plan{Enclave: true, CPUs: 2, MemoryMiB: 512, Pod: PodRef{"ns", "pod", "app"}, Debug: true, Ports: []uint16{80, 8080},
+				Deliver: deliver.Plan{Env: []string{nitropod.EnvCPUIDs, nitropod.EnvEnclaveSlot, nitropod.EnvMemoryMiB}}, Process: ramdisk.Process{
+					Args: []string{"sh", "-c", "echo hi"}, Env: []string{"A=1", nitropod.DebugModeEnv + "=yes"}, Cwd: "/work", UID: 1000, GID: 1000,
+					AdditionalGIDs: []uint32{10}, Ports: []uint16{80, 8080}, Exec: &contract.ExecPolicy{Any: true},
+				}},
 		},
 		{
 			name: "debug only with the exact value",
 			spec: testSpec(nil, nitropod.DebugModeEnv+"=true"),
 			want: Plan{Enclave: true, CPUs: 2, MemoryMiB: 512, PortsFromImage: true, Process: ramdisk.Process{
 				Args: []string{"sh", "-c", "echo hi"}, Env: []string{nitropod.DebugModeEnv + "=true"}, Cwd: "/work", UID: 1000, GID: 1000,
-				AdditionalGIDs: []uint32{10}, Hostname: "pod-a",
+				AdditionalGIDs: []uint32{10},
 			}},
 		},
 		{
@@ -90,11 +92,21 @@ func TestPlanContainer(t *testing.T) {
 			spec: testSpec(map[string]string{nitropod.ImageLocationAnnotation: "s3://b/k.eif"}),
 			want: Plan{Enclave: true, CPUs: 2, MemoryMiB: 512, PortsFromImage: true, ImageLocation: "s3://b/k.eif", Process: ramdisk.Process{
 				Args: []string{"sh", "-c", "echo hi"}, Cwd: "/work", UID: 1000, GID: 1000,
-				AdditionalGIDs: []uint32{10}, Hostname: "pod-a",
+				AdditionalGIDs: []uint32{10},
 			}},
 		},
 	}
 	for _, tc := range tests {
+		if tc.want.Enclave {
+			// The hostname is delivered; the EIF records the policy.
+			tc.want.Deliver.Hostname = "pod-a"
+			tc.want.Deliver.MaxBytes = contract.DefaultMaxDeliveredBytes
+			pol := contract.DefaultPolicy()
+			if tc.want.Debug {
+				pol = contract.DeliveryPolicy{Any: true}
+			}
+			tc.want.Process.Delivery = &pol
+		}
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := PlanContainer(tc.spec, cfg)
 			if err != nil {
@@ -138,6 +150,7 @@ cache_max_bytes = 1000
 nitro_cli = "/usr/bin/nitro-cli"
 default_cpus = 4
 default_memory_mib = 1024
+max_delivered_bytes = 1048576
 [allocation]
 pod_resources_socket = "/k/pod-resources/kubelet.sock"
 [qemu]
@@ -148,7 +161,7 @@ accel = "kvm"
 		t.Fatal(err)
 	}
 	want := Config{Backend: "nitro-cli", BlobsDir: "/b", InitPath: "/i", CacheDir: "/c", CacheMaxBytes: 1000,
-		QEMU: QEMUConfig{Binary: "/q", Accel: "kvm"}, NitroCLI: "/usr/bin/nitro-cli", NitroCgroup: "nitropod-enclaves", DefaultCPUs: 4, DefaultMemoryMiB: 1024, RunDir: DefaultConfig().RunDir,
+		QEMU: QEMUConfig{Binary: "/q", Accel: "kvm"}, NitroCLI: "/usr/bin/nitro-cli", NitroCgroup: "nitropod-enclaves", DefaultCPUs: 4, DefaultMemoryMiB: 1024, RunDir: DefaultConfig().RunDir, MaxDeliveredBytes: 1 << 20,
 		Allocation: AllocationConfig{Source: AllocationKubelet, PodResourcesSocket: "/k/pod-resources/kubelet.sock"}}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("config (-want +got):\n%s", diff)
@@ -163,6 +176,7 @@ accel = "kvm"
 		{"[allocation]\nsource = \"env\"", `allocation.source "env" is not supported`},
 		{"[allocation]\npod_resources_socket = \"kubelet.sock\"", `must be an absolute path`},
 		{`backend = `, "parsing shim config"},
+		{`max_delivered_bytes = 1099511627776`, "max_delivered_bytes = 1099511627776"},
 	} {
 		_, err := ParseConfig([]byte(bad.in), DefaultConfig())
 		if err == nil || !strings.Contains(err.Error(), bad.want) {

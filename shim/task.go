@@ -27,6 +27,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	nitropod "github.com/nitropod/nitropod"
 	"github.com/nitropod/nitropod/eifcache"
 	"github.com/nitropod/nitropod/shim/launcher"
 )
@@ -98,7 +99,16 @@ func (s *service) createEnclave(ctx context.Context, r *taskAPI.CreateTaskReques
 			entry.Release()
 		}
 	}()
-	fields := log.Fields{"eif": entry.Path, "cache_hit": entry.Hit, "duration": time.Since(t0).String()}
+	m, err := eifMeasurements(entry.Path)
+	if err != nil {
+		return nil, err
+	}
+	if plan.ImageLocation == "" { // imageLocation EIFs were checked when fetched
+		if err := checkExpectedBuilt(spec, m); err != nil {
+			return nil, err
+		}
+	}
+	fields := log.Fields{"eif": entry.Path, "cache_hit": entry.Hit, "duration": time.Since(t0).String(), "pcr0": m.PCR0, "pcr1": m.PCR1, "pcr2": m.PCR2}
 	if entry.Replaced != "" {
 		fields["replaced_corrupt"] = entry.Replaced
 	}
@@ -149,6 +159,16 @@ func (s *service) createEnclave(ctx context.Context, r *taskAPI.CreateTaskReques
 		Ports:         plan.Ports,
 		UDPPorts:      plan.UDPPorts,
 		EnclaveCgroup: enclaveCgroup,
+	}
+	if _, ok := spec.Annotations[nitropod.EnclavesAnnotation]; ok {
+		// A Pod the nitropod webhook admitted: its users see the PCRs at
+		// the top of the container's log (other CRI clients, such as
+		// conformance suites, compare logs line by line).
+		lspec.Measurements = &m
+	}
+	if !plan.Deliver.Empty() {
+		d := plan.Deliver
+		lspec.Deliver = &d
 	}
 	if err := launcher.WriteSpec(lspec); err != nil {
 		return nil, err

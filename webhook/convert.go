@@ -169,12 +169,14 @@ func (c *converter) convert() {
 
 	extraExec := c.execCommands()
 	enclaves := make(map[string]contract.Enclave, len(spec.Containers))
+	delivery := make(map[string]contract.ContainerDelivery, len(spec.Containers))
 	for i := range spec.Containers {
 		ctr := &spec.Containers[i]
 		e, ok := c.container(ctr, license)
 		if ok {
 			e.Exec = c.containerExec(ctr, extraExec[ctr.Name])
 			enclaves[ctr.Name] = e
+			delivery[ctr.Name] = c.delivery(ctr, license)
 		}
 	}
 	for _, ic := range spec.InitContainers {
@@ -188,6 +190,7 @@ func (c *converter) convert() {
 		c.pod.Annotations = map[string]string{}
 	}
 	c.pod.Annotations[nitropod.EnclavesAnnotation] = contract.MarshalEnclaves(enclaves)
+	c.pod.Annotations[nitropod.DeliveryAnnotation] = contract.MarshalDelivery(delivery)
 }
 
 // hostNamespaces refuses host namespaces: an app in an enclave runs on the
@@ -212,6 +215,7 @@ var userAnnotations = map[string]bool{
 	nitropod.ExpectedPCR0Annotation:    true,
 	nitropod.ExpectedPCR8Annotation:    true,
 	nitropod.EnclavesAnnotation:        true,
+	nitropod.DeliveryAnnotation:        true,
 	contract.AttestationPortAnnotation: true,
 	nitropod.EgressAllowAnnotation:     true,
 	contract.ExecCommandsAnnotation:    true,
@@ -222,7 +226,7 @@ func (c *converter) reservedAnnotations() {
 		if strings.HasPrefix(k, nitropod.AnnotationPrefix) && !userAnnotations[k] {
 			var may []string
 			for _, a := range slices.Sorted(maps.Keys(userAnnotations)) {
-				if a != nitropod.EnclavesAnnotation {
+				if a != nitropod.EnclavesAnnotation && a != nitropod.DeliveryAnnotation { // written by Convert
 					may = append(may, a)
 				}
 			}

@@ -59,4 +59,17 @@
 // way; the launcher publishes them on the Pod IP), debug true for a debug enclave (omitted
 // otherwise). A container that is not a key runs outside an enclave. The shim
 // reads it from the OCI spec's annotations with [contract.ParseEnclaves].
+//
+// # The nitropod.io/delivery annotation
+//
+// Convert also records, per enclave container, where its env comes from and
+// which volumes it mounts (nitropod.DeliveryAnnotation,
+// [contract.ContainerDelivery]): the env names written literally (measured),
+// those from valueFrom or with $(VAR) references (delivered at start), the
+// envFrom prefixes, and the secret, configMap, downwardAPI, projected and
+// emptyDir mounts. The shim splits the container's OCI env with
+// [contract.SplitEnv] and records [contract.PolicyFor] in the EIF. Any other
+// volume type mounted into an enclave container is refused, naming the
+// volume; the licence volume is read by the shim on the node and is left
+// out.
 package webhook

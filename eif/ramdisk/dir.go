@@ -59,6 +59,13 @@ func WriteDir(w io.Writer, root string, proc Process) error {
 			Name: name, Mode: fileMode(fi, st), UID: st.uid, GID: st.gid,
 			Mtime: fi.ModTime().Unix(), RDevMajor: st.rdevMajor, RDevMinor: st.rdevMin,
 		}
+		if rel == "." {
+			// The root's own metadata is the container runtime's (an
+			// overlay's upper directory, made per container) or the
+			// unpacking tool's, never the image's: fixed, so that every
+			// replica of a Pod template and `nitropod pcr` measure alike.
+			h.Mode, h.UID, h.GID, h.Mtime = cpio.TypeDir|0o755, 0, 0, 0
+		}
 		switch h.Mode & cpio.ModeType {
 		case cpio.TypeDir:
 			if err := cw.WriteHeader(h); err != nil {

@@ -43,7 +43,12 @@ type Process struct {
 	// AdditionalGIDs are supplementary groups.
 	AdditionalGIDs []uint32 `json:"additionalGids,omitempty"`
 	// Hostname is set inside the enclave; "" leaves the kernel's default.
+	// The shim leaves it empty (the Pod's hostname is delivered at start,
+	// see Delivery) so that the replicas of a Pod template measure alike.
 	Hostname string `json:"hostname,omitempty"`
+	// Delivery is what the host may deliver at start (env names and mount
+	// paths); init refuses anything else. nil is contract.DefaultPolicy.
+	Delivery *contract.DeliveryPolicy `json:"delivery,omitempty"`
 	// Ports are TCP ports the image declares (EXPOSE); informational.
 	Ports []uint16 `json:"ports,omitempty"`
 	// Security is the security context init applies before exec; nil

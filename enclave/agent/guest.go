@@ -8,6 +8,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -44,7 +45,11 @@ type Guest struct {
 	nsmMu     sync.Mutex // serialises NSM round trips
 	nsmBroken bool
 
-	execHandler ExecHandler // exec.go
+	execHandler ExecHandler     // exec.go
+	deliverMu   sync.Mutex      // guards deliverH (deliver.go)
+	deliverH    DeliveryHandler // set by HandleDeliveries
+	deliverCh   chan struct{}   // closed when deliverH is set
+	deliverOnce atomic.Bool     // one deliver stream per enclave
 }
 
 // GuestConfig configures NewGuest.
@@ -81,6 +86,8 @@ func NewGuest(conn io.ReadWriteCloser, cfg GuestConfig) (*Guest, error) {
 		once:    map[string]*sync.Once{},
 		nsmCh:   make(chan struct{}),
 		clockCh: make(chan int64, 1),
+
+		deliverCh: make(chan struct{}),
 	}
 	for _, k := range []string{"ctrl", "stdio", "start", "bye"} {
 		g.once[k] = new(sync.Once)
@@ -146,6 +153,8 @@ func (g *Guest) handle(s *yamux.Stream) {
 		g.nsmStream(s)
 	case KindExec:
 		g.execStream(s)
+	case KindDeliver:
+		g.deliverStream(s)
 	default:
 		if fn := g.streams[h.Kind]; fn != nil {
 			fn(s)

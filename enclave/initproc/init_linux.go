@@ -38,6 +38,7 @@ type initState struct {
 	console io.Writer
 	guest   *agent.Guest
 	reaper  *reaper
+	deliver *deliveryHandler // deliver_linux.go
 }
 
 func (i *initState) logf(format string, args ...any) {
@@ -73,6 +74,8 @@ func (i *initState) run() {
 		i.fail(err)
 		return
 	}
+	i.deliver = newDeliveryHandler(proc)
+	i.guest.HandleDeliveries(i.deliver)
 	i.startAttestationAPI(proc) // nsm_linux.go
 	i.reaper = newReaper()
 	i.guest.SetExecHandler(i.execHandler(proc)) // exec_linux.go
@@ -301,6 +304,10 @@ func (i *initState) runApp(proc *ramdisk.Process) error {
 	if err != nil {
 		return stage("waiting for the host", err)
 	}
+	delivered, err := i.deliver.startEnv()
+	if err != nil {
+		return stage("checking the delivered configuration", err)
+	}
 	// The host answers clock requests once it started the app (clock_linux.go).
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	if err := i.syncClock(ctx); err != nil && !errors.Is(err, agent.ErrNoFeature) {
@@ -308,7 +315,7 @@ func (i *initState) runApp(proc *ramdisk.Process) error {
 	}
 	cancel()
 	go i.keepTime()
-	env := Env(proc)
+	env := append(Env(proc), delivered...)
 	cwd := proc.Cwd
 	if cwd == "" {
 		cwd = "/"

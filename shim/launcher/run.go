@@ -114,6 +114,25 @@ func Run(ctx context.Context, spec Spec, start io.Reader, ready io.WriteCloser, 
 		return 128 + int(sig.(syscall.Signal))
 	}
 
+	var dv *delivery
+	if spec.Deliver != nil {
+		var err error
+		if dv, err = collectDelivery(spec); err != nil {
+			logger.Printf("collecting delivered configuration: %v", err)
+			if rio.Stderr != nil {
+				fmt.Fprintf(rio.Stderr, "nitropod: %v\n", err)
+			}
+			fmt.Fprintf(ready, "error: %s\n", oneLine(err.Error()))
+			return ExitSetupFailed
+		}
+		rio.Deliver = dv.send
+		logger.Printf("delivering %d env, %d mounts, %d bytes", len(dv.d.Env), len(dv.d.Mounts), dv.d.Size())
+	}
+
+	if m := spec.Measurements; m != nil && rio.Stderr != nil {
+		fmt.Fprintln(rio.Stderr, MeasurementsLine(*m))
+	}
+
 	req := enclave.Request{
 		Name:      spec.ID,
 		EIFPath:   spec.EIFPath,
@@ -213,6 +232,11 @@ func Run(ctx context.Context, spec Spec, start io.Reader, ready io.WriteCloser, 
 	ready.Close()
 	if err := writeRecord(spec.Bundle, Record{Backend: spec.Backend.Name, EnclaveID: sess.Enclave().ID(), EnclaveName: spec.ID, CID: sess.Enclave().CID(), NitroCLI: spec.Backend.NitroCLI}); err != nil {
 		logger.Printf("writing enclave record: %v", err)
+	}
+	if dv != nil {
+		watchCtx, stopWatch := context.WithCancel(ctx)
+		defer stopWatch()
+		go dv.watch(watchCtx, logger.Printf)
 	}
 	stopExec, err := ServeExec(spec.Bundle, sess, logger)
 	if err != nil {

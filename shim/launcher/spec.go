@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/nitropod/nitropod/eif"
+	"github.com/nitropod/nitropod/shim/deliver"
 )
 
 // File names in the container's bundle directory.
@@ -70,6 +73,12 @@ type Spec struct {
 	// Nitro's reserved CPUs and memory and must not be charged to, or
 	// throttled by, the launcher limits. "" keeps it in the launcher's cgroup.
 	EnclaveCgroup string `json:"enclaveCgroup,omitempty"`
+	// Deliver is the configuration delivered into the enclave at start
+	// (names and paths; the values are read when the enclave starts).
+	Deliver *deliver.Plan `json:"deliver,omitempty"`
+	// Measurements are the EIF's, printed at the top of the container's
+	// log when the app has started.
+	Measurements *eif.Measurements `json:"measurements,omitempty"`
 }
 
 // BackendConfig is the shim config's backend part.

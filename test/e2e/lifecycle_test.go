@@ -46,6 +46,9 @@ func TestEnclaveLifecycle(t *testing.T) {
 	t.Run("a rolling update to a version that cannot start keeps the old replica serving", func(t *testing.T) {
 		e.sub(t).rollingUpdateKeepsServing()
 	})
+	t.Run("an enclave's attestation document verifies against the PCRs the cluster reports", func(t *testing.T) {
+		e.sub(t).attestationAgainstCluster()
+	})
 	t.Run("kubelet's stats summary shows the enclave's memory and CPU", func(t *testing.T) {
 		e.sub(t).enclaveStatsInSummary()
 	})
