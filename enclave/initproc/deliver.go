@@ -124,18 +124,24 @@ func writeVolume(root *os.Root, files []agent.DeliveredFile, atomic bool, seq in
 			}
 		}
 	}
-	// Names of the previous content that are gone now.
+	// Names of the previous content that are gone now, and the content
+	// before the previous one. The previous one stays until the next
+	// update: a reader that resolved ..data just before this swap still
+	// finds its files (removing it at once, a reader between resolving
+	// the link and opening the file saw ENOENT under load).
 	if d, err := root.Open("."); err == nil {
 		names, _ := d.Readdirnames(-1)
 		d.Close()
 		for _, n := range names {
-			if !strings.HasPrefix(n, "..") && !top[n] {
-				_ = root.Remove(n)
+			switch {
+			case !strings.HasPrefix(n, ".."):
+				if !top[n] {
+					_ = root.Remove(n)
+				}
+			case n != dir && n != prev && n != dataLink && isGeneration(n):
+				_ = root.RemoveAll(n)
 			}
 		}
-	}
-	if prev != "" && prev != dir {
-		_ = root.RemoveAll(prev)
 	}
 	return dir, nil
 }
@@ -200,4 +206,19 @@ func writeFileAtomic(p string, f agent.DeliveredFile) error {
 		return fmt.Errorf("replacing %s: %w", p, err)
 	}
 	return nil
+}
+
+// isGeneration reports whether name is one of writeVolume's "..N"
+// directories.
+func isGeneration(name string) bool {
+	n := strings.TrimPrefix(name, "..")
+	if n == "" || n == name {
+		return false
+	}
+	for _, c := range n {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
