@@ -28,7 +28,7 @@ func Main() int {
 		fmt.Fprintln(os.Stderr, "nitropod-init: must run as PID 1 inside an enclave (it is the enclave's init)")
 		return 1
 	}
-	i := &initState{}
+	i := &initState{rooted: make(chan struct{})}
 	i.run()
 	i.powerOff()
 	return 0
@@ -39,6 +39,11 @@ type initState struct {
 	guest   *agent.Guest
 	reaper  *reaper
 	deliver *deliveryHandler // deliver_linux.go
+	// rooted is closed once setup has switched to the image's root and
+	// mounted /dev, /proc and /sys there: the network streams, which the
+	// host may open as soon as the channel is up, wait for it (before,
+	// /dev/net/tun could be missing for a moment).
+	rooted chan struct{}
 }
 
 func (i *initState) logf(format string, args ...any) {
@@ -74,6 +79,7 @@ func (i *initState) run() {
 		i.fail(err)
 		return
 	}
+	close(i.rooted)
 	i.deliver = newDeliveryHandler(proc)
 	i.guest.HandleDeliveries(i.deliver)
 	i.startAttestationAPI(proc) // nsm_linux.go

@@ -3,6 +3,7 @@ package initproc
 import (
 	"net"
 	"sync/atomic"
+	"time"
 
 	"github.com/nitropod/nitropod/contract"
 	"github.com/nitropod/nitropod/eif/ramdisk"
@@ -31,13 +32,36 @@ func (lateFilter) Inbound(pkt []byte) {
 // netStreams serves the enclave's network (enclave/podnet): the host's
 // packet stream becomes the interface eth0, and the listening-ports
 // stream tells the host which ports to publish on the Pod IP.
+// Both wait until init has switched to the image's root (i.rooted): the
+// host opens them as soon as the channel is up, while init may still be
+// between unmounting the bootstrap /dev and mounting the new one.
 func (i *initState) netStreams() map[string]func(net.Conn) {
 	cfg := podnet.GuestConfig{Filter: lateFilter{}}
+	rooted := func(s net.Conn) bool {
+		select {
+		case <-i.rooted:
+			return true
+		case <-time.After(rootedTimeout):
+			s.Close() // setup failed: init reports that and powers off
+			return false
+		}
+	}
 	return map[string]func(net.Conn){
-		podnet.KindPackets: func(s net.Conn) { podnet.ServePackets(s, cfg) },
-		podnet.KindPorts:   func(s net.Conn) { podnet.ServePorts(s, cfg) },
+		podnet.KindPackets: func(s net.Conn) {
+			if rooted(s) {
+				podnet.ServePackets(s, cfg)
+			}
+		},
+		podnet.KindPorts: func(s net.Conn) {
+			if rooted(s) {
+				podnet.ServePorts(s, cfg)
+			}
+		},
 	}
 }
+
+// rootedTimeout bounds the wait of a network stream for the root switch.
+const rootedTimeout = 5 * time.Minute
 
 // setEgress installs the measured egress allowlist (none: allow all).
 func setEgress(proc *ramdisk.Process) error {
