@@ -154,6 +154,14 @@ func TestIntegrationKubeAPIServer(t *testing.T) {
 			if diff := cmp.Diff(wantWarnings, resp.Warnings); diff != "" {
 				t.Errorf("%s: warnings reaching the client (-want +got):\n%s", tc.name, diff)
 			}
+			// The webhook sees the Pod after the ServiceAccount admission
+			// plugin added the token volume: Convert's output for that Pod
+			// (the token's mount is a delivered volume) is what is stored.
+			if sa := withTokenVolume(tc.pod, &stored); sa != nil {
+				if want, _, err = Convert(sa, Config{}); err != nil {
+					t.Fatal(err)
+				}
+			}
 			compareStored(t, tc.name, want, &stored)
 			if got := stored.Spec.Overhead.Memory().String(); got != "64Mi" || stored.Spec.NodeSelector["nitropod.io/enclave-node"] != "true" {
 				t.Errorf("%s: RuntimeClass overhead (%s) or scheduling (%v) not applied", tc.name, got, stored.Spec.NodeSelector)
@@ -304,6 +312,34 @@ func chartWebhookConfiguration(t *testing.T, ctx context.Context, url string) ma
 // compareStored checks what the webhook owns in a stored Pod against
 // Convert's output; the apiserver adds defaults and the service-account
 // token volume, which are not the webhook's.
+// withTokenVolume returns pod with the service-account token volume and
+// mounts that the apiserver added to stored (nil if it added none).
+func withTokenVolume(pod, stored *corev1.Pod) *corev1.Pod {
+	const prefix = "kube-api-access-"
+	var vol *corev1.Volume
+	for i := range stored.Spec.Volumes {
+		if strings.HasPrefix(stored.Spec.Volumes[i].Name, prefix) {
+			vol = &stored.Spec.Volumes[i]
+		}
+	}
+	if vol == nil {
+		return nil
+	}
+	p := pod.DeepCopy()
+	p.Spec.Volumes = append(p.Spec.Volumes, *vol)
+	for i := range p.Spec.Containers {
+		if i >= len(stored.Spec.Containers) {
+			break
+		}
+		for _, m := range stored.Spec.Containers[i].VolumeMounts {
+			if m.Name == vol.Name {
+				p.Spec.Containers[i].VolumeMounts = append(p.Spec.Containers[i].VolumeMounts, m)
+			}
+		}
+	}
+	return p
+}
+
 func compareStored(t *testing.T, name string, want, got *corev1.Pod) {
 	t.Helper()
 	type owned struct {
